@@ -1,0 +1,47 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP) dataset
+
+# Re-install only when the requirements or the package metadata change.
+$(STAMP): requirements.txt setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# The offline default dataset: Debian's dataset-fashion-mnist (gzip IDX files).
+.PHONY: dataset
+dataset:
+	@if [ -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing the Debian package dataset-fashion-mnist ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
+		echo "Installing the Debian package dataset-fashion-mnist ..."; \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+		echo "NOTE: Fashion-MNIST not found in $(FASHION_MNIST_DIR). Install it with"; \
+		echo "        sudo apt-get update && sudo apt-get install dataset-fashion-mnist"; \
+		echo "      or pass another dataset (--dataset tfds:fashion_mnist downloads it; see README)."; \
+	fi
+
+demo: install
+	$(BIN)/kdkeras demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check kdkeras tests experiments
+	$(BIN)/ruff format --check kdkeras tests experiments
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,62 @@
+"""Model registry: `build_model(name, input_shape, num_classes, **kwargs)` and stage-output helpers.
+
+Every builder is a functional-API function returning logits, whose stage outputs are layers named `stage1`,
+`stage2`, … so that feature distillation can tap them by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import keras
+
+from kdkeras.models.alexnet import alexnet
+from kdkeras.models.ds_alexnet import ds_alexnet
+from kdkeras.models.resnet import resnet
+
+MODELS: dict[str, Callable[..., keras.Model]] = {
+    "alexnet": alexnet,
+    "ds_alexnet": ds_alexnet,
+    "resnet": resnet,
+}
+
+_STAGE_NAME = re.compile(r"^stage\d+$")
+
+
+def build_model(name: str, input_shape, num_classes: int, **kwargs) -> keras.Model:
+    """Builds a registered model.
+
+    Args:
+        name: one of `MODELS` (`alexnet`, `ds_alexnet`, `resnet`).
+        input_shape: `(height, width, channels)`.
+        num_classes: number of output logits.
+        **kwargs: builder options (`width`, `depth`, `synchronized_bn`, …).
+
+    Returns:
+        A functional `keras.Model` with freshly initialized weights.
+
+    Raises:
+        ValueError: for an unknown name or an option the builder does not take.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
+    builder = MODELS[name]
+    try:
+        return builder(tuple(int(d) for d in input_shape), int(num_classes), **kwargs)
+    except TypeError as error:
+        raise ValueError(f"model '{name}' does not take these options {sorted(kwargs)}: {error}") from None
+
+
+def stage_layers(model: keras.Model) -> dict[str, tuple]:
+    """The stage outputs of a model, `{layer name: output shape}` in network order.
+
+    Example:
+        >>> stage_layers(build_model("resnet", (28, 28, 1), 10))
+        {'stage1': (None, 28, 28, 16), 'stage2': (None, 14, 14, 32), 'stage3': (None, 7, 7, 64)}
+    """
+    return {
+        layer.name: tuple(layer.output.shape)
+        for layer in model.layers
+        if _STAGE_NAME.match(layer.name)
+    }

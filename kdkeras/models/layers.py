@@ -1,0 +1,77 @@
+"""Building blocks shared by the model builders.
+
+Every block is a small function over Keras functional tensors that names its layers with a common prefix, so that
+`model.summary()` reads like a table of stages and intermediate outputs can be tapped by name.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def batch_norm(name: str, synchronized: bool = False) -> layers.BatchNormalization:
+    """A `BatchNormalization` layer, optionally synchronized across replicas.
+
+    Under a multi-replica `tf.distribute` strategy, plain batch normalization uses each replica's own batch
+    statistics; `synchronized=True` all-reduces them so that N replicas normalize like one device would.
+    """
+    return layers.BatchNormalization(synchronized=synchronized, name=name)
+
+
+def conv_bn_relu(
+    x,
+    filters: int,
+    kernel_size: int,
+    name: str,
+    strides: int = 1,
+    synchronized_bn: bool = False,
+    output_name: str | None = None,
+):
+    """Conv2D → BN → ReLU. `output_name` names the ReLU (e.g. a stage output); default `{name}_relu`."""
+    x = layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = batch_norm(f"{name}_bn", synchronized_bn)(x)
+    return layers.ReLU(name=output_name or f"{name}_relu")(x)
+
+
+def separable_bn_relu(
+    x,
+    filters: int,
+    name: str,
+    strides: int = 1,
+    synchronized_bn: bool = False,
+    output_name: str | None = None,
+):
+    """Depthwise-separable convolution with BN and ReLU after both halves (MobileNet, Howard et al. 2017).
+
+    Depthwise 3×3 → BN → ReLU → pointwise 1×1 → BN → ReLU. Written out rather than as `SeparableConv2D` because
+    the batch normalization sits between the two convolutions.
+    """
+    x = layers.DepthwiseConv2D(
+        3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw"
+    )(x)
+    x = batch_norm(f"{name}_dw_bn", synchronized_bn)(x)
+    x = layers.ReLU(name=f"{name}_dw_relu")(x)
+    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
+    x = batch_norm(f"{name}_pw_bn", synchronized_bn)(x)
+    return layers.ReLU(name=output_name or f"{name}_pw_relu")(x)
+
+
+def overlapping_max_pool(x, name: str):
+    """AlexNet's overlapping pooling: 3×3 windows with stride 2."""
+    return layers.MaxPooling2D(3, strides=2, padding="same", name=name)(x)
+
+
+def image_input(input_shape: tuple[int, int, int], name: str = "image"):
+    """Input taking raw pixels in [0, 255]; the model rescales them itself, so exported models take raw images."""
+    inputs = keras.Input(shape=tuple(input_shape), name=name)
+    return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+
+
+def scaled(channels: int, width: float) -> int:
+    """`channels × width`, rounded to a multiple of 8 (at least 8), as MobileNet's width multiplier does."""
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return max(8, int(channels * width + 4) // 8 * 8)
