@@ -10,13 +10,20 @@ import keras
 from keras import layers
 
 
+# Keras' default momentum of 0.99 needs thousands of steps before the moving variance forgets its initial value
+# of 1; activations of images in [0, 1] have variances near 1e-3, so short CPU runs (hundreds of steps) evaluate
+# with badly wrong statistics (seen: 83 % training vs 10 % validation accuracy after 470 steps). 0.9 (PyTorch's
+# default) converges within ~100 steps.
+BN_MOMENTUM = 0.9
+
+
 def batch_norm(name: str, synchronized: bool = False) -> layers.BatchNormalization:
-    """A `BatchNormalization` layer, optionally synchronized across replicas.
+    """A `BatchNormalization` layer with momentum `BN_MOMENTUM`, optionally synchronized across replicas.
 
     Under a multi-replica `tf.distribute` strategy, plain batch normalization uses each replica's own batch
     statistics; `synchronized=True` all-reduces them so that N replicas normalize like one device would.
     """
-    return layers.BatchNormalization(synchronized=synchronized, name=name)
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=synchronized, name=name)
 
 
 def conv_bn_relu(

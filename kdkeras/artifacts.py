@@ -1,0 +1,100 @@
+"""Reading and writing artifacts: models and JSON files are written atomically and loaded in Keras' safe mode.
+
+Atomic means: written to a temporary file in the same folder, flushed to disk, then renamed over the target, so an
+interrupted save leaves the previous file intact and never a truncated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+
+import keras
+
+# Importing these registers kdkeras' serializable classes, so saved distillers and adapters load.
+import kdkeras.adapters  # noqa: F401
+import kdkeras.distiller  # noqa: F401
+import kdkeras.losses  # noqa: F401
+
+
+def _fsync_dir(folder: str) -> None:
+    with contextlib.suppress(OSError):  # Not every file system lets a directory be opened.
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ""):
+    """Yields a temporary path beside `path`; on success it is fsync'ed and renamed to `path`, else removed.
+
+    Args:
+        path: the final file.
+        suffix: ending the temporary file must have (Keras insists on `.keras` for models).
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Writes `data` as indented JSON, atomically."""
+    with atomic_path(path, ".json") as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes a text file atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """Saves a model in the `.keras` format, atomically."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"model files end in .keras, got {path}")
+    with atomic_path(path, ".keras") as tmp:
+        model.save(tmp)
+
+
+def config_path(model_path: str | os.PathLike) -> str:
+    """The run-configuration JSON beside a model: `student.keras` → `student.config.json`."""
+    return os.fspath(model_path).removesuffix(".keras") + ".config.json"
+
+
+def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
+    """Loads a `.keras` model with safe mode on (no code from the file runs).
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when the file is not a loadable Keras model, or would need safe mode off (a Lambda layer).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as error:  # Keras raises zipfile, OS, value and type errors for broken files.
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "safe_mode" in str(error) or "Lambda" in str(error):
+            raise ValueError(
+                f"{path}: refused: the model contains code (e.g. a Lambda layer), which kdkeras never loads"
+            ) from None
+        raise ValueError(f"{path}: not a loadable Keras model ({type(error).__name__}: {message})") from None

@@ -1,0 +1,424 @@
+"""The `kdkeras` command line: train, distill, evaluate, info, demo.
+
+Every failure the user can cause ends in one line on stderr, `kdkeras: error: …`, and exit status 2 (1 for an
+internal error, with `--debug` showing its traceback), never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+# Before TensorFlow is imported anywhere: keep its C++ start-up chatter off the user's terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DISTILL_OPTIONS = ("temperature", "alpha", "beta", "gamma", "feature_loss", "feature_pairs", "collaborative")
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = tuple(int(p) for p in text.replace("x", ",").split(","))
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH,CHANNELS, got {text}")
+    return parts
+
+
+def parse_feature_pairs(text: str) -> list[tuple[str, str]]:
+    """`"stage3:stage3,stage5:stage5"` → `[("stage3", "stage3"), ("stage5", "stage5")]`; `""`/`none` → `[]`."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    pairs = []
+    for item in text.split(","):
+        teacher, sep, student = item.strip().partition(":")
+        if not sep or not teacher or not student:
+            raise ValueError(f"feature pair '{item}' is not TEACHER_LAYER:STUDENT_LAYER")
+        pairs.append((teacher, student))
+    return pairs
+
+
+def default_feature_pairs(teacher, student) -> list[tuple[str, str]]:
+    """The deepest stage of each network: the representation closest to the logits that is still spatial."""
+    from kdkeras.models import stage_layers
+
+    teacher_stages, student_stages = list(stage_layers(teacher)), list(stage_layers(student))
+    if not teacher_stages or not student_stages:
+        return []
+    return [(teacher_stages[-1], student_stages[-1])]
+
+
+def _check_writable(path: str) -> None:
+    """Fails before training, not after, when the output cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OSError(f"cannot write to {folder}: {error.strerror or error}") from None
+
+
+def _train_config(args):
+    from kdkeras.training import TrainConfig, default_logdir
+
+    return TrainConfig(
+        dataset=args.dataset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        max_train_examples=args.max_train_examples,
+        validation_fraction=args.validation_fraction,
+        augment=args.augment,
+        flip=args.flip,
+        data_dir=args.data_dir,
+        logdir=None if args.logdir == "none" else args.logdir or default_logdir(args.command, args.run_name),
+        verbose=args.verbose,
+    )
+
+
+def _finish_run(model, args, config, extra: dict) -> dict:
+    """Evaluates on the test split, saves the model and its resolved configuration beside it, prints a summary."""
+    import dataclasses
+
+    import keras
+    import tensorflow as tf
+
+    from kdkeras import artifacts
+    from kdkeras.data import load_dataset
+    from kdkeras.profiling import count_flops, count_params
+    from kdkeras.training import evaluate_classifier
+
+    test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
+    result = evaluate_classifier(model, test, info)
+    record = {
+        "command": args.command,
+        "model": model.name,
+        "params": count_params(model),
+        "flops": count_flops(model),
+        "test_accuracy": result["accuracy"],
+        "test_loss": result["loss"],
+        "dataset": dataclasses.asdict(info),
+        "train_config": dataclasses.asdict(config),
+        **extra,
+        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    artifacts.save_model(model, args.out)
+    artifacts.write_json(artifacts.config_path(args.out), record)
+    print(f"{model.name}: test accuracy {result['accuracy']:.4f} on {result['num_examples']} images; saved {args.out}")
+    return record
+
+
+# --------------------------------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from kdkeras.data import load_dataset
+    from kdkeras.models import build_model
+    from kdkeras.training import train_classifier
+
+    _check_writable(args.out)
+    config = _train_config(args)
+    _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
+    model = build_model(args.model, info.input_shape, info.num_classes, **_builder_options(args))
+    history, seconds, _ = train_classifier(model, config)
+    _finish_run(model, args, config, {"builder": _builder_record(args), "history": history, "train_seconds": seconds})
+    return 0
+
+
+def cmd_distill(args) -> int:
+    from kdkeras import artifacts
+    from kdkeras.data import load_dataset
+    from kdkeras.models import build_model
+    from kdkeras.training import distill
+
+    _check_writable(args.out)
+    config = _train_config(args)
+    teacher = artifacts.load_model(args.teacher)
+    _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
+    student = build_model(args.student, info.input_shape, info.num_classes, **_builder_options(args))
+    pairs = (
+        default_feature_pairs(teacher, student)
+        if args.feature_pairs == "auto"
+        else parse_feature_pairs(args.feature_pairs)
+    )
+    options = {
+        "feature_pairs": pairs,
+        "temperature": args.temperature,
+        "alpha": args.alpha,
+        "beta": args.beta,
+        "gamma": args.gamma,
+        "feature_loss": args.feature_loss,
+        "collaborative": args.collaborative,
+    }
+    distiller, history, seconds, _ = distill(teacher, student, config, teacher_lr=args.teacher_lr, **options)
+    options["gamma"] = distiller.gamma
+    extra = {
+        "teacher": os.path.abspath(args.teacher),
+        "builder": _builder_record(args, args.student),
+        "distillation": options,
+        "history": history,
+        "train_seconds": seconds,
+    }
+    _finish_run(distiller.student, args, config, extra)
+    if args.collaborative and args.teacher_out:
+        artifacts.save_model(distiller.teacher, args.teacher_out)
+        print(f"updated teacher saved to {args.teacher_out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from kdkeras import artifacts
+    from kdkeras.data import load_dataset
+    from kdkeras.training import evaluate_classifier
+
+    model = artifacts.load_model(args.model)
+    dataset, info = load_dataset(
+        args.dataset, args.split, args.batch_size, data_dir=args.data_dir, max_examples=args.max_examples
+    )
+    result = evaluate_classifier(model, dataset, info)
+    result = {"model": args.model, "dataset": args.dataset, "split": args.split, **result}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.model} on {args.dataset} ({args.split}, {result['num_examples']} images)")
+    print(f"  accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}")
+    for name, accuracy in result["per_class"].items():
+        print(f"  {name:>20s}  {accuracy:.4f}" if accuracy is not None else f"  {name:>20s}  (no examples)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from kdkeras import artifacts
+    from kdkeras.models import MODELS, build_model, stage_layers
+    from kdkeras.profiling import count_flops, count_params
+
+    if args.model in MODELS:
+        model = build_model(args.model, args.input_shape, args.num_classes, **_builder_options(args))
+        size = None
+    else:
+        model = artifacts.load_model(args.model)
+        size = os.path.getsize(args.model)
+    record = {
+        "model": model.name,
+        "params": count_params(model),
+        "flops": count_flops(model),
+        "file_bytes": size,
+        "input_shape": list(model.inputs[0].shape[1:]),
+        "stages": {name: list(shape[1:]) for name, shape in stage_layers(model).items()},
+    }
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    print(f"{record['model']}: {record['params']:,} parameters, {record['flops'] / 1e6:.1f} MFLOPs per image")
+    if size is not None:
+        print(f"  file size {size / 1e6:.2f} MB")
+    for name, shape in record["stages"].items():
+        print(f"  {name}: {tuple(shape)}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from kdkeras.demo import run_demo
+
+    run_demo(args.out_dir, train_examples=args.train_examples, teacher_epochs=args.teacher_epochs,
+             student_epochs=args.student_epochs)  # fmt: skip
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- parser
+
+
+def _builder_options(args) -> dict:
+    options = {"width": args.width}
+    if getattr(args, "depth", None) is not None:
+        options["depth"] = args.depth
+    return options
+
+
+def _builder_record(args, name=None) -> dict:
+    return {"name": name or args.model, **_builder_options(args)}
+
+
+def _add_training_options(parser, run_name_attr: str) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--dataset", default="fashion_mnist",
+                       help="fashion_mnist (default, offline), tfds:NAME, folder:PATH or idx:PATH")
+    group.add_argument("--epochs", type=_positive_int, default=10)
+    group.add_argument("--batch-size", type=_positive_int, default=128)
+    group.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (cosine decay)")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--max-train-examples", type=_positive_int, default=None, help="train on N examples only")
+    group.add_argument("--validation-fraction", type=float, default=0.1)
+    group.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip")
+    group.add_argument("--flip", dest="flip", action="store_true", default=None, help="force horizontal flips")
+    group.add_argument("--no-flip", dest="flip", action="store_false", help="never flip")
+    group.add_argument("--data-dir", default=None, help="TFDS data directory")
+    group.add_argument("--logdir", default=None, help="TensorBoard logs (default runs/…; 'none' for no logs)")
+    group.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+    parser.set_defaults(run_name_attr=run_name_attr)  # fmt: skip
+
+
+def _add_builder_options(parser) -> None:
+    parser.add_argument("--width", type=_positive_float, default=1.0, help="width multiplier")
+    parser.add_argument("--depth", type=int, default=None, help="depth (resnet: 6n+2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kdkeras import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="kdkeras", description="Knowledge distillation (TSKD) of small image classifiers with Keras 3."
+    )
+    parser.add_argument("--version", action="version", version=f"kdkeras {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a teacher, or a student from scratch")
+    train.add_argument("--model", default="alexnet", help="alexnet, ds_alexnet or resnet")
+    _add_builder_options(train)
+    train.add_argument("--out", default=None, help="output .keras file (default saved_models/MODEL.keras)")
+    _add_training_options(train, "model")
+    train.set_defaults(func=cmd_train)
+
+    dist = sub.add_parser("distill", help="distil a student from a trained teacher (TSKD)")
+    dist.add_argument("--teacher", required=True, help="trained teacher .keras file")
+    dist.add_argument("--student", default="ds_alexnet", help="student architecture (default ds_alexnet)")
+    _add_builder_options(dist)
+    dist.add_argument("--config", default=None, help="JSON of option values (e.g. a tuner's best_hparams.json)")
+    dist.add_argument("--temperature", type=_positive_float, default=4.0)
+    dist.add_argument("--alpha", type=_non_negative_float, default=0.5, help="weight of the label loss")
+    dist.add_argument("--beta", type=_non_negative_float, default=0.5, help="weight of the soft-target loss")
+    dist.add_argument("--gamma", type=_non_negative_float, default=None,
+                      help="weight of the feature loss (default 1 with feature pairs)")
+    dist.add_argument("--feature-pairs", default="auto",
+                      help="TEACHER:STUDENT layer pairs, e.g. stage3:stage3,stage5:stage5; 'auto' = deepest "
+                      "stages; 'none' = logits only")
+    dist.add_argument("--feature-loss", choices=("hint", "attention"), default="hint")
+    dist.add_argument("--collaborative", action="store_true", help="update the teacher too (mutual learning)")
+    dist.add_argument("--teacher-lr", type=_positive_float, default=None,
+                      help="teacher learning rate in collaborative mode (default lr/10)")
+    dist.add_argument("--teacher-out", default=None, help="where to save the updated teacher (collaborative)")
+    dist.add_argument("--out", default=None, help="output .keras file (default saved_models/STUDENT_distilled.keras)")
+    _add_training_options(dist, "student")
+    dist.set_defaults(func=cmd_distill)
+
+    ev = sub.add_parser("evaluate", help="accuracy, loss and per-class accuracy of a saved model")
+    ev.add_argument("--model", required=True, help=".keras file")
+    ev.add_argument("--dataset", default="fashion_mnist")
+    ev.add_argument("--split", choices=("train", "validation", "test"), default="test")
+    ev.add_argument("--batch-size", type=_positive_int, default=256)
+    ev.add_argument("--max-examples", type=_positive_int, default=None)
+    ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_evaluate)
+
+    info = sub.add_parser("info", help="parameters, FLOPs and file size of a model file or architecture")
+    info.add_argument("--model", required=True, help=".keras file, or an architecture name")
+    _add_builder_options(info)
+    info.add_argument("--input-shape", type=_shape, default=(28, 28, 1), help="for an architecture name")
+    info.add_argument("--num-classes", type=_positive_int, default=10, help="for an architecture name")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser("demo", help="teacher, student from scratch and TSKD student on Fashion-MNIST")
+    demo.add_argument("--out-dir", default=os.path.join("saved_models", "demo"))
+    demo.add_argument("--train-examples", type=_positive_int, default=15000)
+    demo.add_argument("--teacher-epochs", type=_positive_int, default=3)
+    demo.add_argument("--student-epochs", type=_positive_int, default=4)
+    demo.set_defaults(func=cmd_demo)
+    parser.subcommands = {"train": train, "distill": dist, "evaluate": ev, "info": info, "demo": demo}
+    return parser
+
+
+def _apply_config_file(parser, args, argv):
+    """`distill --config F`: values from F become defaults, so options given on the command line still win."""
+    if getattr(args, "config", None) is None:
+        return args
+    try:
+        with open(args.config) as f:
+            values = json.load(f)
+    except OSError as error:
+        raise OSError(f"cannot read config {args.config}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{args.config}: invalid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{args.config}: expected a JSON object of option values")
+    known = set(vars(args))
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{args.config}: unknown option(s) {', '.join(unknown)}")
+    parser.subcommands[args.command].set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def _finish_defaults(args):
+    if hasattr(args, "run_name_attr"):
+        args.run_name = getattr(args, args.run_name_attr)
+    if getattr(args, "out", "") is None:
+        name = args.model if args.command == "train" else f"{args.student}_distilled"
+        args.out = os.path.join("saved_models", f"{name}.keras")
+    if getattr(args, "out", None) and not args.out.endswith(".keras"):
+        raise ValueError(f"--out must end in .keras, got {args.out}")
+    if args.command == "distill" and args.feature_pairs not in ("auto",):
+        parse_feature_pairs(args.feature_pairs)  # Fail on a malformed value before loading anything.
+    return args
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    try:
+        args = _finish_defaults(_apply_config_file(parser, args, argv))
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("kdkeras: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as error:
+        print(f"kdkeras: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # The last line of defence: still one line, the traceback on request.
+        if args.debug:
+            raise
+        print(
+            f"kdkeras: error: {type(error).__name__}: {_one_line(error)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Training loops shared by the CLI, the demo and the experiments: data, optimizer, callbacks, fit, evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from kdkeras.data import DatasetInfo, load_dataset
+from kdkeras.distiller import Distiller
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What every training run shares.
+
+    Attributes:
+        dataset: dataset spec (see `kdkeras.data`).
+        epochs: passes over the training data.
+        batch_size: global batch size.
+        lr: peak learning rate of Adam, decayed to 0 by a cosine schedule.
+        seed: seeds weights, the validation carve-out, shuffling and augmentation.
+        max_train_examples: train on the first N examples only (quick runs).
+        validation_fraction: share of the training data held out for validation.
+        augment: random crop (and flip where it keeps the class) during training.
+        flip: force horizontal flips on or off; default per dataset.
+        data_dir: TFDS data directory.
+        logdir: TensorBoard log folder; None for no logs.
+        verbose: Keras progress output (0, 1 or 2).
+    """
+
+    dataset: str = "fashion_mnist"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    max_train_examples: int | None = None
+    validation_fraction: float = 0.1
+    augment: bool = True
+    flip: bool | None = None
+    data_dir: str | None = None
+    logdir: str | None = None
+    verbose: int = 1
+
+    def __post_init__(self):
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "max_train_examples": self.max_train_examples is None or self.max_train_examples >= 1,
+            "validation_fraction": 0 < self.validation_fraction <= 0.5,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{key} out of range: {getattr(self, key)}")
+
+
+def load_splits(config: TrainConfig):
+    """Training (augmented, shuffled) and validation datasets, with the dataset info."""
+    common = dict(validation_fraction=config.validation_fraction, seed=config.seed, data_dir=config.data_dir)
+    train, info = load_dataset(
+        config.dataset,
+        "train",
+        config.batch_size,
+        augment_images=config.augment,
+        flip=config.flip,
+        max_examples=config.max_train_examples,
+        **common,
+    )
+    validation, _ = load_dataset(config.dataset, "validation", config.batch_size, **common)
+    return train, validation, info
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam with a cosine decay of the learning rate from `lr` to 0 over the whole run."""
+    schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.epochs * steps_per_epoch)
+    return keras.optimizers.Adam(schedule)
+
+
+def make_callbacks(config: TrainConfig, extra: Sequence[keras.callbacks.Callback] = ()):
+    """TensorBoard (when `config.logdir` is set) plus `extra`."""
+    callbacks = list(extra)
+    if config.logdir:
+        callbacks.append(keras.callbacks.TensorBoard(config.logdir, update_freq="epoch"))
+    return callbacks
+
+
+def _fit(model, train, validation, config: TrainConfig, callbacks):
+    start = time.perf_counter()
+    history = model.fit(
+        train,
+        validation_data=validation,
+        epochs=config.epochs,
+        callbacks=make_callbacks(config, callbacks),
+        shuffle=False,  # The dataset reshuffles itself every epoch.
+        verbose=config.verbose,
+    )
+    return history.history, time.perf_counter() - start
+
+
+def compile_classifier(model: keras.Model, optimizer) -> None:
+    """Compiles a logits model with sparse categorical cross-entropy and accuracy."""
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+
+def train_classifier(model: keras.Model, config: TrainConfig, callbacks=()):
+    """Trains a model on the labels alone (a teacher, or a student from scratch).
+
+    Returns:
+        `(history dict, wall seconds, DatasetInfo)`.
+    """
+    train, validation, info = load_splits(config)
+    compile_classifier(model, make_optimizer(config, len(train)))
+    history, seconds = _fit(model, train, validation, config, callbacks)
+    return history, seconds, info
+
+
+def distill(
+    teacher: keras.Model,
+    student: keras.Model,
+    config: TrainConfig,
+    callbacks=(),
+    teacher_lr: float | None = None,
+    **distiller_kwargs,
+):
+    """Trains `student` from `teacher` with a `Distiller`.
+
+    Args:
+        teacher: trained teacher (frozen unless `collaborative=True`).
+        student: student to train (its weights are updated in place).
+        config: the shared training configuration.
+        callbacks: extra Keras callbacks.
+        teacher_lr: peak learning rate of the teacher in collaborative mode; default `config.lr / 10`, so the
+            trained teacher is refined rather than re-learned.
+        **distiller_kwargs: `feature_pairs`, `temperature`, `alpha`, `beta`, `gamma`, `feature_loss`,
+            `collaborative` (see `Distiller`).
+
+    Returns:
+        `(distiller, history dict, wall seconds, DatasetInfo)`.
+    """
+    train, validation, info = load_splits(config)
+    check_classes(teacher, info, "teacher")
+    check_classes(student, info, "student")
+    distiller = Distiller(teacher, student, **distiller_kwargs)
+    teacher_optimizer = None
+    if distiller.collaborative:
+        teacher_config = dataclasses.replace(config, lr=teacher_lr or config.lr / 10)
+        teacher_optimizer = make_optimizer(teacher_config, len(train))
+    distiller.compile(optimizer=make_optimizer(config, len(train)), teacher_optimizer=teacher_optimizer)
+    history, seconds = _fit(distiller, train, validation, config, callbacks)
+    return distiller, history, seconds, info
+
+
+def check_classes(model: keras.Model, info: DatasetInfo, role: str = "model") -> None:
+    """Raises a clear error when a model does not fit a dataset's images or classes."""
+    classes = model.output.shape[-1]
+    if classes != info.num_classes:
+        raise ValueError(
+            f"the {role} '{model.name}' predicts {classes} classes, the dataset {info.name} has {info.num_classes}"
+        )
+    expected = tuple(model.inputs[0].shape[1:])
+    if expected != tuple(info.input_shape):
+        raise ValueError(
+            f"the {role} '{model.name}' takes images of shape {expected}, the dataset {info.name} has "
+            f"{tuple(info.input_shape)}"
+        )
+
+
+def evaluate_classifier(model: keras.Model, dataset, info: DatasetInfo) -> dict:
+    """Accuracy, mean cross-entropy and per-class accuracy of a logits model on a dataset.
+
+    Returns:
+        `{"accuracy", "loss", "num_examples", "per_class": {class name: accuracy}}`.
+    """
+    check_classes(model, info)
+    labels, logits = [], []
+    for images, batch_labels in dataset:
+        logits.append(np.asarray(model.predict_on_batch(images), np.float32))
+        labels.append(np.asarray(batch_labels))
+    labels, logits = np.concatenate(labels), np.concatenate(logits)
+    loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    correct = np.argmax(logits, axis=-1) == labels
+    per_class = {
+        name: float(correct[labels == k].mean()) if np.any(labels == k) else None
+        for k, name in enumerate(info.class_names)
+    }
+    return {
+        "accuracy": float(correct.mean()),
+        "loss": float(np.mean(keras.ops.convert_to_numpy(loss))),
+        "num_examples": int(len(labels)),
+        "per_class": per_class,
+    }
+
+
+def default_logdir(command: str, name: str) -> str:
+    """`runs/{command}-{name}-{YYYYmmdd-HHMMSS}`."""
+    return os.path.join("runs", f"{command}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
