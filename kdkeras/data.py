@@ -128,10 +128,12 @@ def _load_tfds(name: str, data_dir: str | None, download: bool = True) -> _Sourc
         for split in ("train", "test", "validation"):
             if builder.info.splits and split not in builder.info.splits:
                 continue
-            images, labels = tfds.as_numpy(
-                builder.as_dataset(split=split, as_supervised=True, batch_size=-1)
-            )
-            arrays[split] = (np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+            # Batches rather than `batch_size=-1`, which aborts the process on datasets of unknown size.
+            batches = list(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(1024)))
+            if not batches:
+                continue
+            images, labels = (np.concatenate(parts) for parts in zip(*batches, strict=True))
+            arrays[split] = (images.astype(np.uint8), labels.astype(np.int32))
     except DatasetError:
         raise
     except Exception as error:

@@ -8,6 +8,7 @@ for use anywhere else in Keras. All computations run in float32, also under mixe
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 
@@ -27,7 +28,10 @@ def soft_target_kl(teacher_logits, student_logits, temperature: float = 4.0):
         temperature: T > 0.
 
     Returns:
-        `(batch,)` float32 losses; their mean is what `keras.distillation.LogitsDistillation` returns.
+        `(batch,)` float32 losses; their mean is what
+        `keras.distillation.LogitsDistillation(temperature, loss=keras.losses.KLDivergence())` returns. (Keras
+        3.15's default `loss="kl_divergence"` resolves to a function, not the class, and then skips the softmax
+        and the T² factor: pass the class.)
 
     Example:
         >>> soft_target_kl([[2.0, 0.0]], [[2.0, 0.0]], temperature=2.0)  # identical logits: 0
@@ -44,8 +48,8 @@ def soft_target_kl(teacher_logits, student_logits, temperature: float = 4.0):
 def match_spatial(teacher_features, student_features):
     """Resizes the larger of two `(batch, H, W, C)` maps to the other's height and width.
 
-    Downsampling uses antialiased bilinear resizing, which averages over the covered area, so no position of the
-    larger map is ignored. Maps of equal size are returned as they are.
+    Downsampling averages over area (for an integer factor, exactly the mean of each block), so every position of
+    the larger map counts. Maps of equal size are returned as they are.
     """
     t_size, s_size = tuple(teacher_features.shape[1:3]), tuple(student_features.shape[1:3])
     if t_size == s_size:
@@ -53,7 +57,8 @@ def match_spatial(teacher_features, student_features):
     target = (min(t_size[0], s_size[0]), min(t_size[1], s_size[1]))
 
     def resize(x, size):
-        return x if tuple(x.shape[1:3]) == target else ops.image.resize(x, target, antialias=True)
+        # keras.ops.image.resize has no area method; this module runs on the TensorFlow backend only.
+        return x if tuple(x.shape[1:3]) == target else tf.image.resize(x, target, method="area")
 
     return resize(teacher_features, t_size), resize(student_features, s_size)
 

@@ -1,0 +1,41 @@
+"""Shared fixtures: small generated datasets and tiny models, so the suite stays fast on 2 CPU cores."""
+
+import gzip
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from kdkeras.data import FASHION_MNIST_DIR  # noqa: E402
+
+requires_fashion_mnist = pytest.mark.skipif(
+    not os.path.exists(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
+    reason="Debian package dataset-fashion-mnist not installed (make install installs it)",
+)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array: magic (0, 0, 0x08, ndim), big-endian dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_folder(folder, n_train=60, n_test=20, size=28, classes=3, seed=0):
+    """Writes the four MNIST-format gzip files; class k images are brighter with k, so they are learnable."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, classes, n).astype(np.uint8)
+        images = (rng.integers(0, 60, (n, size, size)) + labels[:, None, None] * 80).astype(np.uint8)
+        with gzip.open(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), "wb") as f:
+            f.write(idx_bytes(images))
+        with gzip.open(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
+            f.write(idx_bytes(labels))
+    return folder
+
+
+@pytest.fixture
+def idx_folder(tmp_path):
+    return write_idx_folder(str(tmp_path / "idx"))

@@ -1,0 +1,185 @@
+"""kdkeras.data: every dataset spec form on real or generated data, the splits, augmentation and bad input."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import requires_fashion_mnist, write_idx_folder
+from PIL import Image
+
+from kdkeras import data
+from kdkeras.data import DatasetError, load_dataset
+
+
+def _all(dataset):
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@requires_fashion_mnist
+def test_fashion_mnist_default_reads_debian_files():
+    test, info = load_dataset("fashion_mnist", "test", 500, max_examples=1000)
+    x, y = _all(test)
+    assert info.num_classes == 10 and info.input_shape == (28, 28, 1) and info.class_names[9] == "ankle boot"
+    assert x.shape == (1000, 28, 28, 1) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
+    assert y.dtype == np.int32 and set(np.unique(y)) == set(range(10))
+    _, train_info = load_dataset("fashion_mnist", "train", 128)
+    _, val_info = load_dataset("fashion_mnist", "validation", 128)
+    assert (train_info.num_examples, val_info.num_examples) == (54000, 6000)
+
+
+def test_fashion_mnist_missing_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+
+    def offline(*args, **kwargs):
+        raise DatasetError("could not load TFDS dataset 'fashion_mnist' (no internet access?)")
+
+    monkeypatch.setattr(data, "_load_tfds", offline)
+    data._load_source.cache_clear()
+    with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist.*tfds:fashion_mnist"):
+        load_dataset("fashion_mnist", "train")
+    data._load_source.cache_clear()
+
+
+def test_idx_folder_splits_are_disjoint_and_seeded(idx_folder):
+    spec = f"idx:{idx_folder}"
+    train_x, _ = _all(load_dataset(spec, "train", 16, validation_fraction=0.25, shuffle=False)[0])
+    val_x, _ = _all(load_dataset(spec, "validation", 16, validation_fraction=0.25)[0])
+    assert len(train_x) == 45 and len(val_x) == 15
+    train_rows = {row.tobytes() for row in train_x}
+    assert not any(row.tobytes() in train_rows for row in val_x)
+    again, _ = _all(load_dataset(spec, "validation", 16, validation_fraction=0.25)[0])
+    np.testing.assert_array_equal(again, val_x)
+    other_seed, _ = _all(load_dataset(spec, "validation", 16, validation_fraction=0.25, seed=1)[0])
+    assert not np.array_equal(other_seed, val_x)
+
+
+def test_idx_folder_info_and_default_no_flip(idx_folder):
+    _, info = load_dataset(f"idx:{idx_folder}", "test", 8)
+    assert info.num_classes == 3 and info.class_names == ("0", "1", "2") and info.num_examples == 20
+    assert not data.default_flip(f"idx:{idx_folder}")
+    assert not data.default_flip("tfds:mnist") and data.default_flip("tfds:cifar10")
+    assert data.default_flip("fashion_mnist")
+
+
+def test_idx_folder_with_missing_or_truncated_file(tmp_path):
+    folder = write_idx_folder(str(tmp_path / "idx"))
+    os.remove(os.path.join(folder, "t10k-labels-idx1-ubyte.gz"))
+    with pytest.raises(DatasetError, match="missing t10k-labels-idx1-ubyte"):
+        load_dataset(f"idx:{folder}", "train")
+    folder = write_idx_folder(str(tmp_path / "idx2"))
+    path = os.path.join(folder, "train-images-idx3-ubyte.gz")
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(content[: len(content) // 2])
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz: corrupt or truncated"):
+        load_dataset(f"idx:{folder}", "train")
+
+
+def test_augmentation_crops_and_flips_deterministically():
+    image = tf.reshape(tf.range(36, dtype=tf.float32), (6, 6, 1))
+    seed = tf.constant([1, 2], tf.int64)
+    a = data.augment(image, seed, pad=2, flip=True).numpy()
+    b = data.augment(image, seed, pad=2, flip=True).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (6, 6, 1)
+    outputs = {data.augment(image, tf.constant([s, 7], tf.int64), 2, True).numpy().tobytes() for s in range(20)}
+    assert len(outputs) > 5  # Different seeds give different crops/flips.
+    # Without padding and flips the image is unchanged; with flips only, it is itself or its mirror.
+    np.testing.assert_array_equal(data.augment(image, seed, 0, False).numpy(), image.numpy())
+    flipped = data.augment(image, seed, 0, True).numpy()
+    assert np.array_equal(flipped, image.numpy()) or np.array_equal(flipped, image.numpy()[:, ::-1])
+
+
+def test_augmented_pipeline_shapes_and_epoch_reshuffle(idx_folder):
+    dataset, _ = load_dataset(f"idx:{idx_folder}", "train", 10, augment_images=True, validation_fraction=0.2)
+    first, labels_1 = _all(dataset)
+    second, labels_2 = _all(dataset)
+    assert first.shape == (48, 28, 28, 1)
+    assert sorted(labels_1) == sorted(labels_2) and not np.array_equal(first, second)
+
+
+def _write_images(root, classes, count, size, mode):
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(count):
+            shape = (size, size) if mode == "L" else (size, size, 3)
+            array = (rng.integers(0, 50, shape) + 100 * k).astype(np.uint8)
+            Image.fromarray(array, mode).save(os.path.join(root, name, f"{i}.png"))
+
+
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("RGB", 3)])
+def test_folder_with_train_and_test(tmp_path, mode, channels):
+    for split in ("train", "test"):
+        _write_images(str(tmp_path / split), ["cat", "dog"], 6, 12, mode)
+    dataset, info = load_dataset(f"folder:{tmp_path}", "test", 4)
+    x, y = _all(dataset)
+    assert info.class_names == ("cat", "dog") and info.input_shape == (12, 12, channels)
+    assert x.shape == (12, 12, 12, channels) and sorted(y.tolist()) == [0] * 6 + [1] * 6
+    assert x[y == 1].mean() > x[y == 0].mean() + 50  # Labels follow the folders.
+
+
+def test_folder_without_splits_is_split_deterministically(tmp_path, caplog):
+    _write_images(str(tmp_path), ["a", "b", "c"], 10, 8, "L")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    data._load_source.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="kdkeras"):
+        test, info = load_dataset(f"folder:{tmp_path}", "test", 100)
+    assert "skipped 1 non-image file" in caplog.text
+    assert info.num_examples == 6  # 20 % of 30.
+    train, train_info = load_dataset(f"folder:{tmp_path}", "train", 100, validation_fraction=0.25)
+    assert train_info.num_examples == 18
+
+
+def test_folder_mixed_sizes_are_resized(tmp_path, caplog):
+    _write_images(str(tmp_path / "train"), ["a", "b"], 3, 10, "RGB")
+    _write_images(str(tmp_path / "test"), ["a", "b"], 2, 10, "RGB")
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(tmp_path / "train" / "a" / "big.png")
+    with caplog.at_level(logging.WARNING, logger="kdkeras"):
+        dataset, info = load_dataset(f"folder:{tmp_path}", "train", 10, validation_fraction=0.2)
+    assert "resized to 10x10" in caplog.text
+    assert info.input_shape == (10, 10, 3) and _all(dataset)[0].shape[1:] == (10, 10, 3)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(DatasetError, match="image folder not found"):
+        load_dataset(f"folder:{tmp_path / 'nope'}")
+    _write_images(str(tmp_path / "x"), ["a"], 4, 8, "L")
+    os.makedirs(tmp_path / "x" / "empty")
+    with pytest.raises(DatasetError, match="class folder 'empty' holds no images"):
+        load_dataset(f"folder:{tmp_path / 'x'}")
+    bad = tmp_path / "y"
+    _write_images(str(bad), ["a", "b"], 4, 8, "L")
+    (bad / "a" / "broken.png").write_bytes(b"not really a png")
+    with pytest.raises(DatasetError, match="broken.png: not a readable image"):
+        load_dataset(f"folder:{bad}")
+
+
+def test_tfds_spec_through_mocked_tfds():
+    import tensorflow_datasets as tfds
+
+    data._load_source.cache_clear()
+    with tfds.testing.mock_data(num_examples=40):
+        dataset, info = load_dataset("tfds:cifar10", "train", 8, validation_fraction=0.25)
+        x, y = _all(dataset)
+    data._load_source.cache_clear()
+    # The mock carries no label metadata files, so the class names are the label numbers.
+    assert info.num_classes == 10 and info.input_shape == (32, 32, 3) and len(info.class_names) == 10
+    assert x.shape == (30, 32, 32, 3) and y.max() < 10
+
+
+def test_bad_specs_and_arguments(idx_folder):
+    with pytest.raises(DatasetError, match="unknown dataset 'cifar'; use fashion_mnist, tfds:NAME"):
+        load_dataset("cifar")
+    with pytest.raises(DatasetError, match="unknown TFDS dataset 'no_such_set'"):
+        load_dataset("tfds:no_such_set")
+    with pytest.raises(DatasetError, match="unknown split"):
+        load_dataset(f"idx:{idx_folder}", "dev")
+    with pytest.raises(DatasetError, match="validation_fraction must be in"):
+        load_dataset(f"idx:{idx_folder}", validation_fraction=0.9)
+    with pytest.raises(DatasetError, match="too few for validation_fraction"):
+        load_dataset(f"idx:{idx_folder}", validation_fraction=0.001)
