@@ -24,7 +24,12 @@ def _tap(model: keras.Model, layer_names: Sequence[str], role: str) -> keras.Mod
             f"its stage layers are: {', '.join(stages)}"
         )
     outputs = [model.output] + [model.get_layer(n).output for n in layer_names]
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_taps")
+    return keras.Model(model.input, outputs, name=f"{model.name}_taps")
+
+
+def _as_list(outputs):
+    """A functional model built with a one-element output list returns a bare tensor: make it a list again."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
 def _per_example_ce(labels, logits):
@@ -179,6 +184,22 @@ class Distiller(keras.Model):
         elif teacher_optimizer is not None:
             raise ValueError("teacher_optimizer is only used with collaborative=True")
 
+    def get_compile_config(self):
+        if self.optimizer is None:
+            return None
+        config = {"optimizer": keras.optimizers.serialize(self.optimizer)}
+        if self.teacher_optimizer is not None:
+            config["teacher_optimizer"] = keras.optimizers.serialize(self.teacher_optimizer)
+        return config
+
+    def compile_from_config(self, config):
+        self.compile(
+            optimizer=keras.optimizers.deserialize(config["optimizer"]),
+            teacher_optimizer=(
+                keras.optimizers.deserialize(config["teacher_optimizer"]) if "teacher_optimizer" in config else None
+            ),
+        )
+
     @property
     def _student_variables(self):
         return self.student.trainable_variables + [v for a in self.adapters for v in a.trainable_variables]
@@ -198,8 +219,8 @@ class Distiller(keras.Model):
         return self.student(inputs, training=training)
 
     def _forward(self, x, training: bool):
-        teacher_out = self._teacher_taps(x, training=training and self.collaborative)
-        student_out = self._student_taps(x, training=training)
+        teacher_out = _as_list(self._teacher_taps(x, training=training and self.collaborative))
+        student_out = _as_list(self._student_taps(x, training=training))
         return teacher_out[0], teacher_out[1:], student_out[0], student_out[1:]
 
     def _student_terms(self, y, teacher_logits, teacher_feats, student_logits, student_feats, training):

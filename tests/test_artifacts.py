@@ -1,0 +1,74 @@
+"""kdkeras.artifacts: atomic writes keep the previous file; loading refuses broken files and code."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from kdkeras import artifacts
+
+
+def test_write_json_is_atomic(tmp_path):
+    path = tmp_path / "result.json"
+    artifacts.write_json(path, {"accuracy": 0.9})
+    with pytest.raises(TypeError):
+        with artifacts.atomic_path(path, ".json") as tmp, open(tmp, "w") as f:
+            f.write('{"accuracy": 0.')  # A half-written file, then a failure.
+            raise TypeError("killed")
+    assert json.loads(path.read_text()) == {"accuracy": 0.9}
+    assert os.listdir(tmp_path) == ["result.json"]  # No temporary left behind.
+
+
+def test_failed_model_save_keeps_previous_model(tmp_path, monkeypatch):
+    path = tmp_path / "m.keras"
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    artifacts.save_model(model, path)
+    before = path.read_bytes()
+
+    def broken_save(filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"PK\x03\x04 partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(model, "save", broken_save)
+    with pytest.raises(OSError, match="No space left"):
+        artifacts.save_model(model, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.keras"]
+
+
+def test_save_model_needs_keras_suffix(tmp_path):
+    with pytest.raises(ValueError, match="end in .keras"):
+        artifacts.save_model(None, tmp_path / "m.h5")
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        artifacts.load_model(tmp_path / "missing.keras")
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"this is not a zip file")
+    with pytest.raises(ValueError, match="corrupt.keras: not a loadable Keras model"):
+        artifacts.load_model(corrupt)
+
+
+def test_lambda_layer_is_refused(tmp_path):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    model.save(tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match="contains code"):
+        artifacts.load_model(tmp_path / "lambda.keras")
+
+
+def test_config_path():
+    assert artifacts.config_path("saved_models/student.keras") == "saved_models/student.config.json"
+
+
+def test_loaded_model_predicts_like_the_saved_one(tmp_path):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    artifacts.save_model(model, tmp_path / "m.keras")
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal(artifacts.load_model(tmp_path / "m.keras")(x), model(x))

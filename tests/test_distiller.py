@@ -1,0 +1,198 @@
+"""kdkeras.distiller: which variables learn, the loss against an independent computation, feature pairs of other
+shapes, validation, saving, and a short real distillation."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import requires_fashion_mnist
+
+from kdkeras.distiller import Distiller
+from kdkeras.losses import attention_transfer_loss, hint_loss, soft_target_kl
+from kdkeras.models import build_model
+
+SHAPE = (28, 28, 1)
+RNG = np.random.default_rng(0)
+X = RNG.uniform(0, 255, (16, *SHAPE)).astype(np.float32)
+Y = RNG.integers(0, 10, 16).astype(np.int32)
+
+
+def small_pair(teacher_name="alexnet", **teacher_kwargs):
+    keras.utils.set_random_seed(0)
+    teacher = build_model(teacher_name, SHAPE, 10, width=0.25, **teacher_kwargs)
+    student = build_model("ds_alexnet", SHAPE, 10, width=0.25)
+    return teacher, student
+
+
+def values(variables):
+    return [np.array(v) for v in variables]
+
+
+def changed(before, variables):
+    return [not np.array_equal(b, np.array(v)) for b, v in zip(before, variables, strict=True)]
+
+
+def test_classic_mode_trains_student_and_adapters_only():
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student, feature_pairs=[("stage3", "stage3"), ("stage5", "stage5")])
+    distiller.compile(keras.optimizers.SGD(0.1))
+    teacher_before, adapters_before = values(teacher.weights), values(distiller.adapters[0].trainable_variables)
+    student_before = values(student.trainable_variables)
+    distiller.train_on_batch(X, Y)
+    assert not any(changed(teacher_before, teacher.weights))  # Weights and BN statistics alike.
+    assert all(changed(student_before, student.trainable_variables))
+    assert all(changed(adapters_before, distiller.adapters[0].trainable_variables))
+    assert {id(v) for v in distiller.trainable_variables} == {id(v) for v in distiller._student_variables}
+
+
+def test_collaborative_mode_trains_the_teacher_with_its_own_optimizer():
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student, feature_pairs=[("stage5", "stage5")], collaborative=True)
+    distiller.compile(keras.optimizers.SGD(0.1), teacher_optimizer=keras.optimizers.SGD(0.01))
+    teacher_before, student_before = values(teacher.trainable_variables), values(student.trainable_variables)
+    logs = distiller.train_on_batch(X, Y, return_dict=True)
+    assert all(changed(teacher_before, teacher.trainable_variables))
+    assert all(changed(student_before, student.trainable_variables))
+    assert distiller.teacher_optimizer.iterations.numpy() == 1 and distiller.optimizer.iterations.numpy() == 1
+    assert "teacher_loss" in logs and np.isfinite(logs["teacher_loss"])
+
+
+def test_collaborative_teacher_gradient_is_its_own_loss_only():
+    """One SGD step of the teacher equals −lr · ∇[CE(y, t) + β·KL(s ‖ t)] computed independently."""
+    keras.utils.set_random_seed(0)  # No dropout in either network, so both passes see the same function.
+    teacher = build_model("resnet", SHAPE, 10, depth=8, width=0.25)
+    student = build_model("ds_alexnet", SHAPE, 10, width=0.25, dropout=0.0)
+    distiller = Distiller(teacher, student, temperature=3.0, beta=0.7, collaborative=True)
+    distiller.compile(keras.optimizers.SGD(0.0), teacher_optimizer=keras.optimizers.SGD(0.5))
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        t_logits = teacher(X, training=True)
+        s_logits = tf.stop_gradient(student(X, training=True))
+        ce = keras.losses.sparse_categorical_crossentropy(Y, t_logits, from_logits=True)
+        expected_loss = tf.reduce_mean(ce + 0.7 * soft_target_kl(s_logits, t_logits, 3.0))
+    grads = tape.gradient(expected_loss, teacher.trainable_variables)
+    before = values(teacher.trainable_variables)
+    distiller.train_on_batch(X, Y)
+    for b, g, v in zip(before, grads, teacher.trainable_variables, strict=True):
+        np.testing.assert_allclose(np.array(v), b - 0.5 * np.array(g), rtol=1e-3, atol=1e-5)
+
+
+def test_test_step_loss_equals_independent_computation():
+    teacher, student = small_pair()
+    pairs = [("stage3", "stage3"), ("stage5", "stage5")]
+    distiller = Distiller(teacher, student, feature_pairs=pairs, temperature=2.5, alpha=0.3, beta=0.6, gamma=2.0)
+    distiller.compile("adam")
+    logs = distiller.test_on_batch(X, Y, return_dict=True)
+
+    t_logits, s_logits = np.array(teacher(X)), np.array(student(X))
+    ce = np.array(keras.losses.sparse_categorical_crossentropy(Y, s_logits, from_logits=True))
+    kd = np.array(soft_target_kl(t_logits, s_logits, 2.5))
+    feature = 0.0
+    for (t_name, s_name), adapter in zip(pairs, distiller.adapters, strict=True):
+        t_feat = keras.Model(teacher.input, teacher.get_layer(t_name).output)(X)
+        s_feat = keras.Model(student.input, student.get_layer(s_name).output)(X)
+        feature = feature + np.array(hint_loss(t_feat, adapter(s_feat, training=False)))
+    np.testing.assert_allclose(logs["ce"], ce.mean(), rtol=1e-5)
+    np.testing.assert_allclose(logs["kd"], kd.mean(), rtol=1e-5)
+    np.testing.assert_allclose(logs["feature"], feature.mean(), rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], (0.3 * ce + 0.6 * kd + 2.0 * feature).mean(), rtol=1e-5)
+    np.testing.assert_allclose(logs["accuracy"], np.mean(s_logits.argmax(-1) == Y))
+    np.testing.assert_allclose(logs["teacher_accuracy"], np.mean(t_logits.argmax(-1) == Y))
+
+
+def test_feature_pairs_with_different_channels_and_spatial_sizes():
+    teacher, student = small_pair("resnet", depth=8)  # stage3: 7×7×16; student stage5: 4×4×32.
+    distiller = Distiller(teacher, student, feature_pairs=[("stage3", "stage5"), ("stage2", "stage3")])
+    assert [a.channels for a in distiller.adapters] == [16, 8]
+    distiller.compile("adam")
+    logs = distiller.train_on_batch(X, Y, return_dict=True)
+    assert np.isfinite(logs["feature"]) and logs["feature"] > 0
+
+
+def test_attention_transfer_needs_no_adapters_and_matches_its_loss():
+    teacher, student = small_pair()
+    distiller = Distiller(
+        teacher, student, feature_pairs=[("stage3", "stage3")], feature_loss="attention", alpha=0, beta=0
+    )
+    distiller.compile("adam")
+    assert distiller.adapters == []
+    logs = distiller.test_on_batch(X, Y, return_dict=True)
+    t_feat = keras.Model(teacher.input, teacher.get_layer("stage3").output)(X)
+    s_feat = keras.Model(student.input, student.get_layer("stage3").output)(X)
+    np.testing.assert_allclose(logs["loss"], np.mean(attention_transfer_loss(t_feat, s_feat)), rtol=1e-5)
+
+
+def test_fit_reports_every_term_and_the_teacher():
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student, feature_pairs=[("stage5", "stage5")])
+    distiller.compile("adam")
+    history = distiller.fit(X, Y, validation_data=(X, Y), epochs=1, batch_size=8, verbose=0)
+    for key in ("loss", "ce", "kd", "feature", "accuracy", "teacher_accuracy"):
+        assert key in history.history and f"val_{key}" in history.history
+    assert distiller.predict(X[:3], verbose=0).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": 0}, "temperature must be > 0"),
+        ({"alpha": -1}, "alpha must be >= 0"),
+        ({"alpha": 0, "beta": 0}, "all 0"),
+        ({"feature_pairs": [("stage9", "stage5")]}, "teacher 'alexnet' has no layer 'stage9'; its stage layers"),
+        ({"feature_pairs": [("stage5", "nope")]}, "student 'ds_alexnet' has no layer 'nope'"),
+        ({"feature_loss": "cosine"}, "unknown feature_loss 'cosine'"),
+    ],
+)
+def test_invalid_arguments(kwargs, message):
+    teacher, student = small_pair()
+    with pytest.raises(ValueError, match=message):
+        Distiller(teacher, student, **kwargs)
+
+
+def test_mismatched_models_are_refused():
+    teacher, _ = small_pair()
+    with pytest.raises(ValueError, match="teacher has 10 classes, student 3"):
+        Distiller(teacher, build_model("ds_alexnet", SHAPE, 3, width=0.25))
+    with pytest.raises(ValueError, match="differs from student input"):
+        Distiller(teacher, build_model("ds_alexnet", (32, 32, 1), 10, width=0.25))
+    with pytest.raises(ValueError, match="only used with collaborative=True"):
+        Distiller(teacher, build_model("ds_alexnet", SHAPE, 10, width=0.25)).compile("adam", "adam")
+
+
+def test_weights_and_whole_distiller_round_trip(tmp_path):
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student, feature_pairs=[("stage5", "stage5")], temperature=3.0)
+    distiller.compile("adam")
+    distiller.train_on_batch(X, Y)
+    distiller.save_weights(tmp_path / "d.weights.h5")
+    fresh_teacher, fresh_student = small_pair()
+    keras.utils.set_random_seed(1)
+    fresh = Distiller(fresh_teacher, build_model("ds_alexnet", SHAPE, 10, width=0.25), [("stage5", "stage5")])
+    fresh.load_weights(tmp_path / "d.weights.h5")
+    np.testing.assert_allclose(fresh.predict(X, verbose=0), distiller.predict(X, verbose=0), rtol=1e-5)
+    np.testing.assert_allclose(fresh.adapters[0].conv.kernel, distiller.adapters[0].conv.kernel)
+
+    distiller.save(tmp_path / "d.keras")
+    reloaded = keras.saving.load_model(tmp_path / "d.keras")
+    assert (reloaded.temperature, reloaded.feature_pairs) == (3.0, [("stage5", "stage5")])
+    assert reloaded.optimizer is not None  # Compiled again from its compile config.
+    np.testing.assert_allclose(reloaded.predict(X, verbose=0), distiller.predict(X, verbose=0), rtol=1e-5)
+
+
+@pytest.mark.slow
+@requires_fashion_mnist
+def test_short_distillation_on_fashion_mnist_beats_chance():
+    from kdkeras.training import TrainConfig, distill, evaluate_classifier, train_classifier
+
+    config = TrainConfig(epochs=2, max_train_examples=3000, batch_size=64, verbose=0)
+    keras.utils.set_random_seed(0)
+    teacher = build_model("alexnet", SHAPE, 10, width=0.5)
+    train_classifier(teacher, config)
+    student = build_model("ds_alexnet", SHAPE, 10, width=0.5)
+    distiller, history, _, info = distill(teacher, student, config, feature_pairs=[("stage5", "stage5")])
+    from kdkeras.data import load_dataset
+
+    test, info = load_dataset("fashion_mnist", "test", 256, max_examples=2000)
+    accuracy = evaluate_classifier(student, test, info)["accuracy"]
+    assert accuracy > 0.6, accuracy  # Chance is 0.1.
+    assert history["loss"][-1] < history["loss"][0]
