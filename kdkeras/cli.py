@@ -269,8 +269,11 @@ def _builder_record(args, name=None) -> dict:
 
 def _add_training_options(parser, run_name_attr: str) -> None:
     group = parser.add_argument_group("training")
-    group.add_argument("--dataset", default="fashion_mnist",
-                       help="fashion_mnist (default, offline), tfds:NAME, folder:PATH or idx:PATH")
+    group.add_argument(
+        "--dataset",
+        default="fashion_mnist",
+        help="fashion_mnist (default, offline), tfds:NAME, folder:PATH or idx:PATH",
+    )
     group.add_argument("--epochs", type=_positive_int, default=10)
     group.add_argument("--batch-size", type=_positive_int, default=128)
     group.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (cosine decay)")
@@ -316,15 +319,26 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--temperature", type=_positive_float, default=4.0)
     dist.add_argument("--alpha", type=_non_negative_float, default=0.5, help="weight of the label loss")
     dist.add_argument("--beta", type=_non_negative_float, default=0.5, help="weight of the soft-target loss")
-    dist.add_argument("--gamma", type=_non_negative_float, default=None,
-                      help="weight of the feature loss (default 1 with feature pairs)")
-    dist.add_argument("--feature-pairs", default="auto",
-                      help="TEACHER:STUDENT layer pairs, e.g. stage3:stage3,stage5:stage5; 'auto' = deepest "
-                      "stages; 'none' = logits only")
+    dist.add_argument(
+        "--gamma",
+        type=_non_negative_float,
+        default=None,
+        help="weight of the feature loss (default 1 with feature pairs)",
+    )
+    dist.add_argument(
+        "--feature-pairs",
+        default="auto",
+        help="TEACHER:STUDENT layer pairs, e.g. stage3:stage3,stage5:stage5; 'auto' = deepest "
+        "stages; 'none' = logits only",
+    )
     dist.add_argument("--feature-loss", choices=("hint", "attention"), default="hint")
     dist.add_argument("--collaborative", action="store_true", help="update the teacher too (mutual learning)")
-    dist.add_argument("--teacher-lr", type=_positive_float, default=None,
-                      help="teacher learning rate in collaborative mode (default lr/10)")
+    dist.add_argument(
+        "--teacher-lr",
+        type=_positive_float,
+        default=None,
+        help="teacher learning rate in collaborative mode (default lr/10)",
+    )
     dist.add_argument("--teacher-out", default=None, help="where to save the updated teacher (collaborative)")
     dist.add_argument("--out", default=None, help="output .keras file (default saved_models/STUDENT_distilled.keras)")
     _add_training_options(dist, "student")

@@ -94,9 +94,7 @@ def _read_idx_folder(path: str) -> _Source:
         images = read_idx(find(prefix, "images-idx3-ubyte"))
         labels = read_idx(find(prefix, "labels-idx1-ubyte"))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DatasetError(
-                f"{path}: {split} images {images.shape} and labels {labels.shape} do not match"
-            )
+            raise DatasetError(f"{path}: {split} images {images.shape} and labels {labels.shape} do not match")
         arrays[split] = (images[..., None].astype(np.uint8), labels.astype(np.int32))
     num_classes = int(max(arrays["train"][1].max(), arrays["test"][1].max())) + 1
     return _Source(
@@ -166,9 +164,7 @@ def _load_fashion_mnist(data_dir: str | None) -> _Source:
 
 def _list_images(folder: str) -> tuple[list[str], list[int], list[str]]:
     """Image paths and labels of a one-sub-folder-per-class tree; non-image files are skipped with a warning."""
-    classes = sorted(
-        entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith(".")
-    )
+    classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         raise DatasetError(f"{folder}: no class sub-folders (expected one sub-folder of images per class)")
     paths, labels, skipped = [], [], []
@@ -272,9 +268,7 @@ def _split_arrays(source: _Source, split: str, validation_fraction: float, seed:
     x, y = source.train
     n_val = int(round(len(x) * validation_fraction))
     if validation_fraction > 0 and (n_val < 1 or n_val >= len(x)):
-        raise DatasetError(
-            f"{len(x)} training examples are too few for validation_fraction={validation_fraction}"
-        )
+        raise DatasetError(f"{len(x)} training examples are too few for validation_fraction={validation_fraction}")
     order = np.random.default_rng(seed).permutation(len(x))
     idx = order[:n_val] if split == "validation" else order[n_val:]
     return x[idx], y[idx]

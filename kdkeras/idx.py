@@ -54,9 +54,7 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     found = len(data) - header
     if found != expected:
         what = "truncated" if found < expected else "has trailing bytes"
-        raise IDXError(
-            f"{source}: {what}: header says shape {shape} ({expected} bytes of data), file holds {found}"
-        )
+        raise IDXError(f"{source}: {what}: header says shape {shape} ({expected} bytes of data), file holds {found}")
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=False)
 

@@ -15,7 +15,9 @@ def test_parse_idx_round_trips_uint8():
 
 
 def test_parse_idx_reads_big_endian_int32():
-    data = bytes([0, 0, 0x0C, 1]) + (2).to_bytes(4, "big") + (1).to_bytes(4, "big") + (-2).to_bytes(4, "big", signed=True)
+    data = (
+        bytes([0, 0, 0x0C, 1]) + (2).to_bytes(4, "big") + (1).to_bytes(4, "big") + (-2).to_bytes(4, "big", signed=True)
+    )
     np.testing.assert_array_equal(parse_idx(data), [1, -2])
 
 

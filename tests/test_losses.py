@@ -103,9 +103,7 @@ def test_attention_transfer_is_zero_for_proportional_maps_of_other_size():
     np.testing.assert_allclose(got, 0.0, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "loss", [losses.SoftTargetKL(3.0), losses.HintLoss(), losses.AttentionTransferLoss(p=1.0)]
-)
+@pytest.mark.parametrize("loss", [losses.SoftTargetKL(3.0), losses.HintLoss(), losses.AttentionTransferLoss(p=1.0)])
 def test_loss_classes_serialize(loss):
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(restored) is type(loss)

@@ -55,8 +55,4 @@ def stage_layers(model: keras.Model) -> dict[str, tuple]:
         >>> stage_layers(build_model("resnet", (28, 28, 1), 10))
         {'stage1': (None, 28, 28, 16), 'stage2': (None, 14, 14, 32), 'stage3': (None, 7, 7, 64)}
     """
-    return {
-        layer.name: tuple(layer.output.shape)
-        for layer in model.layers
-        if _STAGE_NAME.match(layer.name)
-    }
+    return {layer.name: tuple(layer.output.shape) for layer in model.layers if _STAGE_NAME.match(layer.name)}

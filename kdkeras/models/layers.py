@@ -9,7 +9,6 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-
 # Keras' default momentum of 0.99 needs thousands of steps before the moving variance forgets its initial value
 # of 1; activations of images in [0, 1] have variances near 1e-3, so short CPU runs (hundreds of steps) evaluate
 # with badly wrong statistics (seen: 83 % training vs 10 % validation accuracy after 470 steps). 0.9 (PyTorch's
@@ -36,9 +35,7 @@ def conv_bn_relu(
     output_name: str | None = None,
 ):
     """Conv2D → BN → ReLU. `output_name` names the ReLU (e.g. a stage output); default `{name}_relu`."""
-    x = layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
-    )(x)
+    x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = batch_norm(f"{name}_bn", synchronized_bn)(x)
     return layers.ReLU(name=output_name or f"{name}_relu")(x)
 
@@ -56,9 +53,7 @@ def separable_bn_relu(
     Depthwise 3×3 → BN → ReLU → pointwise 1×1 → BN → ReLU. Written out rather than as `SeparableConv2D` because
     the batch normalization sits between the two convolutions.
     """
-    x = layers.DepthwiseConv2D(
-        3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw"
-    )(x)
+    x = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw")(x)
     x = batch_norm(f"{name}_dw_bn", synchronized_bn)(x)
     x = layers.ReLU(name=f"{name}_dw_relu")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)

@@ -1,4 +1,7 @@
-"""CIFAR-style ResNet (He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", 2016): a stronger teacher."""
+"""CIFAR-style ResNet, a stronger teacher option.
+
+He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", 2016.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,7 @@ def _basic_block(x, filters: int, strides: int, name: str, synchronized_bn: bool
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
     y = batch_norm(f"{name}_b_bn", synchronized_bn)(y)
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(
-            filters, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv"
-        )(x)
+        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv")(x)
         shortcut = batch_norm(f"{name}_proj_bn", synchronized_bn)(shortcut)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=output_name)(y)

@@ -1,0 +1,157 @@
+"""kdkeras.cli: the commands end to end on a tiny generated dataset, and one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import write_idx_folder
+
+from kdkeras import cli
+
+FAST = ["--epochs", "1", "--batch-size", "16", "--verbose", "0", "--logdir", "none"]
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny teacher trained through the CLI on a generated 3-class IDX dataset."""
+    root = tmp_path_factory.mktemp("cli")
+    dataset = f"idx:{write_idx_folder(str(root / 'idx'), n_train=80, n_test=30)}"
+    teacher = str(root / "teacher.keras")
+    code = cli.main(["train", "--model", "alexnet", "--width", "0.25", "--dataset", dataset, "--out", teacher, *FAST])
+    assert code == 0
+    return root, dataset, teacher
+
+
+def test_train_writes_model_and_resolved_config(trained):
+    root, dataset, teacher = trained
+    config = json.loads(open(teacher.replace(".keras", ".config.json")).read())
+    assert config["command"] == "train" and config["model"] == "alexnet"
+    assert config["builder"] == {"name": "alexnet", "width": 0.25}
+    assert config["train_config"]["dataset"] == dataset and config["train_config"]["epochs"] == 1
+    assert 0 <= config["test_accuracy"] <= 1 and config["params"] > 0 and len(config["history"]["loss"]) == 1
+
+
+def test_distill_evaluate_and_info(trained, capsys):
+    root, dataset, teacher = trained
+    student = str(root / "student.keras")
+    code, out, err = run(
+        ["distill", "--teacher", teacher, "--student", "ds_alexnet", "--width", "0.25", "--dataset", dataset,
+         "--feature-pairs", "stage3:stage3,stage5:stage5", "--temperature", "3", "--out", student, *FAST],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "test accuracy" in out
+    config = json.loads(open(student.replace(".keras", ".config.json")).read())
+    assert config["distillation"]["feature_pairs"] == [["stage3", "stage3"], ["stage5", "stage5"]]
+    assert config["distillation"]["temperature"] == 3.0 and config["distillation"]["gamma"] == 1.0
+
+    code, out, _ = run(["evaluate", "--model", student, "--dataset", dataset, "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and result["num_examples"] == 30 and set(result["per_class"]) == {"0", "1", "2"}
+    assert result["accuracy"] == pytest.approx(config["test_accuracy"]) and result["loss"] > 0
+
+    code, out, _ = run(["info", "--model", student, "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0 and info["params"] == config["params"] and info["file_bytes"] == os.path.getsize(student)
+    code, out, _ = run(["info", "--model", "ds_alexnet"], capsys)
+    assert code == 0 and "104,682 parameters" in out and "stage5: (4, 4, 128)" in out
+
+
+def test_distill_collaborative_saves_updated_teacher(trained, capsys):
+    root, dataset, teacher = trained
+    updated = str(root / "teacher_updated.keras")
+    code, out, err = run(
+        ["distill", "--teacher", teacher, "--width", "0.25", "--dataset", dataset, "--collaborative",
+         "--teacher-out", updated, "--out", str(root / "s2.keras"), *FAST],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert os.path.exists(updated)
+
+
+def test_distill_config_file_sets_defaults_and_flags_win(trained, capsys, tmp_path):
+    root, dataset, teacher = trained
+    config = tmp_path / "best_hparams.json"
+    config.write_text(json.dumps({"temperature": 7.5, "alpha": 0.2, "feature_loss": "attention"}))
+    out_path = str(tmp_path / "s.keras")
+    code, _, err = run(
+        ["distill", "--teacher", teacher, "--width", "0.25", "--dataset", dataset, "--config", str(config),
+         "--alpha", "0.4", "--out", out_path, *FAST],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    used = json.loads(open(out_path.replace(".keras", ".config.json")).read())["distillation"]
+    assert (used["temperature"], used["alpha"], used["feature_loss"]) == (7.5, 0.4, "attention")
+
+
+def _error(argv, capsys):
+    code, _, err = run(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("kdkeras: error: "), err
+    return lines[0]
+
+
+def test_bad_input_gives_one_line_errors(trained, capsys, tmp_path):
+    root, dataset, teacher = trained
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"garbage")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{temperature: 3")
+    cases = [
+        (["evaluate", "--model", str(tmp_path / "nope.keras")], "model file not found"),
+        (["evaluate", "--model", str(corrupt)], "not a loadable Keras model"),
+        (["evaluate", "--model", teacher, "--dataset", "imagenet21k"], "unknown dataset 'imagenet21k'"),
+        (["evaluate", "--model", teacher, "--dataset", f"idx:{tmp_path}/missing"], "idx dataset folder not found"),
+        (["evaluate", "--model", teacher, "--dataset", "fashion_mnist", "--max-examples", "10"],
+         "predicts 3 classes, the dataset fashion_mnist has 10"),
+        (["distill", "--teacher", teacher, "--dataset", dataset, "--feature-pairs", "stage3", *FAST],
+         "feature pair 'stage3' is not TEACHER_LAYER:STUDENT_LAYER"),
+        (["distill", "--teacher", teacher, "--dataset", dataset, "--feature-pairs", "stage9:stage5",
+          "--out", str(tmp_path / "s.keras"), *FAST], "has no layer 'stage9'; its stage layers are: stage1"),
+        (["distill", "--teacher", teacher, "--dataset", dataset, "--config", str(bad_json), *FAST], "invalid JSON"),
+        (["train", "--dataset", dataset, "--out", str(not_a_dir / "m.keras"), *FAST], "cannot write to"),
+        (["train", "--dataset", dataset, "--out", str(tmp_path / "m.h5"), *FAST], "--out must end in .keras"),
+        (["train", "--model", "vgg", "--dataset", dataset, "--out", str(tmp_path / "v.keras"), *FAST],
+         "unknown model 'vgg'"),
+        (["train", "--dataset", dataset, "--validation-fraction", "0.9", "--out", str(tmp_path / "v.keras"),
+          *FAST], "validation_fraction out of range"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert message in _error(argv, capsys), argv
+
+
+def test_out_of_range_options_are_usage_errors(capsys):
+    for argv in (["train", "--epochs", "0"], ["distill", "--teacher", "t.keras", "--temperature", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+        assert "must be" in capsys.readouterr().err
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "kdkeras", "evaluate", "--model", str(tmp_path / "none.keras")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("kdkeras: error: model file not found")
+
+
+def test_parse_feature_pairs():
+    assert cli.parse_feature_pairs("stage3:stage3, stage5:stage4") == [("stage3", "stage3"), ("stage5", "stage4")]
+    assert cli.parse_feature_pairs("none") == []
+    with pytest.raises(ValueError, match="TEACHER_LAYER:STUDENT_LAYER"):
+        cli.parse_feature_pairs("stage3:")
