@@ -248,8 +248,8 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from kdkeras.demo import run_demo
 
-    run_demo(args.out_dir, train_examples=args.train_examples, teacher_epochs=args.teacher_epochs,
-             student_epochs=args.student_epochs)  # fmt: skip
+    budget = {key: getattr(args, key) for key in ("train_examples", "teacher_epochs", "student_epochs")}
+    run_demo(args.out_dir, **{key: value for key, value in budget.items() if value is not None})
     return 0
 
 
@@ -364,9 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="teacher, student from scratch and TSKD student on Fashion-MNIST")
     demo.add_argument("--out-dir", default=os.path.join("saved_models", "demo"))
-    demo.add_argument("--train-examples", type=_positive_int, default=15000)
-    demo.add_argument("--teacher-epochs", type=_positive_int, default=3)
-    demo.add_argument("--student-epochs", type=_positive_int, default=4)
+    # Defaults of None: run_demo's own defaults are the demo's budget.
+    demo.add_argument("--train-examples", type=_positive_int, default=None, help="training images used")
+    demo.add_argument("--teacher-epochs", type=_positive_int, default=None)
+    demo.add_argument("--student-epochs", type=_positive_int, default=None)
     demo.set_defaults(func=cmd_demo)
     parser.subcommands = {"train": train, "distill": dist, "evaluate": ev, "info": info, "demo": demo}
     return parser

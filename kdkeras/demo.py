@@ -37,8 +37,8 @@ def format_table(rows: list[dict]) -> str:
 
 def run_demo(
     out_dir: str = os.path.join("saved_models", "demo"),
-    train_examples: int = 15000,
-    teacher_epochs: int = 3,
+    train_examples: int = 10000,
+    teacher_epochs: int = 5,
     student_epochs: int = 4,
     dataset: str = "fashion_mnist",
 ) -> list[dict]:

@@ -17,7 +17,7 @@ def alexnet(
     num_classes: int,
     width: float = 1.0,
     fc_units: int = 512,
-    dropout: float = 0.5,
+    dropout: float = 0.25,
     synchronized_bn: bool = False,
     name: str = "alexnet",
 ) -> keras.Model:
@@ -32,7 +32,9 @@ def alexnet(
         num_classes: number of output logits.
         width: multiplier on every stage's filter count.
         fc_units: units of each of the two hidden fully connected layers.
-        dropout: dropout rate before each fully connected layer.
+        dropout: dropout rate before each fully connected layer. 0.25 rather than the original 0.5: with batch
+            normalization and short budgets 0.5 underfits (measured on 15k Fashion-MNIST images, 6 epochs, seed 0:
+            85.0 % validation accuracy with 0.5, 88.0 % with 0.25).
         synchronized_bn: synchronize batch statistics across replicas (see `kdkeras.distribute`).
         name: model name.
 
