@@ -100,6 +100,8 @@ def _train_config(args):
         data_dir=args.data_dir,
         logdir=None if args.logdir == "none" else args.logdir or default_logdir(args.command, args.run_name),
         verbose=args.verbose,
+        backup_dir=None if args.backup_dir == "none" else args.backup_dir,
+        checkpoint_steps=args.checkpoint_steps,
     )
 
 
@@ -142,10 +144,11 @@ def _finish_run(model, args, config, extra: dict) -> dict:
 def cmd_train(args) -> int:
     from kdkeras.data import load_dataset
     from kdkeras.models import build_model
-    from kdkeras.training import train_classifier
+    from kdkeras.training import set_seed, train_classifier
 
     _check_writable(args.out)
     config = _train_config(args)
+    set_seed(args.seed)
     _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
     model = build_model(args.model, info.input_shape, info.num_classes, **_builder_options(args))
     history, seconds, _ = train_classifier(model, config)
@@ -157,10 +160,11 @@ def cmd_distill(args) -> int:
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
     from kdkeras.models import build_model
-    from kdkeras.training import distill
+    from kdkeras.training import distill, set_seed
 
     _check_writable(args.out)
     config = _train_config(args)
+    set_seed(args.seed)
     teacher = artifacts.load_model(args.teacher)
     _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
     student = build_model(args.student, info.input_shape, info.num_classes, **_builder_options(args))
@@ -286,6 +290,13 @@ def _add_training_options(parser, run_name_attr: str) -> None:
     group.add_argument("--data-dir", default=None, help="TFDS data directory")
     group.add_argument("--logdir", default=None, help="TensorBoard logs (default runs/…; 'none' for no logs)")
     group.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+    group.add_argument(
+        "--backup-dir",
+        default=None,
+        help="checkpoints for resuming an interrupted run (default OUT.backup/, 'none' for none); "
+        "re-run the same command to resume",
+    )
+    group.add_argument("--checkpoint-steps", type=_positive_int, default=None, help="also checkpoint every N steps")
     parser.set_defaults(run_name_attr=run_name_attr)  # fmt: skip
 
 
@@ -315,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--teacher", required=True, help="trained teacher .keras file")
     dist.add_argument("--student", default="ds_alexnet", help="student architecture (default ds_alexnet)")
     _add_builder_options(dist)
-    dist.add_argument("--config", default=None, help="JSON of option values (e.g. a tuner's best_hparams.json)")
+    dist.add_argument("--config", default=None, help="JSON or YAML file of option values (e.g. a tuner's best_hparams.json)")
     dist.add_argument("--temperature", type=_positive_float, default=4.0)
     dist.add_argument("--alpha", type=_non_negative_float, default=0.5, help="weight of the label loss")
     dist.add_argument("--beta", type=_non_negative_float, default=0.5, help="weight of the soft-target loss")
@@ -377,15 +388,22 @@ def _apply_config_file(parser, args, argv):
     """`distill --config F`: values from F become defaults, so options given on the command line still win."""
     if getattr(args, "config", None) is None:
         return args
+    import yaml
+
     try:
         with open(args.config) as f:
-            values = json.load(f)
+            if args.config.endswith((".yaml", ".yml")):
+                values = yaml.safe_load(f)  # Plain data only: never yaml.load, which can build objects.
+            else:
+                values = json.load(f)
     except OSError as error:
         raise OSError(f"cannot read config {args.config}: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{args.config}: invalid JSON ({error})") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{args.config}: invalid YAML ({_one_line(error)})") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{args.config}: expected a JSON object of option values")
+        raise ValueError(f"{args.config}: expected a mapping of option names to values")
     known = set(vars(args))
     unknown = sorted(set(values) - known)
     if unknown:
@@ -402,6 +420,8 @@ def _finish_defaults(args):
         args.out = os.path.join("saved_models", f"{name}.keras")
     if getattr(args, "out", None) and not args.out.endswith(".keras"):
         raise ValueError(f"--out must end in .keras, got {args.out}")
+    if getattr(args, "backup_dir", "") is None:
+        args.backup_dir = args.out.removesuffix(".keras") + ".backup"
     if args.command == "distill" and args.feature_pairs not in ("auto",):
         parse_feature_pairs(args.feature_pairs)  # Fail on a malformed value before loading anything.
     return args
@@ -419,9 +439,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _finish_defaults(_apply_config_file(parser, args, argv))
         return args.func(args)
-    except KeyboardInterrupt:
-        print("kdkeras: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(
+            f"kdkeras: interrupted: {_one_line(interrupt)}" if str(interrupt) else "kdkeras: interrupted",
+            file=sys.stderr,
+        )
         return 130
+    except ArithmeticError as error:  # A loss became NaN or Inf.
+        print(f"kdkeras: error: {_one_line(error)}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as error:
         print(f"kdkeras: error: {_one_line(error)}", file=sys.stderr)
         return 2

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
+from kdkeras.callbacks import ResumableBackup, StopOnNonFinite, StopOnSignal
 from kdkeras.data import DatasetInfo, load_dataset
 from kdkeras.distiller import Distiller
 
@@ -31,6 +33,8 @@ class TrainConfig:
         data_dir: TFDS data directory.
         logdir: TensorBoard log folder; None for no logs.
         verbose: Keras progress output (0, 1 or 2).
+        backup_dir: checkpoint folder for resuming an interrupted run; None for no checkpoints.
+        checkpoint_steps: also checkpoint every N steps (default: at the end of every epoch only).
     """
 
     dataset: str = "fashion_mnist"
@@ -45,6 +49,8 @@ class TrainConfig:
     data_dir: str | None = None
     logdir: str | None = None
     verbose: int = 1
+    backup_dir: str | None = None
+    checkpoint_steps: int | None = None
 
     def __post_init__(self):
         checks = {
@@ -53,6 +59,7 @@ class TrainConfig:
             "lr": self.lr > 0,
             "max_train_examples": self.max_train_examples is None or self.max_train_examples >= 1,
             "validation_fraction": 0 < self.validation_fraction <= 0.5,
+            "checkpoint_steps": self.checkpoint_steps is None or self.checkpoint_steps >= 1,
         }
         for key, ok in checks.items():
             if not ok:
@@ -82,11 +89,21 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
 
 
 def make_callbacks(config: TrainConfig, extra: Sequence[keras.callbacks.Callback] = ()):
-    """TensorBoard (when `config.logdir` is set) plus `extra`."""
-    callbacks = list(extra)
+    """The run's callbacks, in the order that keeps checkpoints good.
+
+    The non-finite guard runs first, so a NaN step is never checkpointed; then the signal handler, which saves a
+    checkpoint and stops at a step boundary; then the checkpoints (`config.backup_dir`), TensorBoard
+    (`config.logdir`) and `extra`.
+    """
+    backup = None
+    if config.backup_dir:
+        backup = ResumableBackup(config.backup_dir, save_freq=config.checkpoint_steps or "epoch")
+    callbacks = [StopOnNonFinite(where=config.backup_dir), StopOnSignal(backup)]
+    if backup is not None:
+        callbacks.append(backup)
     if config.logdir:
         callbacks.append(keras.callbacks.TensorBoard(config.logdir, update_freq="epoch"))
-    return callbacks
+    return callbacks + list(extra)
 
 
 def _fit(model, train, validation, config: TrainConfig, callbacks):
@@ -100,6 +117,14 @@ def _fit(model, train, validation, config: TrainConfig, callbacks):
         verbose=config.verbose,
     )
     return history.history, time.perf_counter() - start
+
+
+def set_seed(seed: int, deterministic: bool = True) -> None:
+    """Seeds Python, NumPy, TensorFlow and Keras; with `deterministic`, TensorFlow ops are made deterministic too,
+    so the same run on the same CPU gives identical weights."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def compile_classifier(model: keras.Model, optimizer) -> None:

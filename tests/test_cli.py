@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import write_idx_folder
 
@@ -155,3 +156,56 @@ def test_parse_feature_pairs():
     assert cli.parse_feature_pairs("none") == []
     with pytest.raises(ValueError, match="TEACHER_LAYER:STUDENT_LAYER"):
         cli.parse_feature_pairs("stage3:")
+
+
+def test_more_bad_inputs_from_issue_6(trained, capsys, tmp_path):
+    """Each bad input gives one line and exit 2; nothing half-written is left."""
+    from PIL import Image
+
+    root, dataset, teacher = trained
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(open(teacher, "rb").read()[:2000])
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("temperature: [3\n")
+    empty_class = tmp_path / "images"
+    for name in ("a", "b"):
+        (empty_class / name).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(empty_class / "a" / "0.png")
+    tiny = write_idx_folder(str(tmp_path / "tiny"), n_train=3, n_test=2)
+    out = str(tmp_path / "s.keras")
+    cases = [
+        (["evaluate", "--model", str(truncated)], "truncated.keras: not a loadable Keras model"),
+        (["distill", "--teacher", teacher, "--dataset", "fashion_mnist", "--max-train-examples", "50", "--out", out,
+          *FAST], "the teacher 'alexnet' predicts 3 classes, the dataset fashion_mnist has 10"),
+        (["train", "--dataset", f"folder:{empty_class}", "--out", out, *FAST], "class folder 'b' holds no images"),
+        (["train", "--dataset", f"idx:{tiny}", "--out", out, *FAST],
+         "3 training examples are too few for validation_fraction=0.1"),
+        (["distill", "--teacher", teacher, "--dataset", dataset, "--config", str(bad_yaml), *FAST], "invalid YAML"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert message in _error(argv, capsys), argv
+    assert sorted(os.listdir(tmp_path)) == ["bad.yaml", "images", "tiny", "truncated.keras"]
+
+
+def test_folder_with_stray_files_and_mixed_sizes_trains_with_warnings(capsys, tmp_path, caplog):
+    import logging
+
+    from PIL import Image
+
+    for split, count in (("train", 12), ("test", 4)):
+        for k, name in enumerate(("dark", "light")):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                size = (12, 12) if i else (16, 10)  # One odd size per class.
+                Image.fromarray(np.full(size, 40 + 150 * k, np.uint8)).save(tmp_path / split / name / f"{i}.png")
+    (tmp_path / "train" / "dark" / "README.txt").write_text("stray")
+    out = str(tmp_path / "m.keras")
+    with caplog.at_level(logging.WARNING, logger="kdkeras"):
+        code, stdout, err = run(
+            ["train", "--model", "ds_alexnet", "--width", "0.25", "--dataset", f"folder:{tmp_path}",
+             "--validation-fraction", "0.25", "--out", out, *FAST],
+            capsys,
+        )  # fmt: skip
+    assert code == 0, err
+    assert "skipped 1 non-image file" in caplog.text and "resized to 12x12" in caplog.text
+    assert json.loads(open(out.replace(".keras", ".config.json")).read())["dataset"]["input_shape"] == [12, 12, 1]

@@ -1,0 +1,140 @@
+"""Callbacks that make long runs survive: resumable checkpoints, clean stops on signals, non-finite loss guards."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import keras
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped by SIGINT or SIGTERM at a step boundary, after saving a checkpoint."""
+
+
+class NonFiniteLossError(ArithmeticError):
+    """A loss term became NaN or Inf; the last good checkpoint is kept."""
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that keeps two checkpoints, reports what it resumed from, and can save on demand.
+
+    Re-running the same training after an interruption resumes from the newest checkpoint: weights, optimizer
+    state (so the learning-rate schedule continues) and the epoch count. An epoch interrupted in the middle is
+    run again from its start, with the weights of the mid-epoch checkpoint. With `double_checkpoint` a checkpoint
+    damaged by a kill during its own save falls back to the previous one. The folder is deleted when training
+    ends normally.
+
+    Args:
+        backup_dir: folder of the checkpoint files.
+        save_freq: `"epoch"`, or a number of steps between checkpoints (at most that many steps are lost).
+    """
+
+    def __init__(self, backup_dir: str, save_freq="epoch"):
+        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=True, delete_checkpoint=True)
+        self.resumed_epoch = None
+
+    def on_train_begin(self, logs=None):
+        metadata = os.path.join(self.backup_dir, "training_metadata.json")
+        had_checkpoint = os.path.exists(metadata)
+        super().on_train_begin(logs)
+        if had_checkpoint:
+            with open(metadata) as f:
+                self.resumed_epoch = int(json.load(f)["epoch"])
+            print(f"Resuming from checkpoint in {self.backup_dir}: {self.resumed_epoch} epoch(s) done", flush=True)
+
+    def save_now(self) -> None:
+        """Writes a checkpoint of the current step (the interrupted epoch is counted as not done)."""
+        self._save_model()
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Turns SIGINT and SIGTERM into a clean stop at the next step boundary, after a checkpoint.
+
+    The handlers are installed for the duration of `fit` only. The stop raises `TrainingInterrupted` (rather than
+    setting `stop_training`), because a normal end of training would delete the checkpoint folder.
+
+    Args:
+        backup: the run's `ResumableBackup`, which saves the checkpoint; None to stop without one.
+    """
+
+    def __init__(self, backup: ResumableBackup | None):
+        super().__init__()
+        self.backup = backup
+        self._received = None
+        self._previous = {}
+        self._epoch = 0
+
+    def _handle(self, signum, frame):
+        if self._received is not None:  # A second signal: stop now, without waiting for the step.
+            raise TrainingInterrupted(f"{signal.Signals(signum).name} received twice: stopped immediately")
+        self._received = signal.Signals(signum).name
+        print(f"\n{self._received} received: stopping after this step ...", flush=True)
+
+    def on_train_begin(self, logs=None):
+        self._received = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # Not the main thread: leave signals alone.
+                pass
+
+    def _restore(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._received is None:
+            return
+        self._restore()
+        where = f"epoch {self._epoch + 1}, step {batch + 1}"
+        if self.backup is None:
+            raise TrainingInterrupted(f"{self._received}: stopped at {where} (no checkpoint folder configured)")
+        self.backup.save_now()
+        raise TrainingInterrupted(
+            f"{self._received}: stopped at {where}; checkpoint saved in {self.backup.backup_dir}. "
+            "Run the same command again to resume."
+        )
+
+    def on_train_end(self, logs=None):
+        self._restore()
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training with a `NonFiniteLossError` naming the loss term and the step when a term is NaN or Inf.
+
+    Place it before the checkpoint callback, so the bad step is never checkpointed.
+
+    Args:
+        terms: the log keys to watch; default every key holding a loss (`loss`, `ce`, `kd`, `feature`, …).
+        where: text naming the last good checkpoint, for the message.
+    """
+
+    # The terms before their sum, so the message names the term that went wrong.
+    LOSS_KEYS = ("ce", "kd", "feature", "teacher_loss", "loss")
+
+    def __init__(self, terms=LOSS_KEYS, where: str | None = None):
+        super().__init__()
+        self.terms = tuple(terms)
+        self.where = where
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key in self.terms:
+            if logs and key in logs:
+                value = float(logs[key])
+                if not math.isfinite(value):
+                    kept = f"; the last good checkpoint is kept in {self.where}" if self.where else ""
+                    raise NonFiniteLossError(
+                        f"loss term '{key}' became {value} at epoch {self._epoch + 1}, step {batch + 1}{kept}. "
+                        "Lower the learning rate or the loss weights."
+                    )

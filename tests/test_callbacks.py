@@ -1,0 +1,86 @@
+"""kdkeras.callbacks: non-finite losses stop the run naming the term, and never reach a checkpoint."""
+
+import os
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from kdkeras.callbacks import NonFiniteLossError, ResumableBackup, StopOnNonFinite, StopOnSignal
+from kdkeras.distiller import Distiller
+from kdkeras.models import build_model
+from kdkeras.training import TrainConfig, make_callbacks
+
+RNG = np.random.default_rng(0)
+X = RNG.uniform(0, 255, (32, 28, 28, 1)).astype(np.float32)
+Y = RNG.integers(0, 10, 32).astype(np.int32)
+
+
+def _distiller():
+    keras.utils.set_random_seed(0)
+    teacher = build_model("alexnet", (28, 28, 1), 10, width=0.25)
+    student = build_model("ds_alexnet", (28, 28, 1), 10, width=0.25)
+    distiller = Distiller(teacher, student)
+    distiller.compile("adam")
+    return distiller
+
+
+class PoisonTeacher(keras.callbacks.Callback):
+    """Makes the teacher's logits NaN after a given step of the second epoch."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher = teacher
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and batch == 0:
+            bias = self.teacher.get_layer("logits").bias
+            bias.assign(np.full(bias.shape, np.nan, np.float32))
+
+
+def test_nan_names_the_term_and_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    distiller = _distiller()
+    backup_dir = str(tmp_path / "backup")
+    config = TrainConfig(epochs=3, backup_dir=backup_dir, checkpoint_steps=1)
+    with pytest.raises(NonFiniteLossError, match=r"loss term 'kd' became nan at epoch 2, step 2.*kept in"):
+        distiller.fit(
+            X,
+            Y,
+            batch_size=8,
+            epochs=3,
+            verbose=0,
+            callbacks=make_callbacks(config, [PoisonTeacher(distiller.teacher)]),
+        )
+    weights = os.path.join(backup_dir, "latest.weights.h5")
+    assert os.path.exists(weights)  # Not deleted: training did not end normally.
+    with h5py.File(weights) as f:
+        arrays = []
+        f.visititems(lambda name, obj: arrays.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    assert arrays and all(np.all(np.isfinite(a)) for a in arrays if a.dtype.kind == "f")
+
+
+def test_callback_order_guards_before_checkpoints(tmp_path):
+    callbacks = make_callbacks(TrainConfig(backup_dir=str(tmp_path), logdir=str(tmp_path / "logs")))
+    kinds = [type(c) for c in callbacks]
+    assert kinds[:3] == [StopOnNonFinite, StopOnSignal, ResumableBackup]
+    assert isinstance(callbacks[3], keras.callbacks.TensorBoard)
+    assert callbacks[1].backup is callbacks[2]
+
+
+def test_resumable_backup_reports_the_resumed_epoch(tmp_path):
+    distiller = _distiller()
+    backup = ResumableBackup(str(tmp_path / "b"))
+    stop = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: epoch == 1 and (_ for _ in ()).throw(
+        RuntimeError("crash")))  # fmt: skip
+    with pytest.raises(RuntimeError, match="crash"):
+        distiller.fit(X, Y, batch_size=16, epochs=4, verbose=0, callbacks=[backup, stop])
+    resumed = ResumableBackup(str(tmp_path / "b"))
+    history = distiller.fit(X, Y, batch_size=16, epochs=4, verbose=0, callbacks=[resumed])
+    assert resumed.resumed_epoch == 2
+    assert len(history.history["loss"]) == 2  # Epochs 3 and 4 only.
+    assert not os.path.exists(tmp_path / "b")  # Deleted after a normal end.

@@ -1,0 +1,141 @@
+"""Runs that survive, through the real command line in subprocesses: SIGKILL and SIGINT mid-run then resume,
+a kill during a save, and seeded determinism."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import write_idx_folder
+
+from kdkeras import artifacts
+from kdkeras.models import build_model
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+
+
+def kdkeras(*args):
+    return [sys.executable, "-m", "kdkeras", *args]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    dataset = f"idx:{write_idx_folder(str(root / 'idx'), n_train=1200, n_test=100, classes=10)}"
+    keras.utils.set_random_seed(0)
+    teacher = str(root / "teacher.keras")
+    artifacts.save_model(build_model("alexnet", (28, 28, 1), 10, width=0.5), teacher)
+    return root, dataset, teacher
+
+
+def distill_command(root, dataset, teacher, name):
+    out = str(root / f"{name}.keras")
+    argv = kdkeras(
+        "distill", "--teacher", teacher, "--dataset", dataset, "--epochs", "3", "--batch-size", "40",
+        "--checkpoint-steps", "3", "--logdir", "none", "--verbose", "0", "--out", out,
+    )  # fmt: skip
+    return argv, out, out.removesuffix(".keras") + ".backup"
+
+
+def wait_for_checkpoint(backup_dir, process, epoch, timeout=240):
+    """Waits until a mid-epoch checkpoint of `epoch` (0-based count of finished epochs) is on disk."""
+    metadata = os.path.join(backup_dir, "training_metadata.json")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            with open(metadata) as f:
+                state = json.load(f)
+            if state["epoch"] == epoch and state["batch"] > 0:
+                return state
+        except (OSError, ValueError):
+            pass  # Not written yet, or being written.
+        time.sleep(0.05)
+    process.kill()
+    pytest.fail("no checkpoint appeared in time")
+
+
+def test_sigkill_mid_epoch_then_resume(setup):
+    root, dataset, teacher = setup
+    argv, out, backup_dir = distill_command(root, dataset, teacher, "killed")
+    process = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = wait_for_checkpoint(backup_dir, process, epoch=1)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not os.path.exists(out)
+
+    rerun = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"Resuming from checkpoint in {backup_dir}: {state['epoch']} epoch(s) done" in rerun.stdout
+    history = json.loads(open(out.removesuffix(".keras") + ".config.json").read())["history"]
+    assert len(history["loss"]) == 2  # Epochs 2 and 3: epoch 1 was not trained again.
+    assert artifacts.load_model(out).output.shape[-1] == 10
+    assert not os.path.exists(backup_dir)
+
+
+def test_sigint_stops_at_a_step_with_a_checkpoint_and_resumes(setup):
+    root, dataset, teacher = setup
+    argv, out, backup_dir = distill_command(root, dataset, teacher, "interrupted")
+    process = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(backup_dir, process, epoch=0)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("kdkeras: interrupted: SIGINT: stopped at epoch 1, step ")
+    assert last.endswith("Run the same command again to resume.")
+    assert os.path.exists(os.path.join(backup_dir, "latest.weights.h5"))
+
+    rerun = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Resuming from checkpoint" in rerun.stdout
+    assert len(json.loads(open(out.removesuffix(".keras") + ".config.json").read())["history"]["loss"]) == 3
+
+
+SAVE_LOOP = """
+import sys, keras
+from kdkeras import artifacts
+from kdkeras.models import build_model
+model = build_model("alexnet", (28, 28, 1), 10)
+while True:
+    artifacts.save_model(model, sys.argv[1])
+    print("saved", flush=True)
+"""
+
+
+def test_sigkill_during_save_leaves_a_loadable_model(tmp_path):
+    target = str(tmp_path / "model.keras")
+    process = subprocess.Popen(
+        [sys.executable, "-c", SAVE_LOOP, target], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "saved"
+    time.sleep(0.3)  # Somewhere inside a later save (each takes ~0.1–0.3 s).
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    model = artifacts.load_model(target)  # The last complete save, never a truncated file.
+    assert model.count_params() == build_model("alexnet", (28, 28, 1), 10).count_params()
+
+
+def test_same_seed_gives_identical_weights_and_accuracy(setup):
+    root, dataset, _ = setup
+    outputs = []
+    for run in ("a", "b"):
+        out = str(root / f"seeded_{run}.keras")
+        argv = kdkeras(
+            "train", "--model", "ds_alexnet", "--width", "0.5", "--dataset", dataset, "--epochs", "1",
+            "--max-train-examples", "400", "--seed", "7", "--logdir", "none", "--verbose", "0", "--out", out,
+        )  # fmt: skip
+        result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        outputs.append(out)
+    first, second = (artifacts.load_model(path) for path in outputs)
+    for a, b in zip(first.weights, second.weights, strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    accuracies = [json.loads(open(p.removesuffix(".keras") + ".config.json").read())["test_accuracy"] for p in outputs]
+    assert accuracies[0] == accuracies[1]
