@@ -1,4 +1,4 @@
-"""The `kdkeras` command line: train, distill, evaluate, info, demo.
+"""The `kdkeras` command line: train, distill, evaluate, info, export, benchmark, demo.
 
 Every failure the user can cause ends in one line on stderr, `kdkeras: error: …`, and exit status 2 (1 for an
 internal error, with `--debug` showing its traceback), never a bare traceback.
@@ -249,6 +249,65 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from kdkeras import artifacts
+    from kdkeras.data import load_dataset
+    from kdkeras.export import export_model, representative_images
+    from kdkeras.training import check_classes
+
+    model = artifacts.load_model(args.model)
+    test, info = load_dataset(args.dataset, "test", 256, data_dir=args.data_dir, max_examples=args.max_test_examples)
+    check_classes(model, info)
+    representative = None
+    if args.quantize == "int8":
+        train, _ = load_dataset(args.dataset, "train", 256, data_dir=args.data_dir, shuffle=True)
+        representative = representative_images(train, args.representative_samples, model.inputs[0].shape[1:])
+    record = export_model(
+        model,
+        args.out,
+        args.format,
+        test,
+        info.class_names,
+        quantize=args.quantize,
+        representative=representative,
+        max_drop=args.max_drop,
+    )
+    print(
+        f"exported {args.out} ({record['bytes'] / 1024:.0f} KB): accuracy {record['exported_accuracy']:.4f} vs "
+        f"Keras {record['keras_accuracy']:.4f} on {info.num_examples} test images; details in {args.out}.verify.json"
+    )
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    import tensorflow as tf
+
+    from kdkeras import artifacts
+    from kdkeras.benchmark import benchmark_file, format_table
+
+    try:  # Only possible before TensorFlow's runtime starts; then the Keras rows use its default threads.
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    except RuntimeError:
+        pass
+    rows = []
+    for path in args.models:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model file not found: {path}")
+        rows.append(benchmark_file(path, args.threads, args.runs))
+    table = format_table(rows)
+    machine = f"{os.cpu_count()} CPU cores; {args.threads} thread(s); median of {args.runs} runs after warm-up"
+    command = "kdkeras benchmark " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "kdkeras benchmark"
+    os.makedirs(args.out_dir, exist_ok=True)
+    artifacts.write_json(
+        os.path.join(args.out_dir, "benchmark.json"), {"command": command, "machine": machine, "rows": rows}
+    )
+    artifacts.write_text(
+        os.path.join(args.out_dir, "benchmark.md"), f"Command: `{command}`  \nMachine: {machine}\n\n{table}\n"
+    )
+    print(f"{table}\n\n{machine}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from kdkeras.demo import run_demo
 
@@ -326,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--teacher", required=True, help="trained teacher .keras file")
     dist.add_argument("--student", default="ds_alexnet", help="student architecture (default ds_alexnet)")
     _add_builder_options(dist)
-    dist.add_argument("--config", default=None, help="JSON or YAML file of option values (e.g. a tuner's best_hparams.json)")
+    dist.add_argument(
+        "--config", default=None, help="JSON or YAML file of option values (e.g. a tuner's best_hparams.json)"
+    )
     dist.add_argument("--temperature", type=_positive_float, default=4.0)
     dist.add_argument("--alpha", type=_non_negative_float, default=0.5, help="weight of the label loss")
     dist.add_argument("--beta", type=_non_negative_float, default=0.5, help="weight of the soft-target loss")
@@ -373,6 +434,25 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
 
+    exp = sub.add_parser("export", help="SavedModel or TFLite export, verified on the test set")
+    exp.add_argument("--model", required=True, help=".keras file")
+    exp.add_argument("--format", choices=("saved_model", "tflite"), default="tflite")
+    exp.add_argument("--quantize", choices=("none", "float16", "dynamic", "int8"), default="none")
+    exp.add_argument("--out", required=True, help=".tflite file, or SavedModel folder")
+    exp.add_argument("--dataset", default="fashion_mnist", help="test data for the verification")
+    exp.add_argument("--data-dir", default=None)
+    exp.add_argument("--max-drop", type=_non_negative_float, default=1.0, help="allowed accuracy drop (points)")
+    exp.add_argument("--max-test-examples", type=_positive_int, default=None)
+    exp.add_argument("--representative-samples", type=_positive_int, default=200, help="int8 calibration images")
+    exp.set_defaults(func=cmd_export)
+
+    bench = sub.add_parser("benchmark", help="size, latency and throughput of .keras and .tflite files")
+    bench.add_argument("--models", nargs="+", required=True)
+    bench.add_argument("--threads", type=_positive_int, default=1)
+    bench.add_argument("--runs", type=_positive_int, default=50)
+    bench.add_argument("--out-dir", default=os.path.join("experiments", "results"))
+    bench.set_defaults(func=cmd_benchmark)
+
     demo = sub.add_parser("demo", help="teacher, student from scratch and TSKD student on Fashion-MNIST")
     demo.add_argument("--out-dir", default=os.path.join("saved_models", "demo"))
     # Defaults of None: run_demo's own defaults are the demo's budget.
@@ -380,7 +460,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--teacher-epochs", type=_positive_int, default=None)
     demo.add_argument("--student-epochs", type=_positive_int, default=None)
     demo.set_defaults(func=cmd_demo)
-    parser.subcommands = {"train": train, "distill": dist, "evaluate": ev, "info": info, "demo": demo}
+    parser.subcommands = {
+        "train": train,
+        "distill": dist,
+        "evaluate": ev,
+        "info": info,
+        "export": exp,
+        "benchmark": bench,
+        "demo": demo,
+    }
     return parser
 
 
@@ -418,7 +506,7 @@ def _finish_defaults(args):
     if getattr(args, "out", "") is None:
         name = args.model if args.command == "train" else f"{args.student}_distilled"
         args.out = os.path.join("saved_models", f"{name}.keras")
-    if getattr(args, "out", None) and not args.out.endswith(".keras"):
+    if args.command in ("train", "distill") and not args.out.endswith(".keras"):
         raise ValueError(f"--out must end in .keras, got {args.out}")
     if getattr(args, "backup_dir", "") is None:
         args.backup_dir = args.out.removesuffix(".keras") + ".backup"
