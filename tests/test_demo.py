@@ -1,0 +1,37 @@
+"""kdkeras.demo: the whole demo on a tiny budget writes its models, the int8 export and the table."""
+
+import json
+import os
+
+import pytest
+from conftest import requires_fashion_mnist
+
+from kdkeras.demo import format_table, run_demo
+
+
+def test_format_table():
+    rows = [
+        {"model": "t", "params": 1234, "flops": 2.5e6, "test_accuracy": 0.91234, "file_kb": 10.2, "train_seconds": 3.4},
+        {"model": "s", "params": 10, "flops": 1e5, "test_accuracy": 0.5, "file_kb": 1.0, "train_seconds": None},
+    ]
+    lines = format_table(rows).splitlines()
+    assert lines[2] == "| t | 1,234 | 2.5 | 0.9123 | 10 | 3 |"
+    assert lines[3] == "| s | 10 | 0.1 | 0.5000 | 1 | – |"
+
+
+@pytest.mark.slow
+@requires_fashion_mnist
+def test_tiny_demo_writes_everything(tmp_path):
+    rows = run_demo(str(tmp_path), train_examples=600, teacher_epochs=1, student_epochs=1)
+    assert [row["model"].split(" (")[0] for row in rows] == [
+        "teacher",
+        "student from scratch",
+        "TSKD student",
+        "TSKD student, TFLite int8",
+    ]
+    for name in ("teacher.keras", "student_scratch.keras", "student_tskd.keras", "student_tskd_int8.tflite"):
+        assert os.path.exists(tmp_path / name)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["rows"]) == 4 and "total wall time" in results["note"]
+    assert "| TSKD student, TFLite int8 |" in (tmp_path / "results.md").read_text()
+    assert rows[0]["params"] > 8 * rows[2]["params"]
