@@ -1,4 +1,4 @@
-"""The `kdkeras` command line: train, distill, evaluate, info, export, benchmark, demo.
+"""The `kdkeras` command line: train, distill, evaluate, info, export, compress, benchmark, demo.
 
 Every failure the user can cause ends in one line on stderr, `kdkeras: error: …`, and exit status 2 (1 for an
 internal error, with `--debug` showing its traceback), never a bare traceback.
@@ -40,6 +40,20 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
+
+def _clusters(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2, got {value}")
     return value
 
 
@@ -279,6 +293,51 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    from kdkeras import artifacts, compression
+    from kdkeras.data import load_dataset
+    from kdkeras.export import publish, representative_images, tflite_predict, verify_path
+    from kdkeras.training import check_classes, set_seed
+
+    set_seed(args.seed)
+    student, teacher = artifacts.load_model(args.model), artifacts.load_model(args.teacher)
+    train, info = load_dataset(
+        args.dataset, "train", args.batch_size, augment_images=True, max_examples=args.max_train_examples,
+        data_dir=args.data_dir, seed=args.seed,
+    )  # fmt: skip
+    check_classes(student, info, "student")
+    check_classes(teacher, info, "teacher")
+    test, _ = load_dataset(args.dataset, "test", 256, data_dir=args.data_dir, max_examples=args.max_test_examples)
+    method = "prune" if args.prune is not None else "cluster" if args.cluster is not None else "qat"
+    quantize = args.quantize or ("dynamic" if method == "qat" else "none")
+    representative = representative_images(train, args.representative_samples, info.input_shape) if (
+        quantize == "int8") else None  # fmt: skip
+    compressed, report = compression.fine_tune(
+        student, teacher, train, method, epochs=args.epochs, lr=args.lr, sparsity=args.prune,
+        clusters=args.cluster, temperature=args.temperature, alpha=args.alpha, beta=args.beta,
+    )  # fmt: skip
+    content = compression.tflite_from_tf_keras(compressed, quantize, representative)
+
+    def write(path):
+        with open(path, "wb") as f:
+            f.write(content)
+
+    record = publish(args.out, "model.tflite", write, tflite_predict, student, test, info.class_names,
+                     args.max_drop, {"format": "tflite", "quantize": quantize, "compression": report})  # fmt: skip
+    if method == "prune":
+        for name, value in report["kernel_sparsity"].items():
+            print(f"  {name:<28s} sparsity {value:.3f}")
+    elif method == "cluster":
+        for name, value in report["kernel_unique_values"].items():
+            print(f"  {name:<28s} {value} distinct values")
+    print(
+        f"compressed ({method}) {args.out} ({record['bytes'] / 1024:.0f} KB): accuracy "
+        f"{record['exported_accuracy']:.4f} vs uncompressed Keras {record['keras_accuracy']:.4f}; "
+        f"details in {verify_path(args.out)}"
+    )
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     import tensorflow as tf
 
@@ -446,6 +505,35 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--representative-samples", type=_positive_int, default=200, help="int8 calibration images")
     exp.set_defaults(func=cmd_export)
 
+    comp = sub.add_parser("compress", help="prune, quantization-aware train or cluster a student (tfmot) → TFLite")
+    comp.add_argument("--model", required=True, help="trained student .keras file")
+    comp.add_argument("--teacher", required=True, help="teacher .keras file (soft targets while fine-tuning)")
+    how = comp.add_mutually_exclusive_group(required=True)
+    how.add_argument("--prune", type=_fraction, default=None, metavar="SPARSITY", help="magnitude pruning, e.g. 0.5")
+    how.add_argument("--qat", action="store_true", help="quantization-aware training")
+    how.add_argument("--cluster", type=_clusters, default=None, metavar="K", help="weight clustering into K centroids")
+    comp.add_argument(
+        "--quantize",
+        choices=("none", "float16", "dynamic", "int8"),
+        default=None,
+        help="TFLite quantization (default: none; dynamic for --qat)",
+    )
+    comp.add_argument("--out", required=True, help=".tflite file")
+    comp.add_argument("--dataset", default="fashion_mnist")
+    comp.add_argument("--data-dir", default=None)
+    comp.add_argument("--epochs", type=_positive_int, default=2, help="fine-tuning epochs")
+    comp.add_argument("--lr", type=_positive_float, default=1e-4)
+    comp.add_argument("--batch-size", type=_positive_int, default=128)
+    comp.add_argument("--seed", type=int, default=0)
+    comp.add_argument("--max-train-examples", type=_positive_int, default=None)
+    comp.add_argument("--max-test-examples", type=_positive_int, default=None)
+    comp.add_argument("--temperature", type=_positive_float, default=4.0)
+    comp.add_argument("--alpha", type=_non_negative_float, default=0.5)
+    comp.add_argument("--beta", type=_non_negative_float, default=0.5)
+    comp.add_argument("--max-drop", type=_non_negative_float, default=1.0, help="allowed accuracy drop (points)")
+    comp.add_argument("--representative-samples", type=_positive_int, default=200)
+    comp.set_defaults(func=cmd_compress)
+
     bench = sub.add_parser("benchmark", help="size, latency and throughput of .keras and .tflite files")
     bench.add_argument("--models", nargs="+", required=True)
     bench.add_argument("--threads", type=_positive_int, default=1)
@@ -466,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate": ev,
         "info": info,
         "export": exp,
+        "compress": comp,
         "benchmark": bench,
         "demo": demo,
     }

@@ -107,10 +107,13 @@ def tflite_bytes(model: keras.Model, quantize: str = "none", representative: np.
         )
         archive.write_out(folder, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serve"])
-        return _convert(converter, quantize, representative)
+        return configure_converter(converter, quantize, representative).convert()
 
 
-def _convert(converter, quantize: str, representative: np.ndarray | None) -> bytes:
+def configure_converter(converter, quantize: str, representative: np.ndarray | None = None):
+    """Sets a `TFLiteConverter` up for one of `QUANTIZATIONS` (see `tflite_bytes`) and returns it."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization '{quantize}'; choose one of: {', '.join(QUANTIZATIONS)}")
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
@@ -127,7 +130,7 @@ def _convert(converter, quantize: str, representative: np.ndarray | None) -> byt
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    return converter
 
 
 class TFLiteModel:
@@ -176,6 +179,11 @@ class TFLiteModel:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return np.argmax(self.logits(images), axis=-1)
+
+
+def tflite_predict(path: str):
+    """`predict(images) -> class ids` of a `.tflite` file."""
+    return TFLiteModel(path).predict
 
 
 # --------------------------------------------------------------------------------------------------- verification
@@ -251,30 +259,46 @@ def export_model(
         raise ValueError("quantization applies to --format tflite only")
     if not max_drop >= 0:
         raise ValueError(f"max_drop must be >= 0, got {max_drop}")
+    if export_format == "tflite":
+        content = tflite_bytes(model, quantize, representative)
+        return publish(out, "model.tflite", lambda staged: _write_bytes(staged, content), tflite_predict,
+                       reference or model, test_dataset, class_names, max_drop,
+                       {"format": "tflite", "quantize": quantize})  # fmt: skip
+    return publish(out, "saved_model", lambda staged: write_saved_model(model, staged, class_names),
+                   saved_model_predict, reference or model, test_dataset,
+                   class_names, max_drop, {"format": "saved_model", "quantize": "none"})  # fmt: skip
+
+
+def _write_bytes(path: str, content: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+def publish(out, staged_name, write, load, reference, test_dataset, class_names, max_drop, details) -> dict:
+    """Writes an export to a staging path, verifies it, and renames it to `out` only when it passes.
+
+    Args:
+        out: the final file or folder.
+        staged_name: its name inside the staging folder.
+        write: `write(staged_path)` writes the export.
+        load: `load(staged_path)` returns `predict(images) -> class ids`.
+        reference: the Keras model whose accuracy the export must keep.
+        test_dataset, class_names, max_drop: see `export_model`.
+        details: extra fields of the verification record.
+
+    Returns:
+        The verification record, also written to `OUT.verify.json`.
+    """
     out = os.fspath(out)
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=folder)
     try:
-        if export_format == "tflite":
-            staged = os.path.join(work, "model.tflite")
-            with open(staged, "wb") as f:
-                f.write(tflite_bytes(model, quantize, representative))
-            predict = TFLiteModel(staged).predict
-        else:
-            staged = os.path.join(work, "saved_model")
-            write_saved_model(model, staged, class_names)
-            predict = saved_model_predict(staged)
-        record = verify(predict, reference or model, test_dataset, max_drop)
-        record.update(
-            {
-                "format": export_format,
-                "quantize": quantize,
-                "file": out,
-                "class_names": [str(n) for n in class_names],
-                "bytes": _size(staged),
-            }
-        )
+        staged = os.path.join(work, staged_name)
+        write(staged)
+        record = verify(load(staged), reference, test_dataset, max_drop)
+        record.update(details)
+        record.update({"file": out, "class_names": [str(n) for n in class_names], "bytes": _size(staged)})
         artifacts.write_json(verify_path(out), record)
         if not record["passed"]:
             raise ExportVerificationError(
