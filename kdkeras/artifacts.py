@@ -65,11 +65,25 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def save_model(model: keras.Model, path: str | os.PathLike) -> None:
-    """Saves a model in the `.keras` format, atomically."""
+def save_model(model: keras.Model, path: str | os.PathLike, include_optimizer: bool = False) -> None:
+    """Saves a model in the `.keras` format, atomically.
+
+    Args:
+        model: the model.
+        path: a `.keras` file.
+        include_optimizer: keep the optimizer state. Off by default: finished models are for inference and
+            distillation (interrupted training resumes from its checkpoint folder instead), and Adam's state
+            triples the file (measured: 27.1 MB instead of 9.1 MB for `alexnet`).
+    """
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"model files end in .keras, got {path}")
+    # from_config rebuilds functional and sequential models; subclassed ones (a Distiller) are saved whole.
+    rebuildable = isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+    if not include_optimizer and getattr(model, "optimizer", None) is not None and rebuildable:
+        weights = model.get_weights()
+        model = model.__class__.from_config(model.get_config())  # Uncompiled (clone_model copies the optimizer).
+        model.set_weights(weights)
     with atomic_path(path, ".keras") as tmp:
         model.save(tmp)
 

@@ -72,3 +72,24 @@ def test_loaded_model_predicts_like_the_saved_one(tmp_path):
     artifacts.save_model(model, tmp_path / "m.keras")
     x = np.ones((1, 3), np.float32)
     np.testing.assert_array_equal(artifacts.load_model(tmp_path / "m.keras")(x), model(x))
+
+
+def test_saved_models_leave_the_optimizer_out_unless_asked(tmp_path):
+    import zipfile
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(64)(keras.layers.Dense(64)(inputs)))
+    model.compile("adam", "mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 64)), verbose=0)
+    artifacts.save_model(model, tmp_path / "lean.keras")
+    artifacts.save_model(model, tmp_path / "full.keras", include_optimizer=True)
+
+    def weights_bytes(name):
+        return zipfile.ZipFile(tmp_path / name).getinfo("model.weights.h5").file_size
+
+    assert weights_bytes("full.keras") > 2 * weights_bytes("lean.keras")
+    lean = artifacts.load_model(tmp_path / "lean.keras", compile=True)
+    assert getattr(lean, "optimizer", None) is None
+    x = np.ones((2, 3), np.float32)
+    np.testing.assert_allclose(lean(x), model(x), rtol=1e-6)
+    assert model.optimizer is not None  # The caller's model is untouched.
