@@ -1,4 +1,4 @@
-"""The `kdkeras` command line: train, distill, evaluate, info, export, compress, benchmark, demo.
+"""The `kdkeras` command line: train, distill, tune, evaluate, info, export, compress, benchmark, demo.
 
 Every failure the user can cause ends in one line on stderr, `kdkeras: error: …`, and exit status 2 (1 for an
 internal error, with `--debug` showing its traceback), never a bare traceback.
@@ -263,6 +263,58 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    import keras
+
+    from kdkeras import tuning
+    from kdkeras.models import build_model
+    from kdkeras.training import TrainConfig, check_classes, load_splits, set_seed
+
+    space = tuning.SearchSpace.from_dict(_read_mapping(args.space)) if args.space else tuning.SearchSpace()
+    set_seed(args.seed)
+    teacher = tuning.load_teacher(args.teacher)
+    config = TrainConfig(
+        dataset=args.dataset, epochs=args.epochs_per_trial, batch_size=args.batch_size, seed=args.seed,
+        max_train_examples=args.max_train_examples, data_dir=args.data_dir, verbose=args.verbose,
+    )  # fmt: skip
+    train, validation, info = load_splits(config)
+    check_classes(teacher, info, "teacher")
+    student_kwargs = _builder_options(args)
+    probe = build_model(args.student, info.input_shape, info.num_classes, **student_kwargs)
+    pairs = (
+        default_feature_pairs(teacher, probe)
+        if args.feature_pairs == "auto"
+        else parse_feature_pairs(args.feature_pairs)
+    )
+    hypermodel = tuning.DistillerHyperModel(
+        teacher, (args.student, student_kwargs), pairs, space, config, steps_per_epoch=len(train)
+    )
+    tuner = tuning.make_tuner(
+        args.tuner, hypermodel, args.max_trials, args.epochs_per_trial, args.directory, args.project_name,
+        args.overwrite, args.seed,
+    )  # fmt: skip
+    logdir = os.path.join(args.directory, args.project_name, "tensorboard")
+    tuner.search(
+        train,
+        validation_data=validation,
+        epochs=args.epochs_per_trial,
+        shuffle=False,
+        verbose=args.verbose,
+        callbacks=[keras.callbacks.TensorBoard(logdir)],
+    )
+    rows = tuning.trial_rows(tuner)
+    out_dir = os.path.join(args.directory, args.project_name)
+    note = (
+        f"{args.tuner} search, {len(rows)} trials × {args.epochs_per_trial} epoch(s), {info.name}, "
+        f"{config.max_train_examples or 'all'} training images; objective: student val_accuracy"
+    )
+    best = tuning.write_reports(rows, out_dir, note)
+    print(f"best val_accuracy {rows[0]['val_accuracy']:.4f} with {json.dumps(best)}")
+    print(f"wrote {out_dir}/best_hparams.json (use: kdkeras distill --config {out_dir}/best_hparams.json …), "
+          f"trials.md, trials.json, objective.png; TensorBoard logs in {logdir}")  # fmt: skip
+    return 0
+
+
 def cmd_export(args) -> int:
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
@@ -493,6 +545,26 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
 
+    tune = sub.add_parser("tune", help="Keras Tuner search of temperature, loss weights and learning rate")
+    tune.add_argument("--teacher", required=True, help="trained teacher .keras file (loaded once, shared)")
+    tune.add_argument("--student", default="ds_alexnet")
+    _add_builder_options(tune)
+    tune.add_argument("--feature-pairs", default="auto")
+    tune.add_argument("--dataset", default="fashion_mnist")
+    tune.add_argument("--data-dir", default=None)
+    tune.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
+    tune.add_argument("--max-trials", type=_positive_int, default=12)
+    tune.add_argument("--epochs-per-trial", type=_positive_int, default=2)
+    tune.add_argument("--max-train-examples", type=_positive_int, default=10000)
+    tune.add_argument("--batch-size", type=_positive_int, default=128)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--space", default=None, help="JSON/YAML of ranges, e.g. {temperature: [2, 10]}")
+    tune.add_argument("--directory", default="runs/tune", help="where trials, reports and logs go")
+    tune.add_argument("--project-name", default="tskd")
+    tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    tune.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+    tune.set_defaults(func=cmd_tune)
+
     exp = sub.add_parser("export", help="SavedModel or TFLite export, verified on the test set")
     exp.add_argument("--model", required=True, help=".keras file")
     exp.add_argument("--format", choices=("saved_model", "tflite"), default="tflite")
@@ -553,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distill": dist,
         "evaluate": ev,
         "info": info,
+        "tune": tune,
         "export": exp,
         "compress": comp,
         "benchmark": bench,
@@ -561,26 +634,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _read_mapping(path: str) -> dict:
+    """A JSON or YAML file (by its ending) holding one mapping; YAML through `yaml.safe_load` (plain data only)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) if path.endswith((".yaml", ".yml")) else json.load(f)
+    except OSError as error:
+        raise OSError(f"cannot read config {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: invalid JSON ({error})") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: invalid YAML ({_one_line(error)})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of names to values")
+    return values
+
+
 def _apply_config_file(parser, args, argv):
     """`distill --config F`: values from F become defaults, so options given on the command line still win."""
     if getattr(args, "config", None) is None:
         return args
-    import yaml
-
-    try:
-        with open(args.config) as f:
-            if args.config.endswith((".yaml", ".yml")):
-                values = yaml.safe_load(f)  # Plain data only: never yaml.load, which can build objects.
-            else:
-                values = json.load(f)
-    except OSError as error:
-        raise OSError(f"cannot read config {args.config}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{args.config}: invalid JSON ({error})") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"{args.config}: invalid YAML ({_one_line(error)})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{args.config}: expected a mapping of option names to values")
+    values = _read_mapping(args.config)
     known = set(vars(args))
     unknown = sorted(set(values) - known)
     if unknown:

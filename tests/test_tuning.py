@@ -1,0 +1,131 @@
+"""kdkeras.tuning: trial hyperparameters reach the distiller, the teacher is shared and untouched, a search
+resumes without redoing trials, reports are written, and bad input is refused."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from conftest import write_idx_folder
+
+from kdkeras import artifacts, cli, tuning
+from kdkeras.models import build_model
+from kdkeras.training import TrainConfig, load_splits
+
+BUILT = []  # Module-level: Keras Tuner deep-copies the callbacks of every trial.
+
+
+class Recorder(keras.callbacks.Callback):
+    """Records the distiller each trial trains: what Keras Tuner really built from the trial's values."""
+
+    def on_train_begin(self, logs=None):
+        m = self.model
+        BUILT.append((m.temperature, m.alpha, m.beta, m.gamma, m.feature_loss, id(m.teacher)))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    dataset = f"idx:{write_idx_folder(str(root / 'idx'), n_train=160, n_test=40)}"
+    keras.utils.set_random_seed(0)
+    teacher_path = str(root / "teacher.keras")
+    artifacts.save_model(build_model("alexnet", (28, 28, 1), 3, width=0.25), teacher_path)
+    config = TrainConfig(dataset=dataset, epochs=1, batch_size=32, verbose=0)
+    train, validation, _ = load_splits(config)
+    return root, dataset, teacher_path, config, train, validation
+
+
+def _search(setup, directory, max_trials):
+    BUILT.clear()
+    root, _, teacher_path, config, train, validation = setup
+    teacher = tuning.load_teacher(teacher_path)
+    hypermodel = tuning.DistillerHyperModel(
+        teacher, ("ds_alexnet", {"width": 0.25}), [("stage5", "stage5")], tuning.SearchSpace(), config, len(train)
+    )
+    tuner = tuning.make_tuner("random", hypermodel, max_trials, 1, directory, "p", overwrite=False, seed=1)
+    tuner.search(train, validation_data=validation, epochs=1, verbose=0, callbacks=[Recorder()])
+    return tuner, teacher
+
+
+def test_search_uses_the_trial_values_shares_the_teacher_and_resumes(setup, tmp_path):
+    directory = str(tmp_path / "search")
+    tuner, teacher = _search(setup, directory, 2)
+    first = list(BUILT)
+    trials = sorted(tuner.oracle.trials.values(), key=lambda t: int(t.trial_id))
+    assert len(first) == 2
+    for trial, built in zip(trials, first, strict=True):
+        hp = trial.hyperparameters.values
+        assert built[:5] == (hp["temperature"], hp["alpha"], hp["beta"], hp["gamma"], hp["feature_loss"])
+    assert len({b[5] for b in first}) == 1  # One teacher object for every trial.
+    assert all(1.0 <= b[0] <= 20.0 for b in first)
+
+    tuner, teacher = _search(setup, directory, 3)
+    assert len(BUILT) == 1  # Resumed: only the third trial ran.
+    assert len(tuner.oracle.trials) == 3
+    rows = tuning.trial_rows(tuner)
+    assert [r["val_accuracy"] for r in rows] == sorted((r["val_accuracy"] for r in rows), reverse=True)
+
+
+def test_search_leaves_the_teacher_file_and_weights_unchanged(setup, tmp_path):
+    _, _, teacher_path, *_ = setup
+    before = [np.array(w) for w in tuning.load_teacher(teacher_path).weights]
+    _, teacher = _search(setup, str(tmp_path / "s"), 2)
+    for a, b in zip(before, teacher.weights, strict=True):
+        np.testing.assert_array_equal(a, np.array(b))
+
+
+def test_cli_writes_reports_that_distill_accepts(setup, tmp_path, capsys):
+    root, dataset, teacher_path, *_ = setup
+    directory = str(tmp_path / "cli")
+    argv = ["tune", "--teacher", teacher_path, "--width", "0.25", "--dataset", dataset, "--max-trials", "3",
+            "--epochs-per-trial", "1", "--max-train-examples", "100", "--batch-size", "32", "--directory", directory,
+            "--verbose", "0"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out_dir = os.path.join(directory, "tskd")
+    for name in ("best_hparams.json", "trials.json", "trials.md", "objective.png"):
+        assert os.path.exists(os.path.join(out_dir, name)), name
+    best = json.loads(open(os.path.join(out_dir, "best_hparams.json")).read())
+    assert set(best) == set(tuning.HP_NAMES)
+    trials = json.loads(open(os.path.join(out_dir, "trials.json")).read())["trials"]
+    assert len(trials) == 3 and trials[0]["temperature"] == best["temperature"]
+    assert os.listdir(os.path.join(out_dir, "tensorboard"))  # Per-trial TensorBoard logs.
+
+    student = str(tmp_path / "s.keras")
+    code = cli.main(["distill", "--teacher", teacher_path, "--width", "0.25", "--dataset", dataset, "--epochs", "1",
+                     "--config", os.path.join(out_dir, "best_hparams.json"), "--logdir", "none", "--verbose", "0",
+                     "--out", student])  # fmt: skip
+    assert code == 0
+    used = json.loads(open(student.replace(".keras", ".config.json")).read())
+    assert used["distillation"]["temperature"] == best["temperature"] and used["train_config"]["lr"] == best["lr"]
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"temperature": [5, 2]}, "search range of temperature is empty or inverted"),
+        ({"alpha": [0.5, 0.5]}, "search range of alpha is empty or inverted"),
+        ({"lr": [0, 1e-3]}, "search range of lr must be positive"),
+        ({"beta": [-1, 1]}, "search range of beta must be >= 0"),
+        ({"feature_losses": ["cosine"]}, "non-empty subset of hint, attention"),
+        ({"dropout": [0, 1]}, "unknown search-space key(s): dropout"),
+    ],
+)
+def test_bad_search_spaces(space, message):
+    with pytest.raises(ValueError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        tuning.SearchSpace.from_dict(space)
+
+
+def test_cli_bad_input(setup, tmp_path, capsys):
+    _, dataset, teacher_path, *_ = setup
+    space = tmp_path / "space.yaml"
+    space.write_text("temperature: [8, 2]\n")
+    base = ["tune", "--dataset", dataset, "--directory", str(tmp_path / "d")]
+    assert cli.main([*base, "--teacher", str(tmp_path / "none.keras")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+    assert cli.main([*base, "--teacher", teacher_path, "--space", str(space)]) == 2
+    assert "empty or inverted" in capsys.readouterr().err
+    for bad in (["--max-trials", "0"], ["--tuner", "grid"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*base, "--teacher", teacher_path, *bad])
+        assert exit_info.value.code == 2
