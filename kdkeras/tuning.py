@@ -170,6 +170,7 @@ def write_reports(rows: list[dict], out_dir: str, note: str) -> dict:
     artifacts.write_text(os.path.join(out_dir, "trials.md"), "\n".join(lines) + "\n")
 
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -177,7 +178,11 @@ def write_reports(rows: list[dict], out_dir: str, note: str) -> dict:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
     for ax, name, log in ((axes[0], "temperature", True), (axes[1], "beta", False)):
         ax.scatter([r[name] for r in rows], [100 * r["val_accuracy"] for r in rows])
-        ax.set_xscale("log" if log else "linear")
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 2, 5, 10 rather than 2×10⁰.
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xticks([t for t in (1, 2, 5, 10, 20, 50) if min(r[name] for r in rows) / 2 <= t])
         ax.set_xlabel(name + (" (log scale)" if log else ""))
     axes[0].set_ylabel("student validation accuracy (%)")
     fig.suptitle(note, fontsize=7)

@@ -5,6 +5,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -34,6 +35,22 @@ def write_idx_folder(folder, n_train=60, n_test=20, size=28, classes=3, seed=0):
         with gzip.open(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
             f.write(idx_bytes(labels))
     return folder
+
+
+def idx_dataset_and_teacher(root, n_train, n_test, classes, width):
+    """A generated `idx:` dataset under `root` and an (untrained, seeded) alexnet teacher saved beside it.
+
+    Returns:
+        `(dataset spec, teacher .keras path)`.
+    """
+    from kdkeras import artifacts
+    from kdkeras.models import build_model
+
+    dataset = f"idx:{write_idx_folder(os.path.join(root, 'idx'), n_train=n_train, n_test=n_test, classes=classes)}"
+    keras.utils.set_random_seed(0)
+    teacher = os.path.join(root, "teacher.keras")
+    artifacts.save_model(build_model("alexnet", (28, 28, 1), classes, width=width), teacher)
+    return dataset, teacher
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ import subprocess
 import sys
 import time
 
-import keras
 import numpy as np
 import pytest
-from conftest import write_idx_folder
+from conftest import idx_dataset_and_teacher
 
 from kdkeras import artifacts
 from kdkeras.models import build_model
@@ -27,10 +26,7 @@ def kdkeras(*args):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    dataset = f"idx:{write_idx_folder(str(root / 'idx'), n_train=1200, n_test=100, classes=10)}"
-    keras.utils.set_random_seed(0)
-    teacher = str(root / "teacher.keras")
-    artifacts.save_model(build_model("alexnet", (28, 28, 1), 10, width=0.5), teacher)
+    dataset, teacher = idx_dataset_and_teacher(str(root), n_train=1200, n_test=100, classes=10, width=0.5)
     return root, dataset, teacher
 
 

@@ -7,10 +7,9 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import write_idx_folder
+from conftest import idx_dataset_and_teacher
 
-from kdkeras import artifacts, cli, tuning
-from kdkeras.models import build_model
+from kdkeras import cli, tuning
 from kdkeras.training import TrainConfig, load_splits
 
 BUILT = []  # Module-level: Keras Tuner deep-copies the callbacks of every trial.
@@ -27,10 +26,7 @@ class Recorder(keras.callbacks.Callback):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
-    dataset = f"idx:{write_idx_folder(str(root / 'idx'), n_train=160, n_test=40)}"
-    keras.utils.set_random_seed(0)
-    teacher_path = str(root / "teacher.keras")
-    artifacts.save_model(build_model("alexnet", (28, 28, 1), 3, width=0.25), teacher_path)
+    dataset, teacher_path = idx_dataset_and_teacher(str(root), n_train=160, n_test=40, classes=3, width=0.25)
     config = TrainConfig(dataset=dataset, epochs=1, batch_size=32, verbose=0)
     train, validation, _ = load_splits(config)
     return root, dataset, teacher_path, config, train, validation
