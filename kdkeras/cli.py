@@ -7,17 +7,25 @@ internal error, with `--debug` showing its traceback), never a bare traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
-import time
 
 # Before TensorFlow is imported anywhere: keep its C++ start-up chatter off the user's terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DISTILL_OPTIONS = ("temperature", "alpha", "beta", "gamma", "feature_loss", "feature_pairs", "collaborative")
-
+from kdkeras.commands import (  # noqa: E402  # After the environment is set; imports no TensorFlow itself.
+    cmd_benchmark,
+    cmd_compress,
+    cmd_demo,
+    cmd_distill,
+    cmd_evaluate,
+    cmd_export,
+    cmd_info,
+    cmd_train,
+    cmd_tune,
+    parse_feature_pairs,
+    read_mapping,
+)
 
 # --------------------------------------------------------------------------------------------------- helpers
 
@@ -64,381 +72,7 @@ def _shape(text: str) -> tuple[int, int, int]:
     return parts
 
 
-def parse_feature_pairs(text: str) -> list[tuple[str, str]]:
-    """`"stage3:stage3,stage5:stage5"` → `[("stage3", "stage3"), ("stage5", "stage5")]`; `""`/`none` → `[]`."""
-    if text.strip().lower() in ("", "none"):
-        return []
-    pairs = []
-    for item in text.split(","):
-        teacher, sep, student = item.strip().partition(":")
-        if not sep or not teacher or not student:
-            raise ValueError(f"feature pair '{item}' is not TEACHER_LAYER:STUDENT_LAYER")
-        pairs.append((teacher, student))
-    return pairs
-
-
-def default_feature_pairs(teacher, student) -> list[tuple[str, str]]:
-    """The deepest stage of each network: the representation closest to the logits that is still spatial."""
-    from kdkeras.models import stage_layers
-
-    teacher_stages, student_stages = list(stage_layers(teacher)), list(stage_layers(student))
-    if not teacher_stages or not student_stages:
-        return []
-    return [(teacher_stages[-1], student_stages[-1])]
-
-
-def _check_writable(path: str) -> None:
-    """Fails before training, not after, when the output cannot be written."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise OSError(f"cannot write to {folder}: {error.strerror or error}") from None
-
-
-def _train_config(args):
-    from kdkeras.training import TrainConfig, default_logdir
-
-    return TrainConfig(
-        dataset=args.dataset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        max_train_examples=args.max_train_examples,
-        validation_fraction=args.validation_fraction,
-        augment=args.augment,
-        flip=args.flip,
-        data_dir=args.data_dir,
-        logdir=None if args.logdir == "none" else args.logdir or default_logdir(args.command, args.run_name),
-        verbose=args.verbose,
-        backup_dir=None if args.backup_dir == "none" else args.backup_dir,
-        checkpoint_steps=args.checkpoint_steps,
-    )
-
-
-def _finish_run(model, args, config, extra: dict) -> dict:
-    """Evaluates on the test split, saves the model and its resolved configuration beside it, prints a summary."""
-    import dataclasses
-
-    import keras
-    import tensorflow as tf
-
-    from kdkeras import artifacts
-    from kdkeras.data import load_dataset
-    from kdkeras.profiling import count_flops, count_params
-    from kdkeras.training import evaluate_classifier
-
-    test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
-    result = evaluate_classifier(model, test, info)
-    record = {
-        "command": args.command,
-        "model": model.name,
-        "params": count_params(model),
-        "flops": count_flops(model),
-        "test_accuracy": result["accuracy"],
-        "test_loss": result["loss"],
-        "dataset": dataclasses.asdict(info),
-        "train_config": dataclasses.asdict(config),
-        **extra,
-        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    artifacts.save_model(model, args.out)
-    artifacts.write_json(artifacts.config_path(args.out), record)
-    print(f"{model.name}: test accuracy {result['accuracy']:.4f} on {result['num_examples']} images; saved {args.out}")
-    return record
-
-
-# --------------------------------------------------------------------------------------------------- commands
-
-
-def cmd_train(args) -> int:
-    from kdkeras.data import load_dataset
-    from kdkeras.models import build_model
-    from kdkeras.training import set_seed, train_classifier
-
-    _check_writable(args.out)
-    config = _train_config(args)
-    set_seed(args.seed)
-    _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
-    model = build_model(args.model, info.input_shape, info.num_classes, **_builder_options(args))
-    history, seconds, _ = train_classifier(model, config)
-    _finish_run(model, args, config, {"builder": _builder_record(args), "history": history, "train_seconds": seconds})
-    return 0
-
-
-def cmd_distill(args) -> int:
-    from kdkeras import artifacts
-    from kdkeras.data import load_dataset
-    from kdkeras.models import build_model
-    from kdkeras.training import distill, set_seed
-
-    _check_writable(args.out)
-    config = _train_config(args)
-    set_seed(args.seed)
-    teacher = artifacts.load_model(args.teacher)
-    _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
-    student = build_model(args.student, info.input_shape, info.num_classes, **_builder_options(args))
-    pairs = (
-        default_feature_pairs(teacher, student)
-        if args.feature_pairs == "auto"
-        else parse_feature_pairs(args.feature_pairs)
-    )
-    options = {
-        "feature_pairs": pairs,
-        "temperature": args.temperature,
-        "alpha": args.alpha,
-        "beta": args.beta,
-        "gamma": args.gamma,
-        "feature_loss": args.feature_loss,
-        "collaborative": args.collaborative,
-    }
-    distiller, history, seconds, _ = distill(teacher, student, config, teacher_lr=args.teacher_lr, **options)
-    options["gamma"] = distiller.gamma
-    extra = {
-        "teacher": os.path.abspath(args.teacher),
-        "builder": _builder_record(args, args.student),
-        "distillation": options,
-        "history": history,
-        "train_seconds": seconds,
-    }
-    _finish_run(distiller.student, args, config, extra)
-    if args.collaborative and args.teacher_out:
-        artifacts.save_model(distiller.teacher, args.teacher_out)
-        print(f"updated teacher saved to {args.teacher_out}")
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from kdkeras import artifacts
-    from kdkeras.data import load_dataset
-    from kdkeras.training import evaluate_classifier
-
-    model = artifacts.load_model(args.model)
-    dataset, info = load_dataset(
-        args.dataset, args.split, args.batch_size, data_dir=args.data_dir, max_examples=args.max_examples
-    )
-    result = evaluate_classifier(model, dataset, info)
-    result = {"model": args.model, "dataset": args.dataset, "split": args.split, **result}
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{args.model} on {args.dataset} ({args.split}, {result['num_examples']} images)")
-    print(f"  accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}")
-    for name, accuracy in result["per_class"].items():
-        print(f"  {name:>20s}  {accuracy:.4f}" if accuracy is not None else f"  {name:>20s}  (no examples)")
-    return 0
-
-
-def cmd_info(args) -> int:
-    from kdkeras import artifacts
-    from kdkeras.models import MODELS, build_model, stage_layers
-    from kdkeras.profiling import count_flops, count_params
-
-    if args.model in MODELS:
-        model = build_model(args.model, args.input_shape, args.num_classes, **_builder_options(args))
-        size = None
-    else:
-        model = artifacts.load_model(args.model)
-        size = os.path.getsize(args.model)
-    record = {
-        "model": model.name,
-        "params": count_params(model),
-        "flops": count_flops(model),
-        "file_bytes": size,
-        "input_shape": list(model.inputs[0].shape[1:]),
-        "stages": {name: list(shape[1:]) for name, shape in stage_layers(model).items()},
-    }
-    if args.json:
-        print(json.dumps(record))
-        return 0
-    print(f"{record['model']}: {record['params']:,} parameters, {record['flops'] / 1e6:.1f} MFLOPs per image")
-    if size is not None:
-        print(f"  file size {size / 1e6:.2f} MB")
-    for name, shape in record["stages"].items():
-        print(f"  {name}: {tuple(shape)}")
-    return 0
-
-
-def cmd_tune(args) -> int:
-    import keras
-
-    from kdkeras import tuning
-    from kdkeras.models import build_model
-    from kdkeras.training import TrainConfig, check_classes, load_splits, set_seed
-
-    space = tuning.SearchSpace.from_dict(_read_mapping(args.space)) if args.space else tuning.SearchSpace()
-    set_seed(args.seed)
-    teacher = tuning.load_teacher(args.teacher)
-    config = TrainConfig(
-        dataset=args.dataset, epochs=args.epochs_per_trial, batch_size=args.batch_size, seed=args.seed,
-        max_train_examples=args.max_train_examples, data_dir=args.data_dir, verbose=args.verbose,
-    )  # fmt: skip
-    train, validation, info = load_splits(config)
-    check_classes(teacher, info, "teacher")
-    student_kwargs = _builder_options(args)
-    probe = build_model(args.student, info.input_shape, info.num_classes, **student_kwargs)
-    pairs = (
-        default_feature_pairs(teacher, probe)
-        if args.feature_pairs == "auto"
-        else parse_feature_pairs(args.feature_pairs)
-    )
-    hypermodel = tuning.DistillerHyperModel(
-        teacher, (args.student, student_kwargs), pairs, space, config, steps_per_epoch=len(train)
-    )
-    tuner = tuning.make_tuner(
-        args.tuner, hypermodel, args.max_trials, args.epochs_per_trial, args.directory, args.project_name,
-        args.overwrite, args.seed,
-    )  # fmt: skip
-    logdir = os.path.join(args.directory, args.project_name, "tensorboard")
-    tuner.search(
-        train,
-        validation_data=validation,
-        epochs=args.epochs_per_trial,
-        shuffle=False,
-        verbose=args.verbose,
-        callbacks=[keras.callbacks.TensorBoard(logdir)],
-    )
-    rows = tuning.trial_rows(tuner)
-    out_dir = os.path.join(args.directory, args.project_name)
-    note = (
-        f"{args.tuner} search, {len(rows)} trials × {args.epochs_per_trial} epoch(s), {info.name}, "
-        f"{config.max_train_examples or 'all'} training images; objective: student val_accuracy"
-    )
-    best = tuning.write_reports(rows, out_dir, note)
-    print(f"best val_accuracy {rows[0]['val_accuracy']:.4f} with {json.dumps(best)}")
-    print(f"wrote {out_dir}/best_hparams.json (use: kdkeras distill --config {out_dir}/best_hparams.json …), "
-          f"trials.md, trials.json, objective.png; TensorBoard logs in {logdir}")  # fmt: skip
-    return 0
-
-
-def cmd_export(args) -> int:
-    from kdkeras import artifacts
-    from kdkeras.data import load_dataset
-    from kdkeras.export import export_model, representative_images
-    from kdkeras.training import check_classes
-
-    model = artifacts.load_model(args.model)
-    test, info = load_dataset(args.dataset, "test", 256, data_dir=args.data_dir, max_examples=args.max_test_examples)
-    check_classes(model, info)
-    representative = None
-    if args.quantize == "int8":
-        train, _ = load_dataset(args.dataset, "train", 256, data_dir=args.data_dir, shuffle=True)
-        representative = representative_images(train, args.representative_samples, model.inputs[0].shape[1:])
-    record = export_model(
-        model,
-        args.out,
-        args.format,
-        test,
-        info.class_names,
-        quantize=args.quantize,
-        representative=representative,
-        max_drop=args.max_drop,
-    )
-    print(
-        f"exported {args.out} ({record['bytes'] / 1024:.0f} KB): accuracy {record['exported_accuracy']:.4f} vs "
-        f"Keras {record['keras_accuracy']:.4f} on {info.num_examples} test images; details in {args.out}.verify.json"
-    )
-    return 0
-
-
-def cmd_compress(args) -> int:
-    from kdkeras import artifacts, compression
-    from kdkeras.data import load_dataset
-    from kdkeras.export import publish, representative_images, tflite_predict, verify_path
-    from kdkeras.training import check_classes, set_seed
-
-    set_seed(args.seed)
-    student, teacher = artifacts.load_model(args.model), artifacts.load_model(args.teacher)
-    train, info = load_dataset(
-        args.dataset, "train", args.batch_size, augment_images=True, max_examples=args.max_train_examples,
-        data_dir=args.data_dir, seed=args.seed,
-    )  # fmt: skip
-    check_classes(student, info, "student")
-    check_classes(teacher, info, "teacher")
-    test, _ = load_dataset(args.dataset, "test", 256, data_dir=args.data_dir, max_examples=args.max_test_examples)
-    method = "prune" if args.prune is not None else "cluster" if args.cluster is not None else "qat"
-    quantize = args.quantize or ("dynamic" if method == "qat" else "none")
-    representative = representative_images(train, args.representative_samples, info.input_shape) if (
-        quantize == "int8") else None  # fmt: skip
-    compressed, report = compression.fine_tune(
-        student, teacher, train, method, epochs=args.epochs, lr=args.lr, sparsity=args.prune,
-        clusters=args.cluster, temperature=args.temperature, alpha=args.alpha, beta=args.beta,
-    )  # fmt: skip
-    content = compression.tflite_from_tf_keras(compressed, quantize, representative)
-
-    def write(path):
-        with open(path, "wb") as f:
-            f.write(content)
-
-    record = publish(args.out, "model.tflite", write, tflite_predict, student, test, info.class_names,
-                     args.max_drop, {"format": "tflite", "quantize": quantize, "compression": report})  # fmt: skip
-    if method == "prune":
-        for name, value in report["kernel_sparsity"].items():
-            print(f"  {name:<28s} sparsity {value:.3f}")
-    elif method == "cluster":
-        for name, value in report["kernel_unique_values"].items():
-            print(f"  {name:<28s} {value} distinct values")
-    print(
-        f"compressed ({method}) {args.out} ({record['bytes'] / 1024:.0f} KB): accuracy "
-        f"{record['exported_accuracy']:.4f} vs uncompressed Keras {record['keras_accuracy']:.4f}; "
-        f"details in {verify_path(args.out)}"
-    )
-    return 0
-
-
-def cmd_benchmark(args) -> int:
-    import tensorflow as tf
-
-    from kdkeras import artifacts
-    from kdkeras.benchmark import benchmark_file, format_table
-
-    try:  # Only possible before TensorFlow's runtime starts; then the Keras rows use its default threads.
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    except RuntimeError:
-        pass
-    rows = []
-    for path in args.models:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"model file not found: {path}")
-        rows.append(benchmark_file(path, args.threads, args.runs))
-    table = format_table(rows)
-    machine = f"{os.cpu_count()} CPU cores; {args.threads} thread(s); median of {args.runs} runs after warm-up"
-    command = "kdkeras benchmark " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "kdkeras benchmark"
-    os.makedirs(args.out_dir, exist_ok=True)
-    artifacts.write_json(
-        os.path.join(args.out_dir, "benchmark.json"), {"command": command, "machine": machine, "rows": rows}
-    )
-    artifacts.write_text(
-        os.path.join(args.out_dir, "benchmark.md"), f"Command: `{command}`  \nMachine: {machine}\n\n{table}\n"
-    )
-    print(f"{table}\n\n{machine}")
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from kdkeras.demo import run_demo
-
-    budget = {key: getattr(args, key) for key in ("train_examples", "teacher_epochs", "student_epochs")}
-    run_demo(args.out_dir, **{key: value for key, value in budget.items() if value is not None})
-    return 0
-
-
 # --------------------------------------------------------------------------------------------------- parser
-
-
-def _builder_options(args) -> dict:
-    options = {"width": args.width}
-    if getattr(args, "depth", None) is not None:
-        options["depth"] = args.depth
-    return options
-
-
-def _builder_record(args, name=None) -> dict:
-    return {"name": name or args.model, **_builder_options(args)}
 
 
 def _add_training_options(parser, run_name_attr: str) -> None:
@@ -634,29 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_mapping(path: str) -> dict:
-    """A JSON or YAML file (by its ending) holding one mapping; YAML through `yaml.safe_load` (plain data only)."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            values = yaml.safe_load(f) if path.endswith((".yaml", ".yml")) else json.load(f)
-    except OSError as error:
-        raise OSError(f"cannot read config {path}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON ({error})") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: invalid YAML ({_one_line(error)})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of names to values")
-    return values
-
-
 def _apply_config_file(parser, args, argv):
     """`distill --config F`: values from F become defaults, so options given on the command line still win."""
     if getattr(args, "config", None) is None:
         return args
-    values = _read_mapping(args.config)
+    values = read_mapping(args.config)
     known = set(vars(args))
     unknown = sorted(set(values) - known)
     if unknown:
