@@ -1,0 +1,54 @@
+"""kdkeras.training: configuration checks, the model/dataset fit check, and evaluation against numpy."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdkeras.data import DatasetInfo
+from kdkeras.models import build_model
+from kdkeras.training import TrainConfig, check_classes, evaluate_classifier, make_optimizer
+
+INFO = DatasetInfo("toy", 3, ("a", "b", "c"), (28, 28, 1), 6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [({"epochs": 0}, "epochs"), ({"lr": 0}, "lr"), ({"validation_fraction": 0.6}, "validation_fraction"),
+     ({"max_train_examples": 0}, "max_train_examples"), ({"checkpoint_steps": 0}, "checkpoint_steps")],
+)  # fmt: skip
+def test_config_ranges(kwargs, key):
+    with pytest.raises(ValueError, match=f"{key} out of range"):
+        TrainConfig(**kwargs)
+
+
+def test_check_classes_names_classes_then_shape():
+    with pytest.raises(ValueError, match="predicts 10 classes, the dataset toy has 3"):
+        check_classes(build_model("ds_alexnet", (28, 28, 1), 10, width=0.25), INFO)
+    with pytest.raises(ValueError, match=r"takes images of shape \(32, 32, 3\), the dataset toy has \(28, 28, 1\)"):
+        check_classes(build_model("ds_alexnet", (32, 32, 3), 3, width=0.25), INFO)
+    check_classes(build_model("ds_alexnet", (28, 28, 1), 3, width=0.25), INFO)  # Fits: no error.
+
+
+def test_evaluate_classifier_matches_numpy():
+    inputs = keras.Input((28, 28, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (6, 28, 28, 1)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 1], np.int32)
+    result = evaluate_classifier(model, tf.data.Dataset.from_tensor_slices((x, y)).batch(4), INFO)
+    logits = np.asarray(model(x))
+    log_probs = logits - logits.max(1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    correct = logits.argmax(1) == y
+    assert result["accuracy"] == pytest.approx(correct.mean())
+    assert result["loss"] == pytest.approx(-log_probs[np.arange(6), y].mean(), rel=1e-5)
+    assert result["per_class"] == {n: pytest.approx(correct[y == k].mean()) for k, n in enumerate("abc")}
+    assert result["num_examples"] == 6
+
+
+def test_optimizer_decays_to_zero_over_the_run():
+    optimizer = make_optimizer(TrainConfig(epochs=2, lr=1e-3), steps_per_epoch=5)
+    schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    assert float(schedule(10)) == pytest.approx(0.0, abs=1e-9)
