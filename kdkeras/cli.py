@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--beta", type=_non_negative_float, default=0.5)
     comp.add_argument("--max-drop", type=_non_negative_float, default=1.0, help="allowed accuracy drop (points)")
     comp.add_argument("--representative-samples", type=_positive_int, default=200)
+    comp.add_argument("--backup-dir", default=None, help="fine-tuning checkpoints (default OUT.backup/, 'none')")
     comp.set_defaults(func=cmd_compress)
 
     bench = sub.add_parser("benchmark", help="size, latency and throughput of .keras and .tflite files")
@@ -290,7 +291,7 @@ def _finish_defaults(args):
     if args.command in ("train", "distill") and not args.out.endswith(".keras"):
         raise ValueError(f"--out must end in .keras, got {args.out}")
     if getattr(args, "backup_dir", "") is None:
-        args.backup_dir = args.out.removesuffix(".keras") + ".backup"
+        args.backup_dir = os.path.splitext(args.out)[0] + ".backup"
     if args.command == "distill" and args.feature_pairs not in ("auto",):
         parse_feature_pairs(args.feature_pairs)  # Fail on a malformed value before loading anything.
     return args

@@ -339,9 +339,11 @@ def cmd_compress(args) -> int:
     quantize = args.quantize or ("dynamic" if method == "qat" else "none")
     representative = representative_images(train, args.representative_samples, info.input_shape) if (
         quantize == "int8") else None  # fmt: skip
+    backup_dir = None if args.backup_dir == "none" else args.backup_dir
     compressed, report = compression.fine_tune(
         student, teacher, train, method, epochs=args.epochs, lr=args.lr, sparsity=args.prune,
         clusters=args.cluster, temperature=args.temperature, alpha=args.alpha, beta=args.beta,
+        backup_dir=backup_dir,
     )  # fmt: skip
     content = compression.tflite_from_tf_keras(compressed, quantize, representative)
 

@@ -12,11 +12,14 @@ its wrappers and converted to TFLite.
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from kdkeras.callbacks import StopOnNonFinite, StopOnSignal
 from kdkeras.losses import soft_target_kl
 
 METHODS = ("prune", "qat", "cluster")
@@ -165,6 +168,7 @@ def fine_tune(
     temperature: float = 4.0,
     alpha: float = 0.5,
     beta: float = 0.5,
+    backup_dir: str | None = None,
 ):
     """Compresses a Keras 3 student with tfmot, fine-tuning it on labels and the teacher's soft targets.
 
@@ -179,6 +183,8 @@ def fine_tune(
         sparsity: target fraction of zero weights for `prune`, in (0, 1).
         clusters: number of clusters for `cluster`, >= 2.
         temperature, alpha, beta: the distillation loss α·CE + β·T²·KL.
+        backup_dir: checkpoint folder (every epoch, and on SIGINT/SIGTERM at a step boundary): re-running the same
+            compression resumes from it; removed when the fine-tuning ends normally. None for no checkpoints.
 
     Returns:
         `(stripped tf_keras model, report dict)`; the report has per-kernel sparsity and distinct values.
@@ -207,17 +213,37 @@ def fine_tune(
         optimizer.apply_gradients(zip(grads, wrapped.trainable_variables, strict=True))
         return loss
 
+    # The Keras callbacks cannot drive this custom tf_keras loop, so it checkpoints itself; the pruning step lives in
+    # the wrappers' variables and resumes with the weights and the optimizer.
+    checkpoint = tf.train.Checkpoint(model=wrapped, optimizer=optimizer, epoch=tf.Variable(0, dtype=tf.int64))
+    saver = _CheckpointSaver(checkpoint, backup_dir) if backup_dir else None
+    first_epoch = saver.restore() if saver else 0
+    guard, stop = StopOnNonFinite(terms=("loss",), where=backup_dir), StopOnSignal(saver)
+    stop.on_train_begin()
     for callback in callbacks:  # tfmot's pruning step must be driven by hand in a custom loop.
         callback.set_model(wrapped)
         callback.on_train_begin()
     losses = []
-    for epoch in range(epochs):
-        for step, (images, labels) in enumerate(train_dataset):
+    try:
+        for epoch in range(first_epoch, epochs):
+            guard.on_epoch_begin(epoch)
+            stop.on_epoch_begin(epoch)
+            for step, (images, labels) in enumerate(train_dataset):
+                for callback in callbacks:
+                    callback.on_train_batch_begin(batch=step)
+                losses.append(float(train_step(images, labels)))
+                guard.on_train_batch_end(step, {"loss": losses[-1]})
+                stop.on_train_batch_end(step)
             for callback in callbacks:
-                callback.on_train_batch_begin(batch=step)
-            losses.append(float(train_step(images, labels)))
-        for callback in callbacks:
-            callback.on_epoch_end(epoch)
+                callback.on_epoch_end(epoch)
+            checkpoint.epoch.assign(epoch + 1)
+            if saver:
+                saver.save_now()
+    finally:
+        stop.on_train_end()
+    if saver:
+        shutil.rmtree(backup_dir, ignore_errors=True)
+    losses = losses or [float("nan")]  # Resumed after the last epoch: nothing left to train.
     stripped = _strip(wrapped, method)
     report = {
         "method": method,
@@ -231,6 +257,31 @@ def fine_tune(
         "kernel_unique_values": kernel_unique_values(stripped) if method == "cluster" else None,
     }
     return stripped, report
+
+
+class _CheckpointSaver:
+    """Saves and restores the fine-tuning state with `tf.train.CheckpointManager` (the two newest kept).
+
+    Has the `save_now()` and `backup_dir` that `StopOnSignal` uses.
+    """
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, backup_dir: str):
+        self.checkpoint = checkpoint
+        self.backup_dir = backup_dir
+        self.manager = tf.train.CheckpointManager(checkpoint, backup_dir, max_to_keep=2)
+
+    def restore(self) -> int:
+        """Restores the newest checkpoint, if any; returns the number of finished epochs."""
+        if not self.manager.latest_checkpoint:
+            return 0
+        self.checkpoint.restore(self.manager.latest_checkpoint)
+        done = int(self.checkpoint.epoch.numpy())
+        print(f"Resuming from checkpoint in {self.backup_dir}: {done} epoch(s) done", flush=True)
+        return done
+
+    def save_now(self) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        self.manager.save()
 
 
 def tflite_from_tf_keras(model, quantize: str = "none", representative: np.ndarray | None = None) -> bytes:

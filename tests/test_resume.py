@@ -135,3 +135,30 @@ def test_same_seed_gives_identical_weights_and_accuracy(setup):
         np.testing.assert_array_equal(np.array(a), np.array(b))
     accuracies = [json.loads(open(p.removesuffix(".keras") + ".config.json").read())["test_accuracy"] for p in outputs]
     assert accuracies[0] == accuracies[1]
+
+
+def test_compress_fine_tuning_resumes_after_sigkill(setup):
+    root, dataset, teacher = setup
+    out = str(root / "compressed.tflite")
+    backup_dir = str(root / "compressed.backup")
+    argv = kdkeras(
+        "compress", "--model", teacher, "--teacher", teacher, "--dataset", dataset, "--prune", "0.5",
+        "--epochs", "4", "--batch-size", "10", "--max-drop", "100", "--out", out,
+    )  # fmt: skip
+    process = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not os.path.exists(os.path.join(backup_dir, "checkpoint")):  # Written after the first epoch.
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared in time"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not os.path.exists(out)
+
+    rerun = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"Resuming from checkpoint in {backup_dir}: 1 epoch(s) done" in rerun.stdout
+    assert os.path.exists(out) and not os.path.exists(backup_dir)
+    report = json.loads(open(out + ".verify.json").read())["compression"]
+    pruned = [v for k, v in report["kernel_sparsity"].items() if "depthwise" not in k]
+    assert all(abs(v - 0.5) < 0.02 for v in pruned)  # The pruning schedule continued to its target.
