@@ -57,17 +57,22 @@ def wait_for_checkpoint(backup_dir, process, epoch, timeout=240):
     pytest.fail("no checkpoint appeared in time")
 
 
+def kill_then_rerun(process, argv, out):
+    """SIGKILLs a run, checks that it published nothing, and runs the same command again to completion."""
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not os.path.exists(out)
+    rerun = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    return rerun
+
+
 def test_sigkill_mid_epoch_then_resume(setup):
     root, dataset, teacher = setup
     argv, out, backup_dir = distill_command(root, dataset, teacher, "killed")
     process = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = wait_for_checkpoint(backup_dir, process, epoch=1)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    assert not os.path.exists(out)
-
-    rerun = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = kill_then_rerun(process, argv, out)
     assert f"Resuming from checkpoint in {backup_dir}: {state['epoch']} epoch(s) done" in rerun.stdout
     history = json.loads(open(out.removesuffix(".keras") + ".config.json").read())["history"]
     assert len(history["loss"]) == 2  # Epochs 2 and 3: epoch 1 was not trained again.
@@ -151,12 +156,7 @@ def test_compress_fine_tuning_resumes_after_sigkill(setup):
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "no checkpoint appeared in time"
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    assert not os.path.exists(out)
-
-    rerun = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = kill_then_rerun(process, argv, out)
     assert f"Resuming from checkpoint in {backup_dir}: 1 epoch(s) done" in rerun.stdout
     assert os.path.exists(out) and not os.path.exists(backup_dir)
     report = json.loads(open(out + ".verify.json").read())["compression"]
