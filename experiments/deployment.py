@@ -114,8 +114,7 @@ def main() -> None:
     ax.set_title(f"Deployment forms ({machine})", fontsize=8)
     ax.legend()
     fig.tight_layout()
-    with artifacts.atomic_path(os.path.join(RESULTS, "deployment.png"), ".png") as tmp:
-        fig.savefig(tmp, dpi=110)
+    artifacts.save_figure(fig, os.path.join(RESULTS, "deployment.png"))
     print("\n".join(lines))
 
 

@@ -119,8 +119,7 @@ def write_results(rows: list[dict], command: str, machine: str) -> None:
     ax.set_xlabel("images / second")
     ax.set_title(f"kdkeras throughput ({machine})", fontsize=9)
     fig.tight_layout()
-    with artifacts.atomic_path(os.path.join(RESULTS, "throughput.png"), ".png") as tmp:
-        fig.savefig(tmp, dpi=110)
+    artifacts.save_figure(fig, os.path.join(RESULTS, "throughput.png"))
 
 
 def main() -> None:

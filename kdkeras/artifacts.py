@@ -65,6 +65,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def save_figure(figure, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Saves a matplotlib figure as PNG, atomically."""
+    with atomic_path(path, ".png") as tmp:
+        figure.savefig(tmp, dpi=dpi)
+
+
 def save_model(model: keras.Model, path: str | os.PathLike, include_optimizer: bool = False) -> None:
     """Saves a model in the `.keras` format, atomically.
 

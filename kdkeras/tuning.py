@@ -187,8 +187,7 @@ def write_reports(rows: list[dict], out_dir: str, note: str) -> dict:
     axes[0].set_ylabel("student validation accuracy (%)")
     fig.suptitle(note, fontsize=7)
     fig.tight_layout()
-    with artifacts.atomic_path(os.path.join(out_dir, "objective.png"), ".png") as tmp:
-        fig.savefig(tmp, dpi=110)
+    artifacts.save_figure(fig, os.path.join(out_dir, "objective.png"))
     return best
 
 
