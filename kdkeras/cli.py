@@ -1,4 +1,4 @@
-"""The `kdkeras` command line: train, distill, tune, evaluate, info, export, compress, benchmark, demo.
+"""The `kdkeras` command line: train, distill, tune, evaluate, info, export, compress, benchmark, demo, experiment.
 
 Every failure the user can cause ends in one line on stderr, `kdkeras: error: …`, and exit status 2 (1 for an
 internal error, with `--debug` showing its traceback), never a bare traceback.
@@ -19,6 +19,7 @@ from kdkeras.commands import (  # noqa: E402  # After the environment is set; im
     cmd_demo,
     cmd_distill,
     cmd_evaluate,
+    cmd_experiment,
     cmd_export,
     cmd_info,
     cmd_train,
@@ -63,6 +64,16 @@ def _clusters(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be >= 2, got {value}")
     return value
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("must name at least one seed")
+    return seeds
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -255,6 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--teacher-epochs", type=_positive_int, default=None)
     demo.add_argument("--student-epochs", type=_positive_int, default=None)
     demo.set_defaults(func=cmd_demo)
+    experiment = sub.add_parser(
+        "experiment", help="run a YAML experiment (teacher + rows of methods), resumable; writes the comparison table"
+    )
+    # Not named "config": that is the option-file argument of other commands (see _apply_config_file).
+    experiment.add_argument("path", metavar="CONFIG", help="experiment YAML, e.g. experiments/fashion_mnist.yaml")
+    experiment.add_argument("--budget", choices=("quick", "full"), default="quick", help="the config's budget to run")
+    experiment.add_argument("--rows", default=None, help="comma-separated row names to run (default all)")
+    experiment.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: the config's)")
+    experiment.add_argument("--report-only", action="store_true", help="only rebuild the table and plots")
+    experiment.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    experiment.set_defaults(func=cmd_experiment)
     parser.subcommands = {
         "train": train,
         "distill": dist,
@@ -265,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compress": comp,
         "benchmark": bench,
         "demo": demo,
+        "experiment": experiment,
     }
     return parser
 

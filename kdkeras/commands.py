@@ -402,3 +402,9 @@ def cmd_demo(args) -> int:
     budget = {key: getattr(args, key) for key in ("train_examples", "teacher_epochs", "student_epochs")}
     run_demo(args.out_dir, **{key: value for key, value in budget.items() if value is not None})
     return 0
+
+
+def cmd_experiment(args) -> int:
+    from kdkeras.experiments import run_experiment
+
+    return run_experiment(args)

@@ -15,6 +15,9 @@ from kdkeras.callbacks import ResumableBackup, StopOnNonFinite, StopOnSignal
 from kdkeras.data import DatasetInfo, load_dataset
 from kdkeras.distiller import Distiller
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -24,7 +27,10 @@ class TrainConfig:
         dataset: dataset spec (see `kdkeras.data`).
         epochs: passes over the training data.
         batch_size: global batch size.
-        lr: peak learning rate of Adam, decayed to 0 by a cosine schedule.
+        lr: peak learning rate.
+        optimizer: `"adam"`, `"adamw"` (decoupled weight decay `weight_decay`) or `"sgd"` (Nesterov momentum 0.9).
+        schedule: `"cosine"` (from `lr` down to 0 over the run) or `"constant"`.
+        weight_decay: decoupled weight decay of `"adamw"` and `"sgd"`.
         seed: seeds weights, the validation carve-out, shuffling and augmentation.
         max_train_examples: train on the first N examples only (quick runs).
         validation_fraction: share of the training data held out for validation.
@@ -41,6 +47,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
     seed: int = 0
     max_train_examples: int | None = None
     validation_fraction: float = 0.1
@@ -57,6 +66,9 @@ class TrainConfig:
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
             "lr": self.lr > 0,
+            "optimizer": self.optimizer in OPTIMIZERS,
+            "schedule": self.schedule in SCHEDULES,
+            "weight_decay": self.weight_decay >= 0,
             "max_train_examples": self.max_train_examples is None or self.max_train_examples >= 1,
             "validation_fraction": 0 < self.validation_fraction <= 0.5,
             "checkpoint_steps": self.checkpoint_steps is None or self.checkpoint_steps >= 1,
@@ -83,9 +95,16 @@ def load_splits(config: TrainConfig):
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam with a cosine decay of the learning rate from `lr` to 0 over the whole run."""
-    schedule = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.epochs * steps_per_epoch)
-    return keras.optimizers.Adam(schedule)
+    """The configured optimizer; by default Adam with a cosine decay of the learning rate from `lr` to 0 over the
+    whole run."""
+    rate = config.lr
+    if config.schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.epochs * steps_per_epoch)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(rate)
 
 
 def make_callbacks(config: TrainConfig, extra: Sequence[keras.callbacks.Callback] = ()):
