@@ -52,3 +52,29 @@ def test_optimizer_decays_to_zero_over_the_run():
     schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(10)) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "name, cls, options",
+    [
+        ("adam", "Adam", {}),
+        ("adamw", "AdamW", {"weight_decay": 1e-4}),
+        ("sgd", "SGD", {"momentum": 0.9, "nesterov": True}),
+    ],
+)
+def test_optimizer_choice(name, cls, options):
+    optimizer = make_optimizer(TrainConfig(optimizer=name, weight_decay=1e-4), steps_per_epoch=5)
+    assert type(optimizer).__name__ == cls
+    for key, value in options.items():
+        assert getattr(optimizer, key) == pytest.approx(value)
+
+
+def test_constant_schedule_keeps_the_rate():
+    optimizer = make_optimizer(TrainConfig(schedule="constant", lr=3e-3), steps_per_epoch=5)
+    assert float(optimizer.learning_rate) == pytest.approx(3e-3)
+
+
+@pytest.mark.parametrize("key, value", [("optimizer", "lion"), ("schedule", "step"), ("weight_decay", -1.0)])
+def test_bad_optimizer_settings_are_rejected(key, value):
+    with pytest.raises(ValueError, match=f"{key} out of range"):
+        TrainConfig(**{key: value})

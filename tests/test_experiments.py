@@ -1,0 +1,184 @@
+"""Tests for kdkeras.experiments: config validation, running rows, skipping finished ones, the report."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+from conftest import write_idx_folder
+
+from kdkeras import cli
+from kdkeras.experiments import _summary, _table, load_config
+
+
+def tiny_config(root, **overrides) -> dict:
+    """Two rows on a generated 3-class dataset with small models: seconds per row."""
+    dataset = f"idx:{write_idx_folder(os.path.join(root, 'idx'), n_train=80, n_test=30, classes=3)}"
+    config = {
+        "name": "tiny",
+        "dataset": dataset,
+        "seeds": [0],
+        "results_dir": os.path.join(root, "results"),
+        "models_dir": os.path.join(root, "models"),
+        "teacher": {"model": "alexnet", "options": {"width": 0.25}},
+        "student": {"model": "ds_alexnet", "options": {"width": 0.25}},
+        "training": {"batch_size": 16, "augment": False},
+        "budgets": {"quick": {"epochs": 1, "teacher_epochs": 1}, "full": {"epochs": 2, "teacher_epochs": 2}},
+        "rows": [
+            {"name": "scratch", "method": "scratch"},
+            {"name": "tskd", "method": "distill", "temperature": 2.0, "feature_pairs": "auto"},
+        ],
+    }
+    config.update(overrides)
+    return config
+
+
+def write_config(root, config) -> str:
+    path = os.path.join(root, "tiny.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
+def run(path, *extra):
+    return cli.main(["experiment", path, "--budget", "quick", "--verbose", "0", *extra])
+
+
+def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_path, capsys):
+    path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
+    assert run(path) == 0
+    rows_dir = tmp_path / "results" / "tiny" / "quick"
+    records = {name: json.loads((rows_dir / f"{name}.json").read_text()) for name in ("teacher", "scratch-seed0")}
+    records["tskd-seed0"] = json.loads((rows_dir / "tskd-seed0.json").read_text())
+    for record in records.values():
+        assert len(record["history"]["loss"]) == 1 and len(record["history"]["val_accuracy"]) == 1
+        assert 0.0 <= record["test_accuracy"] <= 1.0 and record["test_examples"] == 30
+        assert record["params"] > 0 and record["flops"] > 0 and record["train_seconds"] > 0
+        assert record["machine"]["cpu_cores"] == os.cpu_count()
+    assert records["tskd-seed0"]["spec"]["row"]["feature_pairs"] == "auto"
+    assert records["scratch-seed0"]["model"] == records["tskd-seed0"]["model"]
+
+    # The saved student is the one the JSON describes: its test accuracy is recomputed here.
+    from kdkeras import artifacts
+    from kdkeras.data import load_dataset
+    from kdkeras.training import evaluate_classifier
+
+    student = artifacts.load_model(tmp_path / "models" / "tiny" / "quick" / "tskd-seed0.keras")
+    test, info = load_dataset(tiny_config(str(tmp_path))["dataset"], "test", 256)
+    assert evaluate_classifier(student, test, info)["accuracy"] == pytest.approx(records["tskd-seed0"]["test_accuracy"])
+
+    report = json.loads((tmp_path / "results" / "tiny-quick.json").read_text())
+    assert [row["name"] for row in report["rows"]] == ["teacher", "scratch", "tskd"]
+    assert report["missing"] == []
+    by_name = {row["name"]: row for row in report["rows"]}
+    assert by_name["tskd"]["accuracy_mean"] == pytest.approx(records["tskd-seed0"]["test_accuracy"])
+    assert by_name["tskd"]["delta_vs_scratch"] == pytest.approx(
+        records["tskd-seed0"]["test_accuracy"] - records["scratch-seed0"]["test_accuracy"]
+    )
+    markdown = (tmp_path / "results" / "tiny-quick.md").read_text()
+    assert "| tskd | ds_alexnet |" in markdown and "python -m kdkeras.experiments" in markdown
+    for plot in ("accuracy_vs_params", "val_curves"):
+        assert (tmp_path / "results" / f"tiny-quick-{plot}.png").stat().st_size > 1000
+
+    # Re-running skips everything; nothing is rewritten.
+    mtimes = {p: p.stat().st_mtime_ns for p in rows_dir.iterdir()}
+    capsys.readouterr()
+    assert run(path) == 0
+    out = capsys.readouterr().out
+    assert "teacher: reusing" in out and out.count("skipped") == 2
+    assert {p: p.stat().st_mtime_ns for p in rows_dir.iterdir()} == mtimes
+
+
+def test_changing_a_row_reruns_only_that_row(tmp_path, capsys):
+    config = tiny_config(str(tmp_path))
+    path = write_config(str(tmp_path), config)
+    assert run(path) == 0
+    config["rows"][1]["temperature"] = 3.0
+    config["rows"][0]["label"] = "renamed only"  # A label is not a setting: no re-run.
+    write_config(str(tmp_path), config)
+    capsys.readouterr()
+    assert run(path) == 0
+    out = capsys.readouterr().out
+    assert "scratch seed 0: done already" in out
+    assert "tskd seed 0: distill" in out
+    record = json.loads((tmp_path / "results" / "tiny" / "quick" / "tskd-seed0.json").read_text())
+    assert record["spec"]["row"]["temperature"] == 3.0
+
+
+def test_rows_option_runs_only_the_named_rows(tmp_path):
+    path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
+    assert run(path, "--rows", "scratch") == 0
+    rows_dir = tmp_path / "results" / "tiny" / "quick"
+    assert sorted(p.name for p in rows_dir.iterdir()) == ["scratch-seed0.json", "teacher.json"]
+    report = json.loads((tmp_path / "results" / "tiny-quick.json").read_text())
+    assert report["missing"] == ["tskd"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(epoch=3), "unknown key(s) epoch"),
+        (lambda c: c["rows"][1].update(temprature=2.0), "rows[1]: unknown key(s) temprature"),
+        (lambda c: c["rows"][1].update(temperature=-1), "row 'tskd'.temperature: must be a number > 0"),
+        (lambda c: c["rows"][0].update(method="magic"), "row 'scratch'.method: must be one of"),
+        (lambda c: c["rows"][0].update(temperature=2.0), "row 'scratch': temperature only apply to method 'distill'"),
+        (lambda c: c["teacher"].update(model="vgg"), "teacher.model: unknown model 'vgg'"),
+        (lambda c: c["training"].update(optimizer="lion"), "training.optimizer: must be one of adam, adamw, sgd"),
+        (lambda c: c["budgets"]["full"].pop("epochs"), "budgets.full: missing 'epochs'"),
+        (lambda c: c["budgets"]["quick"].update(epochs=0), "budgets.quick.epochs: must be an integer >= 1"),
+        (lambda c: c.update(seeds="0"), "seeds: must be a non-empty list of integers"),
+        (lambda c: c["rows"].append({"name": "scratch", "method": "scratch"}), "duplicate or reserved row name(s)"),
+        (lambda c: c["rows"][1].update(feature_pairs=[["stage5"]]), "each pair must be [teacher_layer, student_layer]"),
+    ],
+)
+def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, capsys, change, message):
+    config = tiny_config(str(tmp_path))
+    change(config)
+    path = write_config(str(tmp_path), config)
+    assert run(path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdkeras: error: ") and "\n" not in err
+    assert path in err and message in err
+    assert not (tmp_path / "results").exists()  # Nothing trained, nothing written.
+
+
+def test_unknown_row_name_fails_before_training(tmp_path, capsys):
+    path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
+    assert run(path, "--rows", "scratch,nope") == 2
+    assert "unknown row(s) nope; the config has: teacher, scratch, tskd" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_shipped_config_is_valid():
+    config = load_config(os.path.join(os.path.dirname(__file__), "..", "experiments", "fashion_mnist.yaml"))
+    methods = [row["method"] for row in config["rows"]]
+    assert methods.count("scratch") == 1 and methods.count("reference") == 1
+    collaborative = [row["name"] for row in config["rows"] if row.get("collaborative")]
+    assert collaborative == ["tskd_collab"]
+    assert config["student"]["model"] == "ds_alexnet"
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    records = [
+        {
+            "test_accuracy": acc,
+            "model": "m",
+            "params": 10,
+            "flops": 20,
+            "train_seconds": s,
+            "history": {"loss": [1, 2]},
+            "spec": {"train_config": {"seed": seed}},
+            "machine": {},
+        }  # fmt: skip
+        for seed, acc, s in ((0, 0.90, 10.0), (1, 0.92, 20.0), (2, 0.94, 30.0))
+    ]
+    row = _summary("kd", "KD", "distill", records)
+    # Hand computation: mean 0.92; deviations ±0.02, 0 → sample variance (0.0004 + 0 + 0.0004) / 2 = 0.0004.
+    assert row["accuracy_mean"] == pytest.approx(0.92)
+    assert row["accuracy_std"] == pytest.approx(0.02)
+    assert row["train_seconds_mean"] == pytest.approx(20.0) and row["seeds"] == [0, 1, 2] and row["epochs"] == 2
+    row["delta_vs_scratch"] = 0.015
+    assert "| KD | m | 10 | 0.0 | 2 | 0.9200 ± 0.0200 | 3 | +1.50 | 20 |" in _table([row])
+    single = _summary("kd", "KD", "distill", records[:1])
+    assert single["accuracy_std"] is None and np.isclose(single["accuracy_mean"], 0.90)
