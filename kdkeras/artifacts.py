@@ -118,3 +118,18 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
                 f"{path}: refused: the model contains code (e.g. a Lambda layer), which kdkeras never loads"
             ) from None
         raise ValueError(f"{path}: not a loadable Keras model ({type(error).__name__}: {message})") from None
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 of a model's weights (values, shapes and dtypes, in order): equal digests mean bit-identical weights.
+
+    Used to check that every worker of a multi-worker run trained the same model as the chief saved.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        value = keras.ops.convert_to_numpy(weight)
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()

@@ -112,7 +112,42 @@ def _add_training_options(parser, run_name_attr: str) -> None:
         "re-run the same command to resume",
     )
     group.add_argument("--checkpoint-steps", type=_positive_int, default=None, help="also checkpoint every N steps")
+    _add_distribution_options(parser)
     parser.set_defaults(run_name_attr=run_name_attr)  # fmt: skip
+
+
+def _add_distribution_options(parser) -> None:
+    from kdkeras.distribute import BATCH_SCALING, PRECISIONS, STRATEGIES
+
+    group = parser.add_argument_group("distribution (see README: Scaling out)")
+    group.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="tf.distribute strategy: auto = mirrored over all GPUs when there are several, else one device; "
+        "multiworker reads TF_CONFIG",
+    )
+    group.add_argument(
+        "--batch-scaling",
+        choices=BATCH_SCALING,
+        default="none",
+        help="none: --batch-size is the global batch, --lr as given (same result as one device); linear: "
+        "--batch-size per replica, global batch and lr × replicas",
+    )
+    group.add_argument(
+        "--sync-bn",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="synchronized batch normalization across replicas (auto: on with more than one replica)",
+    )
+    group.add_argument(
+        "--mixed-precision",
+        nargs="?",
+        const="auto",
+        default=None,
+        choices=PRECISIONS,
+        help="mixed precision: float16 on GPU, bfloat16 on CPU/TPU (auto), or the policy named; losses stay float32",
+    )
 
 
 def _add_builder_options(parser) -> None:
@@ -208,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--project-name", default="tskd")
     tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     tune.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
+    _add_distribution_options(tune)
     tune.set_defaults(func=cmd_tune)
 
     exp = sub.add_parser("export", help="SavedModel or TFLite export, verified on the test set")

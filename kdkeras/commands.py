@@ -47,29 +47,60 @@ def _check_writable(path: str) -> None:
         raise OSError(f"cannot write to {folder}: {error.strerror or error}") from None
 
 
-def _train_config(args):
+def _start_strategy(args):
+    """The run's `tf.distribute` strategy and precision policy: created first, before any other TensorFlow op (as
+    `MultiWorkerMirroredStrategy` requires) and before any model is built."""
+    from kdkeras.distribute import get_strategy, num_replicas, set_precision, worker_role
+
+    strategy = get_strategy(args.strategy)
+    policy = set_precision(args.mixed_precision)
+    is_chief, index = worker_role(strategy)
+    if args.strategy != "auto" or num_replicas(strategy) > 1 or policy != "float32":
+        role = "" if is_chief and index == 0 else f", {'chief' if is_chief else 'worker'} {index}"
+        print(
+            f"strategy {type(strategy).__name__} with {num_replicas(strategy)} replica(s){role}; dtype policy {policy}"
+        )
+    return strategy
+
+
+def _train_config(args, strategy=None):
+    from kdkeras.distribute import num_replicas, scale_batch_and_lr, worker_role
     from kdkeras.training import TrainConfig, default_logdir
 
+    replicas = num_replicas(strategy) if strategy is not None else 1
+    batch_size, lr = scale_batch_and_lr(args.batch_size, args.lr, replicas, getattr(args, "batch_scaling", "none"))
+    logdir = None if args.logdir == "none" else args.logdir or default_logdir(args.command, args.run_name)
+    backup_dir = None if args.backup_dir == "none" else args.backup_dir
+    is_chief, index = worker_role(strategy) if strategy is not None else (True, 0)
+    if not is_chief:
+        # Every worker checkpoints (all restore the same state after a failure), each into its own folder; only
+        # the chief writes TensorBoard logs.
+        logdir = None
+        backup_dir = backup_dir and f"{backup_dir}.worker{index}"
     return TrainConfig(
         dataset=args.dataset,
         epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
+        batch_size=batch_size,
+        lr=lr,
         seed=args.seed,
         max_train_examples=args.max_train_examples,
         validation_fraction=args.validation_fraction,
         augment=args.augment,
         flip=args.flip,
         data_dir=args.data_dir,
-        logdir=None if args.logdir == "none" else args.logdir or default_logdir(args.command, args.run_name),
+        logdir=logdir,
         verbose=args.verbose,
-        backup_dir=None if args.backup_dir == "none" else args.backup_dir,
+        backup_dir=backup_dir,
         checkpoint_steps=args.checkpoint_steps,
     )
 
 
-def _finish_run(model, args, config, extra: dict) -> dict:
-    """Evaluates on the test split, saves the model and its resolved configuration beside it, prints a summary."""
+def _finish_run(model, args, config, extra: dict, strategy=None) -> dict | None:
+    """Evaluates on the test split, saves the model and its resolved configuration beside it, prints a summary.
+
+    Under a multi-worker strategy only the chief evaluates and saves; the other workers print the digest of the
+    weights they trained (equal to the chief's, as every update is all-reduced) and return None.
+    """
     import dataclasses
 
     import keras
@@ -77,8 +108,15 @@ def _finish_run(model, args, config, extra: dict) -> dict:
 
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
+    from kdkeras.distribute import worker_role
     from kdkeras.profiling import count_flops, count_params
     from kdkeras.training import evaluate_classifier
+
+    is_chief, index = worker_role(strategy) if strategy is not None else (True, 0)
+    digest = artifacts.weights_digest(model)
+    if not is_chief:
+        print(f"worker {index}: trained weights digest {digest}; the chief saves the model")
+        return None
 
     test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
     result = evaluate_classifier(model, test, info)
@@ -92,6 +130,9 @@ def _finish_run(model, args, config, extra: dict) -> dict:
         "dataset": dataclasses.asdict(info),
         "train_config": dataclasses.asdict(config),
         **extra,
+        "weights_digest": digest,
+        "strategy": {"name": getattr(args, "strategy", "auto"), "replicas": config_replicas(strategy)},
+        "dtype_policy": keras.config.dtype_policy().name,
         "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -101,15 +142,23 @@ def _finish_run(model, args, config, extra: dict) -> dict:
     return record
 
 
-def _builder_options(args) -> dict:
+def _builder_options(args, strategy=None) -> dict:
+    from kdkeras.distribute import use_synchronized_bn
+
     options = {"width": args.width}
     if getattr(args, "depth", None) is not None:
         options["depth"] = args.depth
+    if strategy is not None and use_synchronized_bn(strategy, getattr(args, "sync_bn", "auto")):
+        options["synchronized_bn"] = True
     return options
 
 
-def _builder_record(args, name=None) -> dict:
-    return {"name": name or args.model, **_builder_options(args)}
+def _builder_record(args, name=None, strategy=None) -> dict:
+    return {"name": name or args.model, **_builder_options(args, strategy)}
+
+
+def config_replicas(strategy) -> int:
+    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
 
 
 def read_mapping(path: str) -> dict:
@@ -135,53 +184,62 @@ def cmd_train(args) -> int:
     from kdkeras.models import build_model
     from kdkeras.training import set_seed, train_classifier
 
+    strategy = _start_strategy(args)
     _check_writable(args.out)
-    config = _train_config(args)
+    config = _train_config(args, strategy)
     set_seed(args.seed)
     _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
-    model = build_model(args.model, info.input_shape, info.num_classes, **_builder_options(args))
-    history, seconds, _ = train_classifier(model, config)
-    _finish_run(model, args, config, {"builder": _builder_record(args), "history": history, "train_seconds": seconds})
+    with strategy.scope():
+        model = build_model(args.model, info.input_shape, info.num_classes, **_builder_options(args, strategy))
+        history, seconds, _ = train_classifier(model, config)
+    extra = {"builder": _builder_record(args, strategy=strategy), "history": history, "train_seconds": seconds}
+    _finish_run(model, args, config, extra, strategy)
     return 0
 
 
 def cmd_distill(args) -> int:
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
+    from kdkeras.distribute import worker_role
     from kdkeras.models import build_model
     from kdkeras.training import distill, set_seed
 
+    strategy = _start_strategy(args)
     _check_writable(args.out)
-    config = _train_config(args)
+    config = _train_config(args, strategy)
     set_seed(args.seed)
-    teacher = artifacts.load_model(args.teacher)
     _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
-    student = build_model(args.student, info.input_shape, info.num_classes, **_builder_options(args))
-    pairs = (
-        default_feature_pairs(teacher, student)
-        if args.feature_pairs == "auto"
-        else parse_feature_pairs(args.feature_pairs)
-    )
-    options = {
-        "feature_pairs": pairs,
-        "temperature": args.temperature,
-        "alpha": args.alpha,
-        "beta": args.beta,
-        "gamma": args.gamma,
-        "feature_loss": args.feature_loss,
-        "collaborative": args.collaborative,
-    }
-    distiller, history, seconds, _ = distill(teacher, student, config, teacher_lr=args.teacher_lr, **options)
+    builder_options = _builder_options(args, strategy)
+    # Teacher, student, distiller, optimizers and metrics: all get the strategy's (mirrored) variables.
+    with strategy.scope():
+        teacher = artifacts.load_model(args.teacher)
+        student = build_model(args.student, info.input_shape, info.num_classes, **builder_options)
+        pairs = (
+            default_feature_pairs(teacher, student)
+            if args.feature_pairs == "auto"
+            else parse_feature_pairs(args.feature_pairs)
+        )
+        options = {
+            "feature_pairs": pairs,
+            "temperature": args.temperature,
+            "alpha": args.alpha,
+            "beta": args.beta,
+            "gamma": args.gamma,
+            "feature_loss": args.feature_loss,
+            "collaborative": args.collaborative,
+            "synchronized_bn": builder_options.get("synchronized_bn", False),
+        }
+        distiller, history, seconds, _ = distill(teacher, student, config, teacher_lr=args.teacher_lr, **options)
     options["gamma"] = distiller.gamma
     extra = {
         "teacher": os.path.abspath(args.teacher),
-        "builder": _builder_record(args, args.student),
+        "builder": _builder_record(args, args.student, strategy),
         "distillation": options,
         "history": history,
         "train_seconds": seconds,
     }
-    _finish_run(distiller.student, args, config, extra)
-    if args.collaborative and args.teacher_out:
+    _finish_run(distiller.student, args, config, extra, strategy)
+    if args.collaborative and args.teacher_out and worker_role(strategy)[0]:
         artifacts.save_model(distiller.teacher, args.teacher_out)
         print(f"updated teacher saved to {args.teacher_out}")
     return 0
@@ -242,19 +300,23 @@ def cmd_tune(args) -> int:
     import keras
 
     from kdkeras import tuning
+    from kdkeras.distribute import num_replicas, scale_batch_and_lr
     from kdkeras.models import build_model
     from kdkeras.training import TrainConfig, check_classes, load_splits, set_seed
 
+    strategy = _start_strategy(args)
     space = tuning.SearchSpace.from_dict(read_mapping(args.space)) if args.space else tuning.SearchSpace()
     set_seed(args.seed)
-    teacher = tuning.load_teacher(args.teacher)
+    with strategy.scope():  # The shared teacher's variables must belong to the strategy the tuner builds under.
+        teacher = tuning.load_teacher(args.teacher)
+    batch_size, _ = scale_batch_and_lr(args.batch_size, 1.0, num_replicas(strategy), args.batch_scaling)
     config = TrainConfig(
-        dataset=args.dataset, epochs=args.epochs_per_trial, batch_size=args.batch_size, seed=args.seed,
+        dataset=args.dataset, epochs=args.epochs_per_trial, batch_size=batch_size, seed=args.seed,
         max_train_examples=args.max_train_examples, data_dir=args.data_dir, verbose=args.verbose,
     )  # fmt: skip
     train, validation, info = load_splits(config)
     check_classes(teacher, info, "teacher")
-    student_kwargs = _builder_options(args)
+    student_kwargs = _builder_options(args, strategy)
     probe = build_model(args.student, info.input_shape, info.num_classes, **student_kwargs)
     pairs = (
         default_feature_pairs(teacher, probe)
@@ -266,7 +328,7 @@ def cmd_tune(args) -> int:
     )
     tuner = tuning.make_tuner(
         args.tuner, hypermodel, args.max_trials, args.epochs_per_trial, args.directory, args.project_name,
-        args.overwrite, args.seed,
+        args.overwrite, args.seed, distribution_strategy=strategy,
     )  # fmt: skip
     logdir = os.path.join(args.directory, args.project_name, "tensorboard")
     tuner.search(

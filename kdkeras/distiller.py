@@ -32,6 +32,10 @@ def _as_list(outputs):
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
+def _in_multi_worker_mode(strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+
+
 def _per_example_ce(labels, logits):
     return keras.losses.sparse_categorical_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)
 
@@ -173,13 +177,20 @@ class Distiller(keras.Model):
             if kwargs.get(key) is not None:
                 raise ValueError(f"Distiller.compile takes no '{key}': the distiller defines its own")
         optimizer = keras.optimizers.get(optimizer)
+        # Under a "mixed_float16" policy Keras wraps `optimizer` in a LossScaleOptimizer here.
         super().compile(optimizer=optimizer, **kwargs)
         # Built here, on exactly the variables each one updates, so Keras does not build them on everything.
         self.optimizer.build(self._student_variables)
         if self.collaborative:
             if teacher_optimizer is None:
                 teacher_optimizer = optimizer.__class__.from_config(optimizer.get_config())
-            self.teacher_optimizer = keras.optimizers.get(teacher_optimizer)
+            teacher_optimizer = keras.optimizers.get(teacher_optimizer)
+            if self.dtype_policy.name == "mixed_float16" and not isinstance(
+                teacher_optimizer, keras.optimizers.LossScaleOptimizer
+            ):
+                # The teacher's float16 gradients need loss scaling as much as the student's.
+                teacher_optimizer = keras.optimizers.LossScaleOptimizer(teacher_optimizer)
+            self.teacher_optimizer = teacher_optimizer
             self.teacher_optimizer.build(self.teacher.trainable_variables)
         elif teacher_optimizer is not None:
             raise ValueError("teacher_optimizer is only used with collaborative=True")
@@ -259,7 +270,32 @@ class Distiller(keras.Model):
             self.teacher_loss_tracker.update_state(ops.mean(teacher_loss), sample_weight=batch)
         self.accuracy.update_state(y, student_logits, sample_weight=sample_weight)
         self.teacher_accuracy.update_state(y, teacher_logits, sample_weight=sample_weight)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if _in_multi_worker_mode(self.distribute_strategy):
+            # Workaround for keras-team/keras#20585 (open in Keras 3.15): across workers, Keras reduces each step's
+            # logs with strategy.reduce("MEAN", value, axis=0), which fails on scalars ("Invalid reduction
+            # dimension 0 for input with 0 dimensions"). Shape-[1] logs reduce to the scalars Keras expects.
+            logs = {name: ops.reshape(value, [1]) for name, value in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Workaround for keras-team/keras#20585 (open in Keras 3.15): before training, Keras takes the first batch
+        # of a distributed dataset and reduces it across replicas with strategy.reduce("MEAN"), which fails under
+        # MultiWorkerMirroredStrategy for a nested (images, labels) PerReplica batch. The build needs only shapes
+        # and dtypes, so the first local replica's batch serves.
+        strategy = self._distribute_strategy
+        if iterator is not None and strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: (
+                        strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues)
+                        else v
+                    ),
+                    next(batches),
+                )
+                break
+        super()._maybe_symbolic_build(data_batch=data_batch)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

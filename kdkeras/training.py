@@ -14,6 +14,7 @@ import tensorflow as tf
 from kdkeras.callbacks import ResumableBackup, StopOnNonFinite, StopOnSignal
 from kdkeras.data import DatasetInfo, load_dataset
 from kdkeras.distiller import Distiller
+from kdkeras.distribute import auto_shard_data
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -91,7 +92,7 @@ def load_splits(config: TrainConfig):
         **common,
     )
     validation, _ = load_dataset(config.dataset, "validation", config.batch_size, **common)
-    return train, validation, info
+    return auto_shard_data(train), auto_shard_data(validation), info
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -225,9 +226,12 @@ def evaluate_classifier(model: keras.Model, dataset, info: DatasetInfo) -> dict:
         `{"accuracy", "loss", "num_examples", "per_class": {class name: accuracy}}`.
     """
     check_classes(model, info)
+    # A plain compiled call, not `predict`: under a multi-worker strategy `predict` is a collective op that needs
+    # every worker, while the chief evaluates alone.
+    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
     labels, logits = [], []
     for images, batch_labels in dataset:
-        logits.append(np.asarray(model.predict_on_batch(images), np.float32))
+        logits.append(np.asarray(forward(images), np.float32))
         labels.append(np.asarray(batch_labels))
     labels, logits = np.concatenate(labels), np.concatenate(logits)
     loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kdkeras.models.layers import conv_bn_relu, image_input, overlapping_max_pool, scaled
+from kdkeras.models.layers import conv_bn_relu, image_input, logits, overlapping_max_pool, scaled
 
 # One tower of the original two-GPU AlexNet: 48-128-192-192-128 filters, growing then shrinking.
 ALEXNET_WIDTHS = (48, 128, 192, 192, 128)
@@ -61,5 +61,5 @@ def alexnet(
     for i in (6, 7):
         x = layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
         x = layers.Dense(fc_units, activation="relu", name=f"fc{i}")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = logits(x, num_classes)
     return keras.Model(inputs, outputs, name=name)

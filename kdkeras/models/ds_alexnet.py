@@ -9,6 +9,7 @@ from kdkeras.models.alexnet import ALEXNET_WIDTHS
 from kdkeras.models.layers import (
     conv_bn_relu,
     image_input,
+    logits,
     overlapping_max_pool,
     scaled,
     separable_bn_relu,
@@ -62,5 +63,5 @@ def ds_alexnet(
     x = overlapping_max_pool(x, "stage5")
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = logits(x, num_classes)
     return keras.Model(inputs, outputs, name=name)

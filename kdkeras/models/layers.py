@@ -66,6 +66,13 @@ def overlapping_max_pool(x, name: str):
     return layers.MaxPooling2D(3, strides=2, padding="same", name=name)(x)
 
 
+def logits(x, num_classes: int):
+    """The classification head's Dense layer. It always computes in float32, also under a mixed-precision policy,
+    so the logits that the losses and softmax see keep float32 range and precision (the Keras mixed-precision
+    guide's advice for the last layer)."""
+    return layers.Dense(num_classes, dtype="float32", name="logits")(x)
+
+
 def image_input(input_shape: tuple[int, int, int], name: str = "image"):
     """Input taking raw pixels in [0, 255]; the model rescales them itself, so exported models take raw images."""
     inputs = keras.Input(shape=tuple(input_shape), name=name)

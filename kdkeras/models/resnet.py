@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kdkeras.models.layers import batch_norm, conv_bn_relu, image_input, scaled
+from kdkeras.models.layers import batch_norm, conv_bn_relu, image_input, logits, scaled
 
 
 def _basic_block(x, filters: int, strides: int, name: str, synchronized_bn: bool, output_name: str):
@@ -70,5 +70,5 @@ def resnet(
                 output_name=f"stage{stage}" if last else f"stage{stage}_block{block + 1}_out",
             )
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = logits(x, num_classes)
     return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
