@@ -8,6 +8,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices, so MirroredStrategy can be tested without GPUs (test_distribute.py). It must happen
+# before TensorFlow starts its runtime; everything else keeps running on /cpu:0 under the default strategy.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()],
+)
 
 from kdkeras.data import FASHION_MNIST_DIR  # noqa: E402
 
@@ -56,3 +64,10 @@ def idx_dataset_and_teacher(root, n_train, n_test, classes, width):
 @pytest.fixture
 def idx_folder(tmp_path):
     return write_idx_folder(str(tmp_path / "idx"))
+
+
+@pytest.fixture(scope="session")
+def mirrored_two_cpus():
+    """One MirroredStrategy over the two logical CPUs for the whole session: a second MirroredStrategy in the same
+    process aborts synchronized batch normalization with "Shape mismatch in the collective instance" (TF 2.21)."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
