@@ -145,7 +145,7 @@ def main() -> None:
     table += [f"| {r['mode']} | {r['replicas']} | {r['global_batch']} | {r['images_per_second']:.0f} |" for r in rows]
     note = (
         "Distiller step alexnet → ds_alexnet with a stage5 hint (synchronized BN with 2 replicas), one timing of "
-        f" {args.steps} steps after {args.warmup} warm-up steps. All configurations share the same "
+        f"{args.steps} steps after {args.warmup} warm-up steps. All configurations share the same "
         "2 CPU cores: the two logical devices and the two worker processes split them, so this measures the "
         "overhead of the strategies here, not a speed-up (which needs more devices or hosts)."
     )
