@@ -263,3 +263,18 @@ def test_two_workers_distill_and_the_chief_saves_what_both_trained(tmp_path):
         "student.config.json",
         "student.keras",
     ]  # Only the chief wrote; both checkpoint folders are gone after a finished run.
+
+
+def test_cli_distill_with_a_strategy_and_mixed_precision_records_both(tmp_path, capsys, restore_policy):
+    dataset, teacher = idx_dataset_and_teacher(str(tmp_path), n_train=80, n_test=20, classes=3, width=0.25)
+    out = tmp_path / "student.keras"
+    argv = ["distill", "--teacher", teacher, "--dataset", dataset, "--epochs", "1", "--batch-size", "16",
+            "--width", "0.25", "--out", str(out), "--logdir", "none", "--verbose", "0",
+            "--strategy", "onedevice", "--mixed-precision", "mixed_bfloat16", "--batch-scaling", "linear"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "strategy OneDeviceStrategy with 1 replica(s); dtype policy mixed_bfloat16" in capsys.readouterr().out
+    record = json.loads((tmp_path / "student.config.json").read_text())
+    assert record["strategy"] == {"name": "onedevice", "replicas": 1} and record["dtype_policy"] == "mixed_bfloat16"
+    assert record["train_config"]["batch_size"] == 16  # Linear scaling with one replica changes nothing.
+    assert record["distillation"]["synchronized_bn"] is False
+    assert np.isfinite(record["test_loss"])

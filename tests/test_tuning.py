@@ -125,3 +125,32 @@ def test_cli_bad_input(setup, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             cli.main([*base, "--teacher", teacher_path, *bad])
         assert exit_info.value.code == 2
+
+
+STRATEGIES = []  # Module-level, as BUILT.
+
+
+class StrategyRecorder(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        variable = self.model.student.trainable_variables[0]
+        STRATEGIES.append((self.model.distribute_strategy, type(variable.value).__name__))
+
+
+def test_search_under_a_strategy_builds_every_trial_in_it(setup, tmp_path, mirrored_two_cpus):
+    """Keras Tuner takes the strategy as a constructor argument and builds each trial's distiller in its scope."""
+    STRATEGIES.clear()
+    _, _, teacher_path, config, train, validation = setup
+    with mirrored_two_cpus.scope():  # The shared teacher must live in the same strategy.
+        teacher = tuning.load_teacher(teacher_path)
+    hypermodel = tuning.DistillerHyperModel(
+        teacher, ("ds_alexnet", {"width": 0.25}), [("stage5", "stage5")], tuning.SearchSpace(), config, len(train)
+    )
+    tuner = tuning.make_tuner(
+        "random", hypermodel, 2, 1, str(tmp_path / "s"), "p", overwrite=False, seed=1,
+        distribution_strategy=mirrored_two_cpus,
+    )  # fmt: skip
+    tuner.search(train, validation_data=validation, epochs=1, verbose=0, callbacks=[StrategyRecorder()])
+    assert len(STRATEGIES) == 2
+    assert all(strategy is mirrored_two_cpus for strategy, _ in STRATEGIES)
+    assert {kind for _, kind in STRATEGIES} == {"MirroredVariable"}
+    assert all(np.isfinite(r["val_accuracy"]) for r in tuning.trial_rows(tuner))
