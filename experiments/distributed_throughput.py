@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -78,16 +77,6 @@ def measure(mode: str, steps: int, warmup: int, batch_size: int) -> dict:
     }
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def run_mode(mode: str, args) -> dict:
     """Runs one configuration in fresh processes and returns the chief's measurement."""
     command = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--warmup", str(args.warmup),
@@ -96,15 +85,12 @@ def run_mode(mode: str, args) -> dict:
     if mode != "multiworker_2_processes":
         output = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=1800).stdout
         return json.loads(output.strip().splitlines()[-1])
-    cluster = [f"127.0.0.1:{port}" for port in _free_ports(2)]
-    workers = []
-    for index in range(2):
-        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
-        workers.append(
-            subprocess.Popen(
-                command, env={**env, "TF_CONFIG": json.dumps(tf_config)}, stdout=subprocess.PIPE, text=True
-            )
-        )
+    from kdkeras.distribute import local_tf_configs
+
+    workers = [
+        subprocess.Popen(command, env={**env, "TF_CONFIG": tf_config}, stdout=subprocess.PIPE, text=True)
+        for tf_config in local_tf_configs(2)
+    ]
     try:
         outputs = [worker.communicate(timeout=1800)[0] for worker in workers]
     finally:

@@ -200,3 +200,26 @@ def auto_shard_data(dataset):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+def local_tf_configs(num_workers: int) -> list[str]:
+    """`TF_CONFIG` values for `num_workers` worker processes on this machine (127.0.0.1, free ports): try a
+    multi-worker run on one host, as the tests and `experiments/distributed_throughput.py` do.
+
+    Returns:
+        One JSON string per worker; worker 0 is the chief.
+    """
+    import socket
+
+    sockets = [socket.socket() for _ in range(num_workers)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        cluster = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    finally:  # Released just before the workers bind them: a small race, acceptable on a test machine.
+        for s in sockets:
+            s.close()
+    return [
+        json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}})
+        for index in range(num_workers)
+    ]

@@ -3,7 +3,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from kdkeras import cli
 from kdkeras.distiller import Distiller
 from kdkeras.distribute import (
     get_strategy,
+    local_tf_configs,
     parse_tf_config,
     precision_policy,
     scale_batch_and_lr,
@@ -211,38 +211,27 @@ def test_mixed_precision_keeps_losses_float32_and_finite(restore_policy, policy)
 # ------------------------------------------------------------------ two workers on loopback
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_two_workers_distill_and_the_chief_saves_what_both_trained(tmp_path):
     """Two `kdkeras distill --strategy multiworker` processes on 127.0.0.1. Without the Distiller's workarounds
     for keras-team/keras#20585, `fit` fails in both before the first step and after it."""
     dataset, teacher = idx_dataset_and_teacher(str(tmp_path), n_train=200, n_test=40, classes=3, width=0.25)
     out = tmp_path / "out" / "student.keras"
-    cluster = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     command = [
         sys.executable, "-m", "kdkeras", "distill", "--strategy", "multiworker", "--teacher", teacher,
         "--dataset", dataset, "--epochs", "2", "--batch-size", "32", "--width", "0.25", "--out", str(out),
         "--logdir", "none", "--verbose", "2",
     ]  # fmt: skip
-    workers = []
-    for index in range(2):
-        env = {
-            **os.environ,
-            "TF_CONFIG": json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}),
-        }
-        workers.append(
-            subprocess.Popen(
-                command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
+    workers = [
+        subprocess.Popen(
+            command,
+            env={**os.environ, "TF_CONFIG": tf_config},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
+        for tf_config in local_tf_configs(2)
+    ]
     outputs = []
     try:
         for worker in workers:
@@ -278,3 +267,11 @@ def test_cli_distill_with_a_strategy_and_mixed_precision_records_both(tmp_path, 
     assert record["train_config"]["batch_size"] == 16  # Linear scaling with one replica changes nothing.
     assert record["distillation"]["synchronized_bn"] is False
     assert np.isfinite(record["test_loss"])
+
+
+def test_local_tf_configs_name_one_cluster_and_each_task():
+    configs = [parse_tf_config(text) for text in local_tf_configs(3)]
+    assert len({json.dumps(c["cluster"]) for c in configs}) == 1
+    hosts = configs[0]["cluster"]["worker"]
+    assert len(set(hosts)) == 3 and all(h.startswith("127.0.0.1:") for h in hosts)
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
