@@ -584,6 +584,7 @@ def _summary(name: str, label: str, method: str, records: list[dict]) -> dict:
         "accuracy_std": float(accuracies.std(ddof=1)) if len(records) > 1 else None,
         "accuracies": accuracies.tolist(),
         "train_seconds_mean": float(np.mean([r["train_seconds"] for r in records])),
+        "cpu_seconds_mean": float(np.mean([r["cpu_seconds"] for r in records])),
         "epochs": len(records[0]["history"].get("loss", [])),
         "machine": records[0]["machine"],
     }
@@ -600,9 +601,9 @@ def _markdown(report: dict, config: dict, title: str) -> str:
         "",
         _table(report["rows"]),
         "",
-        "",
         "Test accuracy on the full test split; mean ± sample standard deviation over the seeds (± omitted for one "
-        "seed). Train time is the wall time of `fit` (training and validation, no test), mean over seeds.",
+        "seed). Train time is the wall time of `fit` (training and validation, no test), mean over seeds; CPU time "
+        "is the process' CPU seconds over the same span (all threads), which other jobs on the machine inflate less.",
     ]
     if report["missing"]:
         lines.append(f"Not finished for every seed yet: {', '.join(report['missing'])}.")
@@ -620,15 +621,16 @@ def _table(rows: list[dict]) -> str:
     """The comparison table in Markdown."""
     lines = [
         "| method | model | params | MFLOPs | epochs | test accuracy | seeds | Δ vs scratch (points) "
-        "| train time (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| train time (s) | CPU time (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         spread = f" ± {row['accuracy_std']:.4f}" if row["accuracy_std"] is not None else ""
         delta = "" if row["delta_vs_scratch"] is None else f"{100 * row['delta_vs_scratch']:+.2f}"
         lines.append(
             f"| {row['label']} | {row['model']} | {row['params']:,} | {row['flops'] / 1e6:.1f} | {row['epochs']} | "
-            f"{row['accuracy_mean']:.4f}{spread} | {len(row['seeds'])} | {delta} | {row['train_seconds_mean']:.0f} |"
+            f"{row['accuracy_mean']:.4f}{spread} | {len(row['seeds'])} | {delta} | {row['train_seconds_mean']:.0f} | "
+            f"{row['cpu_seconds_mean']:.0f} |"
         )
     return "\n".join(lines)
 

@@ -167,6 +167,7 @@ def test_summary_is_mean_and_sample_std_over_seeds():
             "params": 10,
             "flops": 20,
             "train_seconds": s,
+            "cpu_seconds": 2 * s,
             "history": {"loss": [1, 2]},
             "spec": {"train_config": {"seed": seed}},
             "machine": {},
@@ -179,6 +180,6 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert row["accuracy_std"] == pytest.approx(0.02)
     assert row["train_seconds_mean"] == pytest.approx(20.0) and row["seeds"] == [0, 1, 2] and row["epochs"] == 2
     row["delta_vs_scratch"] = 0.015
-    assert "| KD | m | 10 | 0.0 | 2 | 0.9200 ± 0.0200 | 3 | +1.50 | 20 |" in _table([row])
+    assert "| KD | m | 10 | 0.0 | 2 | 0.9200 ± 0.0200 | 3 | +1.50 | 20 | 40 |" in _table([row])
     single = _summary("kd", "KD", "distill", records[:1])
     assert single["accuracy_std"] is None and np.isclose(single["accuracy_mean"], 0.90)
