@@ -643,13 +643,16 @@ def _plot(rows: list[dict], teacher: dict | None, results: dict, config: dict, b
 
     from kdkeras import artifacts
 
-    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    figure, axes = plt.subplots(figsize=(8, 4.5))
     for row in rows:
+        # Students share one size: a legend names the points instead of labels that would overlap.
         marker = "s" if row["method"] in ("teacher", "reference") else "o"
-        axes.errorbar(row["params"], row["accuracy_mean"], yerr=row["accuracy_std"] or 0, fmt=marker, capsize=3)
-        axes.annotate(
-            row["label"], (row["params"], row["accuracy_mean"]), textcoords="offset points", xytext=(6, 2), fontsize=8
-        )
+        axes.errorbar(
+            row["params"], row["accuracy_mean"], yerr=row["accuracy_std"] or 0, fmt=marker, capsize=3,
+            label=f"{row['label']} ({row['accuracy_mean']:.4f})",
+        )  # fmt: skip
+    axes.margins(x=0.25, y=0.15)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     axes.set_xscale("log")
     axes.set_xlabel("parameters (log scale)")
     axes.set_ylabel("test accuracy")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 
 import keras
 import numpy as np
@@ -93,3 +94,15 @@ def test_saved_models_leave_the_optimizer_out_unless_asked(tmp_path):
     x = np.ones((2, 3), np.float32)
     np.testing.assert_allclose(lean(x), model(x), rtol=1e-6)
     assert model.optimizer is not None  # The caller's model is untouched.
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (owner-only); the final file must be as readable as open() makes it."""
+    umask = os.umask(0o022)
+    try:
+        artifacts.write_json(tmp_path / "a.json", {"x": 1})
+        artifacts.write_text(tmp_path / "b.md", "text")
+    finally:
+        os.umask(umask)
+    for name in ("a.json", "b.md"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
