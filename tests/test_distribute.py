@@ -275,3 +275,8 @@ def test_local_tf_configs_name_one_cluster_and_each_task():
     hosts = configs[0]["cluster"]["worker"]
     assert len(set(hosts)) == 3 and all(h.startswith("127.0.0.1:") for h in hosts)
     assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
+
+
+def test_tpu_strategy_without_a_tpu_is_a_one_line_error():
+    with pytest.raises(ValueError, match="--strategy tpu: no TPU found"):
+        get_strategy("tpu")
