@@ -63,15 +63,32 @@ def _start_strategy(args):
     return strategy
 
 
-def _train_config(args, strategy=None):
+def _start_training(args):
+    """What `train` and `distill` begin with: the strategy (first), a writable output, the run's configuration,
+    the seed, and the dataset's info.
+
+    Returns:
+        `(strategy, TrainConfig, DatasetInfo)`.
+    """
+    from kdkeras.data import load_dataset
+    from kdkeras.training import set_seed
+
+    strategy = _start_strategy(args)
+    _check_writable(args.out)
+    config = _train_config(args, strategy)
+    set_seed(args.seed)
+    _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
+    return strategy, config, info
+
+
+def _train_config(args, strategy):
     from kdkeras.distribute import num_replicas, scale_batch_and_lr, worker_role
     from kdkeras.training import TrainConfig, default_logdir
 
-    replicas = num_replicas(strategy) if strategy is not None else 1
-    batch_size, lr = scale_batch_and_lr(args.batch_size, args.lr, replicas, getattr(args, "batch_scaling", "none"))
+    batch_size, lr = scale_batch_and_lr(args.batch_size, args.lr, num_replicas(strategy), args.batch_scaling)
     logdir = None if args.logdir == "none" else args.logdir or default_logdir(args.command, args.run_name)
     backup_dir = None if args.backup_dir == "none" else args.backup_dir
-    is_chief, index = worker_role(strategy) if strategy is not None else (True, 0)
+    is_chief, index = worker_role(strategy)
     if not is_chief:
         # Every worker checkpoints (all restore the same state after a failure), each into its own folder; only
         # the chief writes TensorBoard logs.
@@ -95,7 +112,7 @@ def _train_config(args, strategy=None):
     )
 
 
-def _finish_run(model, args, config, extra: dict, strategy=None) -> dict | None:
+def _finish_run(model, args, config, extra: dict, strategy) -> dict | None:
     """Evaluates on the test split, saves the model and its resolved configuration beside it, prints a summary.
 
     Under a multi-worker strategy only the chief evaluates and saves; the other workers print the digest of the
@@ -108,11 +125,11 @@ def _finish_run(model, args, config, extra: dict, strategy=None) -> dict | None:
 
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
-    from kdkeras.distribute import worker_role
+    from kdkeras.distribute import num_replicas, worker_role
     from kdkeras.profiling import count_flops, count_params
     from kdkeras.training import evaluate_classifier
 
-    is_chief, index = worker_role(strategy) if strategy is not None else (True, 0)
+    is_chief, index = worker_role(strategy)
     digest = artifacts.weights_digest(model)
     if not is_chief:
         print(f"worker {index}: trained weights digest {digest}; the chief saves the model")
@@ -131,7 +148,7 @@ def _finish_run(model, args, config, extra: dict, strategy=None) -> dict | None:
         "train_config": dataclasses.asdict(config),
         **extra,
         "weights_digest": digest,
-        "strategy": {"name": getattr(args, "strategy", "auto"), "replicas": config_replicas(strategy)},
+        "strategy": {"name": args.strategy, "replicas": num_replicas(strategy)},
         "dtype_policy": keras.config.dtype_policy().name,
         "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -143,6 +160,8 @@ def _finish_run(model, args, config, extra: dict, strategy=None) -> dict | None:
 
 
 def _builder_options(args, strategy=None) -> dict:
+    """The model builder's keyword arguments from the command line; with a strategy, synchronized BN per
+    `--sync-bn`."""
     from kdkeras.distribute import use_synchronized_bn
 
     options = {"width": args.width}
@@ -151,14 +170,6 @@ def _builder_options(args, strategy=None) -> dict:
     if strategy is not None and use_synchronized_bn(strategy, getattr(args, "sync_bn", "auto")):
         options["synchronized_bn"] = True
     return options
-
-
-def _builder_record(args, name=None, strategy=None) -> dict:
-    return {"name": name or args.model, **_builder_options(args, strategy)}
-
-
-def config_replicas(strategy) -> int:
-    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
 
 
 def read_mapping(path: str) -> dict:
@@ -180,35 +191,26 @@ def read_mapping(path: str) -> dict:
 
 
 def cmd_train(args) -> int:
-    from kdkeras.data import load_dataset
     from kdkeras.models import build_model
-    from kdkeras.training import set_seed, train_classifier
+    from kdkeras.training import train_classifier
 
-    strategy = _start_strategy(args)
-    _check_writable(args.out)
-    config = _train_config(args, strategy)
-    set_seed(args.seed)
-    _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
+    strategy, config, info = _start_training(args)
+    builder_options = _builder_options(args, strategy)
     with strategy.scope():
-        model = build_model(args.model, info.input_shape, info.num_classes, **_builder_options(args, strategy))
+        model = build_model(args.model, info.input_shape, info.num_classes, **builder_options)
         history, seconds, _ = train_classifier(model, config)
-    extra = {"builder": _builder_record(args, strategy=strategy), "history": history, "train_seconds": seconds}
+    extra = {"builder": {"name": args.model, **builder_options}, "history": history, "train_seconds": seconds}
     _finish_run(model, args, config, extra, strategy)
     return 0
 
 
 def cmd_distill(args) -> int:
     from kdkeras import artifacts
-    from kdkeras.data import load_dataset
     from kdkeras.distribute import worker_role
     from kdkeras.models import build_model
-    from kdkeras.training import distill, set_seed
+    from kdkeras.training import distill
 
-    strategy = _start_strategy(args)
-    _check_writable(args.out)
-    config = _train_config(args, strategy)
-    set_seed(args.seed)
-    _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
+    strategy, config, info = _start_training(args)
     builder_options = _builder_options(args, strategy)
     # Teacher, student, distiller, optimizers and metrics: all get the strategy's (mirrored) variables.
     with strategy.scope():
@@ -233,7 +235,7 @@ def cmd_distill(args) -> int:
     options["gamma"] = distiller.gamma
     extra = {
         "teacher": os.path.abspath(args.teacher),
-        "builder": _builder_record(args, args.student, strategy),
+        "builder": {"name": args.student, **builder_options},
         "distillation": options,
         "history": history,
         "train_seconds": seconds,

@@ -334,10 +334,17 @@ class Experiment:
             verbose=self.verbose,
         )
 
+    def _teacher_config(self):
+        teacher = self.config["teacher"]
+        return self._train_config(self.plan["teacher_epochs"], teacher["seed"], "teacher", teacher["lr"])
+
+    def _row_config(self, row: dict, seed: int):
+        return self._train_config(self.plan["epochs"], seed, f"{row['name']}-seed{seed}")
+
     def teacher_spec(self) -> dict:
         """Everything the teacher's weights depend on; a saved teacher is reused only when this matches."""
         teacher = self.config["teacher"]
-        config = self._train_config(self.plan["teacher_epochs"], teacher["seed"], "teacher", teacher["lr"])
+        config = self._teacher_config()
         return {
             "model": teacher["model"],
             "options": teacher["options"],
@@ -346,7 +353,7 @@ class Experiment:
 
     def row_spec(self, row: dict, seed: int) -> dict:
         """Everything a row's result depends on; a finished row is skipped only when this matches its JSON."""
-        config = self._train_config(self.plan["epochs"], seed, f"{row['name']}-seed{seed}")
+        config = self._row_config(row, seed)
         model = (
             {"model": row["model"], "options": row["options"]}
             if row["method"] == "reference"
@@ -385,9 +392,7 @@ class Experiment:
             return record
         if record is not None:
             self._log("teacher: the saved one was trained from other settings; training it again")
-        config = self._train_config(
-            self.plan["teacher_epochs"], spec["train_config"]["seed"], "teacher", spec["train_config"]["lr"]
-        )
+        config = self._teacher_config()
         set_seed(config.seed)
         info = _dataset_info(config)
         model = build_model(spec["model"], info.input_shape, info.num_classes, **spec["options"])
@@ -414,7 +419,7 @@ class Experiment:
         if record is not None and record.get("spec") == spec:
             self._log(f"{row['name']} seed {seed}: done already ({record['test_accuracy']:.4f}), skipped")
             return record, False
-        config = self._train_config(self.plan["epochs"], seed, f"{row['name']}-seed{seed}")
+        config = self._row_config(row, seed)
         set_seed(seed)
         info = _dataset_info(config)
         model = build_model(spec["model"]["model"], info.input_shape, info.num_classes, **spec["model"]["options"])
