@@ -112,24 +112,26 @@ class StopOnNonFinite(keras.callbacks.Callback):
     Place it before the checkpoint callback, so the bad step is never checkpointed.
 
     Args:
-        terms: the log keys to watch; default every key holding a loss (`loss`, `ce`, `kd`, `feature`, …).
+        terms: the log keys to watch; default the model's `loss_names` (a `Distiller`'s terms before their sum,
+            so the message names the term that went wrong), else `loss`.
         where: text naming the last good checkpoint, for the message.
     """
 
-    # The terms before their sum, so the message names the term that went wrong.
-    LOSS_KEYS = ("ce", "kd", "feature", "teacher_loss", "loss")
-
-    def __init__(self, terms=LOSS_KEYS, where: str | None = None):
+    def __init__(self, terms=None, where: str | None = None):
         super().__init__()
-        self.terms = tuple(terms)
+        self.terms = None if terms is None else tuple(terms)
         self.where = where
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def on_train_begin(self, logs=None):
+        if self.terms is None:
+            self.terms = tuple(getattr(self.model, "loss_names", ("loss",)))
+
     def on_train_batch_end(self, batch, logs=None):
-        for key in self.terms:
+        for key in self.terms or ("loss",):
             if logs and key in logs:
                 value = float(logs[key])
                 if not math.isfinite(value):
@@ -138,3 +140,15 @@ class StopOnNonFinite(keras.callbacks.Callback):
                         f"loss term '{key}' became {value} at epoch {self._epoch + 1}, step {batch + 1}{kept}. "
                         "Lower the learning rate or the loss weights."
                     )
+
+
+class SetEpoch(keras.callbacks.Callback):
+    """Sets a `kdkeras.data.EpochClock` at the start of every epoch, so the training pipeline draws that epoch's
+    order and augmentation (also after a resume, which starts at a later epoch)."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.clock.set(epoch)

@@ -27,8 +27,54 @@ from kdkeras.commands import (  # noqa: E402  # After the environment is set; im
     parse_feature_pairs,
     read_mapping,
 )
+from kdkeras.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
+
+# The built-in terms, for the help text (kdkeras.terms.available() adds user-registered ones; a test keeps this
+# list equal to the built-in registry).
+BUILT_IN_TERMS = ("ce", "kd", "dkd", "dist", "hint", "attention")
 
 # --------------------------------------------------------------------------------------------------- helpers
+
+
+def _add_method_options(parser) -> None:
+    """The options that choose the distillation terms (`distill`, `tune`)."""
+    parser.add_argument(
+        "--method",
+        default=None,
+        help=f"a preset term list: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; see README, 'Methods')",
+    )
+    parser.add_argument(
+        "--term",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="add a term, or change the preset's term of that name, e.g. --term hint:weight=0.5 "
+        f"(repeatable; terms: {', '.join(BUILT_IN_TERMS)})",
+    )
+    parser.add_argument("--temperature", type=_positive_float, default=None, help="T of every term that has one")
+    parser.add_argument(
+        "--alpha", type=_non_negative_float, default=None, help="classic TSKD sum: weight of the label loss"
+    )
+    parser.add_argument(
+        "--beta", type=_non_negative_float, default=None, help="classic TSKD sum: weight of the soft-target loss"
+    )
+    parser.add_argument(
+        "--gamma",
+        type=_non_negative_float,
+        default=None,
+        help="classic TSKD sum: weight of the feature loss (default 1 with feature pairs)",
+    )
+    parser.add_argument(
+        "--feature-pairs",
+        default=None,
+        help="TEACHER:STUDENT layer pairs of the feature terms, e.g. stage3:stage3,stage5:stage5; 'auto' = deepest "
+        "stages; 'none' = drop feature terms",
+    )
+    parser.add_argument(
+        "--feature-loss", choices=("hint", "attention"), default=None, help="classic sum's feature term"
+    )
+    # Set only from --config files (a tuner's best_hparams.json holds the full term list).
+    parser.set_defaults(terms=None)
 
 
 def _positive_int(text: str) -> int:
@@ -179,28 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument(
         "--config", default=None, help="JSON or YAML file of option values (e.g. a tuner's best_hparams.json)"
     )
-    dist.add_argument("--temperature", type=_positive_float, default=4.0)
-    dist.add_argument("--alpha", type=_non_negative_float, default=0.5, help="weight of the label loss")
-    dist.add_argument("--beta", type=_non_negative_float, default=0.5, help="weight of the soft-target loss")
-    dist.add_argument(
-        "--gamma",
-        type=_non_negative_float,
-        default=None,
-        help="weight of the feature loss (default 1 with feature pairs)",
-    )
-    dist.add_argument(
-        "--feature-pairs",
-        default="auto",
-        help="TEACHER:STUDENT layer pairs, e.g. stage3:stage3,stage5:stage5; 'auto' = deepest "
-        "stages; 'none' = logits only",
-    )
-    dist.add_argument("--feature-loss", choices=("hint", "attention"), default="hint")
+    _add_method_options(dist)
     dist.add_argument("--collaborative", action="store_true", help="update the teacher too (mutual learning)")
     dist.add_argument(
         "--teacher-lr",
         type=_positive_float,
         default=None,
         help="teacher learning rate in collaborative mode (default lr/10)",
+    )
+    dist.add_argument(
+        "--teacher-cache",
+        default=None,
+        metavar="DIR|auto",
+        help="compute the teacher's logits for every epoch once, store them in DIR ('auto': OUT.teacher_cache/) "
+        "and reuse them: training at the student's own speed (logit terms only)",
     )
     dist.add_argument("--teacher-out", default=None, help="where to save the updated teacher (collaborative)")
     dist.add_argument("--out", default=None, help="output .keras file (default saved_models/STUDENT_distilled.keras)")
@@ -229,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--teacher", required=True, help="trained teacher .keras file (loaded once, shared)")
     tune.add_argument("--student", default="ds_alexnet")
     _add_builder_options(tune)
-    tune.add_argument("--feature-pairs", default="auto")
+    _add_method_options(tune)
     tune.add_argument("--dataset", default="fashion_mnist")
     tune.add_argument("--data-dir", default=None)
     tune.add_argument("--tuner", choices=("random", "bayesian", "hyperband"), default="random")
@@ -238,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--max-train-examples", type=_positive_int, default=10000)
     tune.add_argument("--batch-size", type=_positive_int, default=128)
     tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--space", default=None, help="JSON/YAML of ranges, e.g. {temperature: [2, 10]}")
+    tune.add_argument(
+        "--space", default=None, help="JSON/YAML narrowing searched ranges, e.g. {kd.temperature: [2, 10]}"
+    )
     tune.add_argument("--directory", default="runs/tune", help="where trials, reports and logs go")
     tune.add_argument("--project-name", default="tskd")
     tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
@@ -351,8 +391,21 @@ def _finish_defaults(args):
         raise ValueError(f"--out must end in .keras, got {args.out}")
     if getattr(args, "backup_dir", "") is None:
         args.backup_dir = os.path.splitext(args.out)[0] + ".backup"
-    if args.command == "distill" and args.feature_pairs not in ("auto",):
-        parse_feature_pairs(args.feature_pairs)  # Fail on a malformed value before loading anything.
+    if getattr(args, "teacher_cache", None) == "auto":
+        args.teacher_cache = os.path.splitext(args.out)[0] + ".teacher_cache"
+    if args.command in ("distill", "tune"):
+        from kdkeras import terms as terms_lib
+
+        # The term list is resolved and checked before anything loads: a typo fails in a second.
+        pairs = args.feature_pairs
+        if pairs not in (None, "auto", "none"):
+            pairs = parse_feature_pairs(pairs)
+        args.term_specs = terms_lib.from_options(
+            args.method, args.terms, [terms_lib.parse_term(t) for t in args.term],
+            temperature=args.temperature, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
+            feature_pairs=pairs, feature_loss=args.feature_loss,
+        )  # fmt: skip
+        terms_lib.get_list(args.term_specs)
     return args
 
 

@@ -26,16 +26,6 @@ def parse_feature_pairs(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def default_feature_pairs(teacher, student) -> list[tuple[str, str]]:
-    """The deepest stage of each network: the representation closest to the logits that is still spatial."""
-    from kdkeras.models import stage_layers
-
-    teacher_stages, student_stages = list(stage_layers(teacher)), list(stage_layers(student))
-    if not teacher_stages or not student_stages:
-        return []
-    return [(teacher_stages[-1], student_stages[-1])]
-
-
 def _check_writable(path: str) -> None:
     """Fails before training, not after, when the output cannot be written."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
@@ -206,6 +196,7 @@ def cmd_train(args) -> int:
 
 def cmd_distill(args) -> int:
     from kdkeras import artifacts
+    from kdkeras import terms as terms_lib
     from kdkeras.distribute import worker_role
     from kdkeras.models import build_model
     from kdkeras.training import distill
@@ -216,27 +207,20 @@ def cmd_distill(args) -> int:
     with strategy.scope():
         teacher = artifacts.load_model(args.teacher)
         student = build_model(args.student, info.input_shape, info.num_classes, **builder_options)
-        pairs = (
-            default_feature_pairs(teacher, student)
-            if args.feature_pairs == "auto"
-            else parse_feature_pairs(args.feature_pairs)
-        )
-        options = {
-            "feature_pairs": pairs,
-            "temperature": args.temperature,
-            "alpha": args.alpha,
-            "beta": args.beta,
-            "gamma": args.gamma,
-            "feature_loss": args.feature_loss,
-            "collaborative": args.collaborative,
-            "synchronized_bn": builder_options.get("synchronized_bn", False),
-        }
-        distiller, history, seconds, _ = distill(teacher, student, config, teacher_lr=args.teacher_lr, **options)
-    options["gamma"] = distiller.gamma
+        synchronized = builder_options.get("synchronized_bn", False)
+        distiller, history, seconds, _ = distill(
+            teacher, student, config, teacher_lr=args.teacher_lr, terms=args.term_specs,
+            collaborative=args.collaborative, synchronized_bn=synchronized, teacher_cache=args.teacher_cache,
+        )  # fmt: skip
     extra = {
         "teacher": os.path.abspath(args.teacher),
         "builder": {"name": args.student, **builder_options},
-        "distillation": options,
+        "distillation": {
+            "terms": [terms_lib.serialize(term) for term in distiller.terms],  # "auto" pairs resolved
+            "collaborative": args.collaborative,
+            "synchronized_bn": synchronized,
+            "teacher_cache": args.teacher_cache,
+        },
         "history": history,
         "train_seconds": seconds,
     }
@@ -301,13 +285,14 @@ def cmd_info(args) -> int:
 def cmd_tune(args) -> int:
     import keras
 
+    from kdkeras import terms as terms_lib
     from kdkeras import tuning
+    from kdkeras.distiller import Distiller
     from kdkeras.distribute import num_replicas, scale_batch_and_lr
     from kdkeras.models import build_model
     from kdkeras.training import TrainConfig, check_classes, load_splits, set_seed
 
     strategy = _start_strategy(args)
-    space = tuning.SearchSpace.from_dict(read_mapping(args.space)) if args.space else tuning.SearchSpace()
     set_seed(args.seed)
     with strategy.scope():  # The shared teacher's variables must belong to the strategy the tuner builds under.
         teacher = tuning.load_teacher(args.teacher)
@@ -319,14 +304,14 @@ def cmd_tune(args) -> int:
     train, validation, info = load_splits(config)
     check_classes(teacher, info, "teacher")
     student_kwargs = _builder_options(args, strategy)
-    probe = build_model(args.student, info.input_shape, info.num_classes, **student_kwargs)
-    pairs = (
-        default_feature_pairs(teacher, probe)
-        if args.feature_pairs == "auto"
-        else parse_feature_pairs(args.feature_pairs)
-    )
+    term_specs = args.term_specs
+    probe = Distiller(teacher, build_model(args.student, info.input_shape, info.num_classes, **student_kwargs),
+                      term_specs)  # fmt: skip
+    # "auto" feature pairs resolved once, so every trial (and best_hparams.json) names the same layers.
+    term_specs = [terms_lib.serialize(term) for term in probe.terms]
+    space = tuning.SearchSpace.for_terms(probe.terms, read_mapping(args.space) if args.space else None)
     hypermodel = tuning.DistillerHyperModel(
-        teacher, (args.student, student_kwargs), pairs, space, config, steps_per_epoch=len(train)
+        teacher, (args.student, student_kwargs), term_specs, space, config, steps_per_epoch=len(train)
     )
     tuner = tuning.make_tuner(
         args.tuner, hypermodel, args.max_trials, args.epochs_per_trial, args.directory, args.project_name,
@@ -347,7 +332,7 @@ def cmd_tune(args) -> int:
         f"{args.tuner} search, {len(rows)} trials × {args.epochs_per_trial} epoch(s), {info.name}, "
         f"{config.max_train_examples or 'all'} training images; objective: student val_accuracy"
     )
-    best = tuning.write_reports(rows, out_dir, note)
+    best = tuning.write_reports(rows, out_dir, note, term_specs)
     print(f"best val_accuracy {rows[0]['val_accuracy']:.4f} with {json.dumps(best)}")
     print(f"wrote {out_dir}/best_hparams.json (use: kdkeras distill --config {out_dir}/best_hparams.json …), "
           f"trials.md, trials.json, objective.png; TensorBoard logs in {logdir}")  # fmt: skip

@@ -305,6 +305,10 @@ def load_dataset(
     max_examples: int | None = None,
     data_dir: str | None = None,
     drop_remainder: bool = False,
+    clock: EpochClock | None = None,
+    epoch: int | None = None,
+    teacher_logits=None,
+    return_index: bool = False,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Loads one split of a dataset as a batched, prefetched `tf.data.Dataset`.
 
@@ -314,12 +318,18 @@ def load_dataset(
         batch_size: examples per batch (the global batch under a `tf.distribute` strategy).
         validation_fraction: share of the training data held out as `validation`, in [0, 0.5].
         seed: seeds the validation carve-out, the shuffling and the augmentation.
-        shuffle: reshuffle every epoch; default: only for `train`.
+        shuffle: a new order every epoch (a pure function of seed and epoch); default: only for `train`.
         augment_images: random crop with padding (and flip, see `flip`); for training.
         flip: horizontal flips when augmenting; default: `default_flip(spec)`.
         max_examples: keep only the first N examples of the split (after the seeded permutation), for quick runs.
         data_dir: TFDS data directory.
         drop_remainder: drop the last partial batch.
+        clock: the `EpochClock` whose epoch each pass draws its order and augmentation for (set it with
+            `kdkeras.callbacks.SetEpoch`); without one every pass is epoch 0.
+        epoch: a fixed epoch instead of a clock (the teacher-output cache precomputes epoch by epoch).
+        teacher_logits: `epoch -> (num_examples, classes) float16 array` of cached teacher logits; batches are then
+            `(images, {"labels": labels, "teacher_logits": logits})`, what `kdkeras.distiller.Distiller` takes.
+        return_index: batches are `(images, labels, example indices)`.
 
     Returns:
         `(dataset, info)`: batches of (float32 images in [0, 255], int32 labels) and a `DatasetInfo`.
@@ -358,21 +368,73 @@ def load_dataset(
         num_examples=len(x),
     )
 
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle if shuffle is not None else split == "train":
-        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    if source.from_files:
-        decode = functools.partial(_decode_file, input_shape=source.input_shape)
-        dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.map(lambda image, label: (tf.cast(image, tf.float32), tf.cast(label, tf.int32)))
-    if augment_images:
-        pad = max(2, min(source.input_shape[:2]) // 8)
-        do_flip = default_flip(spec) if flip is None else flip
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            lambda pair, s: (augment(pair[0], s, pad, do_flip), pair[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
+    shuffle = split == "train" if shuffle is None else shuffle
+    pad = max(2, min(source.input_shape[:2]) // 8)
+    do_flip = default_flip(spec) if flip is None else flip
+    images, labels = tf.constant(x), tf.constant(y)
+
+    def example(index, epoch):
+        image = images[index]
+        if source.from_files:
+            image, _ = _decode_file(image, None, source.input_shape)
+        image = tf.cast(image, tf.float32)
+        if augment_images:
+            image = augment(image, example_seed(seed, epoch, index), pad, do_flip)
+        return image, tf.cast(labels[index], tf.int32), index
+
+    def epoch_examples(epoch):
+        order = epoch_order(len(x), seed, epoch) if shuffle else tf.range(len(x), dtype=tf.int32)
+        examples = tf.data.Dataset.from_tensor_slices(order).map(
+            lambda index: example(index, epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
-    return dataset, info
+        if teacher_logits is None:
+            return examples
+        # One epoch of cached logits, `(num_examples, classes)`, read (memory-mapped) once per pass.
+        logits = tf.numpy_function(lambda e: teacher_logits(int(e)), [epoch], tf.float16, stateful=False)
+        return examples.map(
+            lambda image, label, index: (
+                image,
+                {"labels": label, "teacher_logits": tf.cast(tf.gather(logits, index), tf.float32)},
+            )
+        )
+
+    if epoch is not None:
+        dataset = epoch_examples(tf.constant(epoch, tf.int64))
+    else:
+        # The epoch is read once per pass, when the pass starts (Keras starts one per epoch, after the callbacks'
+        # on_epoch_begin): order and augmentation are a pure function of (seed, epoch, example index).
+        clock = clock or EpochClock()
+        dataset = tf.data.Dataset.from_tensors(0).map(lambda _: clock.variable.read_value()).flat_map(epoch_examples)
+    if teacher_logits is None and not return_index:
+        dataset = dataset.map(lambda image, label, index: (image, label))
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    # flat_map hides the length; Keras needs it for `len()`, progress bars and schedules.
+    batches = len(x) // batch_size if drop_remainder else -(-len(x) // batch_size)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    return dataset.prefetch(tf.data.AUTOTUNE), info
+
+
+class EpochClock:
+    """The epoch a training pipeline draws its order and augmentation for.
+
+    A `tf.Variable` that `kdkeras.callbacks.SetEpoch(clock)` sets at the start of every epoch; resumed runs set it
+    to the epoch they resume at, so a resumed run sees the same images as an uninterrupted one.
+    """
+
+    def __init__(self):
+        self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
+
+    def set(self, epoch: int) -> None:
+        self.variable.assign(epoch)
+
+
+def epoch_order(num_examples: int, seed: int, epoch):
+    """The order of the examples in one epoch: a permutation that is a pure function of (seed, epoch)."""
+    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), epoch)
+    return tf.argsort(tf.random.stateless_uniform([num_examples], seed=key), stable=True)
+
+
+def example_seed(seed: int, epoch, index):
+    """The augmentation seed of one example in one epoch: a pure function of (seed, epoch, example index)."""
+    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), epoch)
+    return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))

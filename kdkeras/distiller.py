@@ -1,5 +1,5 @@
-"""The TSKD distiller: a `keras.Model` that trains a student from the labels, the teacher's softened logits and the
-teacher's intermediate features, and optionally updates the teacher too (collaborative mode)."""
+"""The distiller: a `keras.Model` that trains a student on a weighted sum of distillation terms (labels, the
+teacher's softened logits, its intermediate features, …) and optionally updates the teacher too (collaborative)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from kdkeras.adapters import FeatureAdapter
-from kdkeras.losses import FEATURE_LOSSES, soft_target_kl
+from kdkeras import terms as terms_lib
+from kdkeras.terms import Outputs, Term
+
+# Metric names the distiller reports itself; a term may not take one of them.
+_RESERVED_NAMES = ("loss", "accuracy", "teacher_accuracy", "teacher_loss")
 
 
 def _tap(model: keras.Model, layer_names: Sequence[str], role: str) -> keras.Model:
@@ -40,23 +43,35 @@ def _per_example_ce(labels, logits):
     return keras.losses.sparse_categorical_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)
 
 
+class _EpochCounter(keras.callbacks.Callback):
+    """Keeps the distiller's `epoch` variable at the current (0-based) epoch, for term schedules."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.epoch.assign(epoch)
+
+
 @keras.saving.register_keras_serializable(package="kdkeras")
 class Distiller(keras.Model):
-    """Teacher–student collaborative knowledge distillation (TSKD).
+    """Knowledge distillation as a weighted sum of terms; teacher–student collaborative (TSKD) when asked.
 
-    The student minimises
+    The student (with any adapters the terms own) minimises
 
-        loss = α · CE(labels, student) + β · T²·KL(softmax(t/T) ‖ softmax(s/T)) + γ · Σ_pairs feature_loss
+        loss = Σ_terms weight · term(labels, teacher outputs, student outputs)
 
-    where the feature loss compares teacher features with the student's, passed through a trainable
-    `FeatureAdapter` per pair ("hint", Romero et al., "FitNets", 2015), or compares their spatial attention maps
-    ("attention", Zagoruyko & Komodakis, "Paying More Attention to Attention", 2017). The soft-target term is
-    Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
+    where each term is a registered `kdkeras.terms.Term`: `ce` (labels), `kd` (Hinton, Vinyals & Dean 2015, soft
+    targets, optionally on standardized logits, Sun et al. 2024), `dkd` (Zhao et al. 2022), `dist` (Huang et al.
+    2022), `hint` (FitNets, Romero et al. 2015, through trainable adapters), `attention` (Zagoruyko & Komodakis
+    2017), or your own. Features are tapped by layer name once, here, from the layers the terms ask for.
 
     In the classic mode (default) the teacher is frozen. With `collaborative=True` the teacher is trained as well,
-    by its own optimizer, on CE(labels, teacher) + β · T²·KL(softmax(s/T) ‖ softmax(t/T)), learning from the
-    student's softened output as in deep mutual learning (Zhang, Xiang, Hospedales & Lu, "Deep Mutual Learning",
-    2018). Each network's targets from the other are constants (no gradient flows across).
+    by its own optimizer, on CE(labels, teacher) + Σ over the *mirrored* terms (the logit terms: kd, dkd, dist) of
+    weight · term with the roles swapped, learning from the student's output as in deep mutual learning (Zhang,
+    Xiang, Hospedales & Lu, "Deep Mutual Learning", 2018). Feature terms train only the student. Each network's
+    targets from the other are constants (no gradient flows across).
+
+    Teacher logits can come with the data instead of from a forward pass (a teacher-output cache, see
+    `kdkeras.teacher_cache`): a batch `(images, {"labels": y, "teacher_logits": t})` skips the teacher. Terms that
+    need teacher features, and collaborative mode, need the live teacher.
 
     Every per-example loss is averaged over the *global* batch (`tf.nn.compute_average_loss`), so a step under a
     `tf.distribute` strategy with N replicas gives the same update as one device with the same global batch.
@@ -64,18 +79,14 @@ class Distiller(keras.Model):
     Args:
         teacher: a built functional `keras.Model` returning logits.
         student: a built functional `keras.Model` returning logits, same input shape and number of classes.
-        feature_pairs: `[(teacher_layer, student_layer), ...]` of feature maps to match.
-        temperature: T > 0 of the soft targets.
-        alpha: weight of the cross-entropy with the labels.
-        beta: weight of the soft-target term.
-        gamma: weight of the feature term; default 1.0 when `feature_pairs` are given, else 0.
-        feature_loss: `"hint"` or `"attention"`.
+        terms: `Term`s, registered names or dicts (`kdkeras.terms.get`); default the `kd` preset.
         collaborative: also train the teacher (mutual learning).
         synchronized_bn: adapters synchronize their batch statistics across replicas.
         name: model name.
 
     Example:
-        >>> distiller = Distiller(teacher, student, feature_pairs=[("stage5", "stage5")], temperature=4.0)
+        >>> distiller = Distiller(teacher, student, terms=[
+        ...     {"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}, "hint"])
         >>> distiller.compile(optimizer="adam")
         >>> distiller.fit(train_ds, validation_data=val_ds, epochs=10)
         >>> distiller.student.save("student.keras")
@@ -85,61 +96,65 @@ class Distiller(keras.Model):
         self,
         teacher: keras.Model,
         student: keras.Model,
-        feature_pairs: Sequence[Sequence[str]] = (),
-        temperature: float = 4.0,
-        alpha: float = 0.5,
-        beta: float = 0.5,
-        gamma: float | None = None,
-        feature_loss: str = "hint",
+        terms: Sequence[Term | str | dict] | None = None,
         collaborative: bool = False,
         synchronized_bn: bool = False,
         name: str = "distiller",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        self.feature_pairs = [tuple(pair) for pair in feature_pairs]
-        gamma = (1.0 if self.feature_pairs else 0.0) if gamma is None else gamma
-        self._validate(teacher, student, temperature, alpha, beta, gamma, feature_loss)
+        self._validate(teacher, student)
         self.teacher = teacher
         self.student = student
-        self.temperature = float(temperature)
-        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
-        self.feature_loss = feature_loss
         self.collaborative = bool(collaborative)
         self.synchronized_bn = bool(synchronized_bn)
         # Frozen teacher: its variables leave `trainable_variables`, and its BN layers run in inference mode.
         self.teacher.trainable = self.collaborative
 
-        # Feature taps and adapters are built here, eagerly, so that `load_weights` and Keras Tuner's reload find
-        # every variable before the first step.
-        teacher_layers = [t for t, _ in self.feature_pairs]
-        student_layers = [s for _, s in self.feature_pairs]
-        self._teacher_taps = _tap(teacher, teacher_layers, "teacher")
-        self._student_taps = _tap(student, student_layers, "student")
-        self.adapters = []
-        if self.feature_loss == "hint":
-            for t_name, s_name in self.feature_pairs:
-                adapter = FeatureAdapter(
-                    teacher.get_layer(t_name).output.shape[-1],
-                    synchronized_bn=synchronized_bn,
-                    name=f"adapter_{t_name}_{s_name}",
-                )
-                adapter.build(student.get_layer(s_name).output.shape)
-                self.adapters.append(adapter)
-        self._feature_fn = FEATURE_LOSSES[self.feature_loss]
+        specs = terms_lib.preset(terms_lib.DEFAULT_PRESET) if terms is None else terms
+        self.terms = terms_lib.get_list(specs)
+        reserved = [t.name for t in self.terms if t.name in _RESERVED_NAMES]
+        if reserved:
+            raise ValueError(f"term name(s) {', '.join(reserved)} are reserved for the distiller's own metrics")
+        # Variables of the terms (adapters) and the taps are built here, eagerly, so that `load_weights` and Keras
+        # Tuner's reload find every variable before the first step.
+        self.epoch = keras.Variable(0, dtype="int64", trainable=False, name="epoch")
+        for term in self.terms:
+            if hasattr(term, "synchronized_bn"):
+                term.synchronized_bn = term.synchronized_bn or self.synchronized_bn
+            term.build(teacher, student)
+            term.epoch = self.epoch
+        self.adapters = [layer for term in self.terms for layer in term.layers]
+        self._teacher_layers = _unique(name for term in self.terms for name in term.teacher_layers)
+        self._student_layers = _unique(name for term in self.terms for name in term.student_layers)
+        self._teacher_taps = _tap(teacher, self._teacher_layers, "teacher")
+        self._student_taps = _tap(student, self._student_layers, "student")
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.ce_tracker = keras.metrics.Mean(name="ce")
-        self.kd_tracker = keras.metrics.Mean(name="kd")
-        self.feature_tracker = keras.metrics.Mean(name="feature")
+        self.term_trackers = [keras.metrics.Mean(name=term.name) for term in self.terms]
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.teacher_accuracy = keras.metrics.SparseCategoricalAccuracy(name="teacher_accuracy")
         self.teacher_loss_tracker = keras.metrics.Mean(name="teacher_loss")
         self.teacher_optimizer = None
         self.built = True
 
+    @property
+    def teacher_layers(self) -> list[str]:
+        """The teacher layers the terms read (tapped once per step)."""
+        return list(self._teacher_layers)
+
+    @property
+    def needs_teacher_features(self) -> bool:
+        """Whether some term reads teacher feature maps (then cached teacher logits are not enough)."""
+        return bool(self._teacher_layers)
+
+    @property
+    def loss_names(self) -> list[str]:
+        """The log keys holding losses, terms before their sum (the non-finite guard reads them in this order)."""
+        return [t.name for t in self.terms] + (["teacher_loss"] if self.collaborative else []) + ["loss"]
+
     @staticmethod
-    def _validate(teacher, student, temperature, alpha, beta, gamma, feature_loss):
+    def _validate(teacher, student):
         for role, model in (("teacher", teacher), ("student", student)):
             if not isinstance(model, keras.Model) or not model.built or not getattr(model, "inputs", None):
                 raise ValueError(f"the {role} must be a built functional keras.Model, got {type(model).__name__}")
@@ -153,16 +168,10 @@ class Distiller(keras.Model):
                 f"teacher input {tuple(teacher.inputs[0].shape[1:])} differs from student input "
                 f"{tuple(student.inputs[0].shape[1:])}"
             )
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        weights = {"alpha": alpha, "beta": beta, "gamma": gamma}
-        for key, value in weights.items():
-            if not value >= 0:
-                raise ValueError(f"{key} must be >= 0, got {value}")
-        if not any(weights.values()):
-            raise ValueError("alpha, beta and gamma are all 0: nothing to learn from")
-        if feature_loss not in FEATURE_LOSSES:
-            raise ValueError(f"unknown feature_loss '{feature_loss}'; choose one of: {', '.join(FEATURE_LOSSES)}")
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, keeping the `epoch` variable that term schedules (DKD's warm-up) read up to date."""
+        return super().fit(*args, callbacks=[_EpochCounter(), *(callbacks or [])], **kwargs)
 
     def compile(self, optimizer="adam", teacher_optimizer=None, **kwargs):
         """Configures training.
@@ -217,10 +226,7 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        tracked = [self.loss_tracker, self.ce_tracker, self.kd_tracker]
-        if self.feature_pairs:
-            tracked.append(self.feature_tracker)
-        tracked += [self.accuracy, self.teacher_accuracy]
+        tracked = [self.loss_tracker, *self.term_trackers, self.accuracy, self.teacher_accuracy]
         if self.collaborative:
             tracked.append(self.teacher_loss_tracker)
         return tracked
@@ -229,47 +235,48 @@ class Distiller(keras.Model):
         """The student's logits."""
         return self.student(inputs, training=training)
 
-    def _forward(self, x, training: bool):
-        teacher_out = _as_list(self._teacher_taps(x, training=training and self.collaborative))
-        student_out = _as_list(self._student_taps(x, training=training))
-        return teacher_out[0], teacher_out[1:], student_out[0], student_out[1:]
+    def _forward(self, x, y, training: bool):
+        """`(labels, teacher Outputs, student Outputs)`; the teacher's logits come from `y` when it carries them."""
+        if isinstance(y, dict):
+            if self.collaborative or self.needs_teacher_features:
+                raise ValueError(
+                    "cached teacher logits cannot serve collaborative mode or terms that read teacher features "
+                    f"({', '.join(self._teacher_layers) or 'collaborative'}): run the teacher live"
+                )
+            labels, teacher = y["labels"], Outputs(y["teacher_logits"])
+        else:
+            labels = y
+            out = _as_list(self._teacher_taps(x, training=training and self.collaborative))
+            teacher = Outputs(out[0], dict(zip(self._teacher_layers, out[1:], strict=True)))
+        out = _as_list(self._student_taps(x, training=training))
+        student = Outputs(out[0], dict(zip(self._student_layers, out[1:], strict=True)))
+        return labels, teacher, student
 
-    def _student_terms(self, y, teacher_logits, teacher_feats, student_logits, student_feats, training):
-        """Per-example loss terms of the student; teacher outputs are constants here."""
-        teacher_logits = ops.stop_gradient(teacher_logits)
-        terms = {
-            "ce": _per_example_ce(y, student_logits),
-            "kd": soft_target_kl(teacher_logits, student_logits, self.temperature),
-        }
-        if self.feature_pairs:
-            per_pair = []
-            for i, (t_feat, s_feat) in enumerate(zip(teacher_feats, student_feats, strict=True)):
-                if self.adapters:
-                    s_feat = self.adapters[i](s_feat, training=training)
-                per_pair.append(self._feature_fn(ops.stop_gradient(t_feat), s_feat))
-            terms["feature"] = ops.sum(ops.stack(per_pair), axis=0)
-        total = self.alpha * terms["ce"] + self.beta * terms["kd"]
-        if self.feature_pairs:
-            total = total + self.gamma * terms["feature"]
-        terms["loss"] = total
-        return terms
+    def _student_losses(self, labels, teacher: Outputs, student: Outputs, training: bool) -> dict:
+        """Per-example values of every term and of their weighted sum (`"loss"`); the teacher is a constant."""
+        teacher = Outputs(ops.stop_gradient(teacher.logits), teacher.features)
+        values = {term.name: term(labels, teacher, student, training=training) for term in self.terms}
+        values["loss"] = sum(term.weight * values[term.name] for term in self.terms)
+        return values
 
-    def _teacher_term(self, y, teacher_logits, student_logits):
-        """Per-example loss of the teacher in collaborative mode; the student's logits are constants here."""
-        soft = soft_target_kl(ops.stop_gradient(student_logits), teacher_logits, self.temperature)
-        return _per_example_ce(y, teacher_logits) + self.beta * soft
+    def _teacher_loss(self, labels, teacher: Outputs, student: Outputs):
+        """Per-example loss of the teacher in collaborative mode: its CE plus the mirrored terms, roles swapped."""
+        target = Outputs(ops.stop_gradient(student.logits))
+        loss = _per_example_ce(labels, teacher.logits)
+        for term in self.terms:
+            if term.mirrored:
+                loss = loss + term.weight * term(labels, target, Outputs(teacher.logits), training=True)
+        return loss
 
-    def _update_metrics(self, y, terms, teacher_logits, student_logits, sample_weight, teacher_loss=None):
-        batch = ops.cast(ops.shape(y)[0], "float32")
-        trackers = {"loss": self.loss_tracker, "ce": self.ce_tracker, "kd": self.kd_tracker}
-        if self.feature_pairs:
-            trackers["feature"] = self.feature_tracker
-        for key, tracker in trackers.items():
-            tracker.update_state(ops.mean(terms[key]), sample_weight=batch)
+    def _update_metrics(self, labels, values, teacher_logits, student_logits, sample_weight, teacher_loss=None):
+        batch = ops.cast(ops.shape(labels)[0], "float32")
+        self.loss_tracker.update_state(ops.mean(values["loss"]), sample_weight=batch)
+        for term, tracker in zip(self.terms, self.term_trackers, strict=True):
+            tracker.update_state(ops.mean(values[term.name]), sample_weight=batch)
         if teacher_loss is not None:
             self.teacher_loss_tracker.update_state(ops.mean(teacher_loss), sample_weight=batch)
-        self.accuracy.update_state(y, student_logits, sample_weight=sample_weight)
-        self.teacher_accuracy.update_state(y, teacher_logits, sample_weight=sample_weight)
+        self.accuracy.update_state(labels, student_logits, sample_weight=sample_weight)
+        self.teacher_accuracy.update_state(labels, teacher_logits, sample_weight=sample_weight)
         logs = {m.name: m.result() for m in self.metrics}
         if _in_multi_worker_mode(self.distribute_strategy):
             # Workaround for keras-team/keras#20585 (open in Keras 3.15): across workers, Keras reduces each step's
@@ -300,14 +307,14 @@ class Distiller(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
-            teacher_logits, teacher_feats, student_logits, student_feats = self._forward(x, training=True)
-            terms = self._student_terms(y, teacher_logits, teacher_feats, student_logits, student_feats, True)
+            labels, teacher, student = self._forward(x, y, training=True)
+            values = self._student_losses(labels, teacher, student, training=True)
             # Mean over the global batch: correct under tf.distribute, where gradients are summed over replicas.
-            student_loss = tf.nn.compute_average_loss(terms["loss"], sample_weight=sample_weight)
+            student_loss = tf.nn.compute_average_loss(values["loss"], sample_weight=sample_weight)
             objective = self.optimizer.scale_loss(student_loss)
             teacher_loss = None
             if self.collaborative:
-                teacher_loss = self._teacher_term(y, teacher_logits, student_logits)
+                teacher_loss = self._teacher_loss(labels, teacher, student)
                 averaged = tf.nn.compute_average_loss(teacher_loss, sample_weight=sample_weight)
                 # One backward pass for both: each loss sees the other network's outputs as constants, so the
                 # sum's gradient is the student loss' for the student and the teacher loss' for the teacher.
@@ -318,14 +325,14 @@ class Distiller(keras.Model):
         self.optimizer.apply(grads[: len(student_vars)], student_vars)
         if self.collaborative:
             self.teacher_optimizer.apply(grads[len(student_vars) :], teacher_vars)
-        return self._update_metrics(y, terms, teacher_logits, student_logits, sample_weight, teacher_loss)
+        return self._update_metrics(labels, values, teacher.logits, student.logits, sample_weight, teacher_loss)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_logits, teacher_feats, student_logits, student_feats = self._forward(x, training=False)
-        terms = self._student_terms(y, teacher_logits, teacher_feats, student_logits, student_feats, False)
-        teacher_loss = self._teacher_term(y, teacher_logits, student_logits) if self.collaborative else None
-        return self._update_metrics(y, terms, teacher_logits, student_logits, sample_weight, teacher_loss)
+        labels, teacher, student = self._forward(x, y, training=False)
+        values = self._student_losses(labels, teacher, student, training=False)
+        teacher_loss = self._teacher_loss(labels, teacher, student) if self.collaborative else None
+        return self._update_metrics(labels, values, teacher.logits, student.logits, sample_weight, teacher_loss)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -336,12 +343,7 @@ class Distiller(keras.Model):
             **super().get_config(),
             "teacher": keras.saving.serialize_keras_object(self.teacher),
             "student": keras.saving.serialize_keras_object(self.student),
-            "feature_pairs": [list(pair) for pair in self.feature_pairs],
-            "temperature": self.temperature,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "gamma": self.gamma,
-            "feature_loss": self.feature_loss,
+            "terms": [terms_lib.serialize(term) for term in self.terms],
             "collaborative": self.collaborative,
             "synchronized_bn": self.synchronized_bn,
         }
@@ -352,3 +354,8 @@ class Distiller(keras.Model):
         config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         config["student"] = keras.saving.deserialize_keras_object(config["student"])
         return cls(**config)
+
+
+def _unique(names) -> list[str]:
+    """The names in first-seen order, without repeats (two terms may read the same layer: tap it once)."""
+    return list(dict.fromkeys(names))

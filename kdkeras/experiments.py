@@ -14,8 +14,10 @@ The report step gathers the row JSONs into `RESULTS_DIR/NAME.md` / `.json` and d
 Row methods:
     scratch: the student trained on the labels alone.
     reference: another architecture (`model`, `options`) trained on the labels under the students' budget.
-    distill: the student trained by a `Distiller` from the teacher (`temperature`, `alpha`, `beta`, `gamma`,
-        `feature_pairs`, `feature_loss`, `collaborative`, `teacher_lr`).
+    a preset (`kd`, `kd_std`, `dkd`, `dist`, `fitnets`, `attention`, `tskd`; see `kdkeras.presets`): the student
+        distilled with that term list; `temperature` and `pairs` override the preset's.
+    distill: the student distilled with an explicit `terms` list (`kdkeras.terms` specs).
+    Distillation rows also take `collaborative` and `teacher_lr`.
 The teacher itself is always the table's first row.
 """
 
@@ -31,7 +33,6 @@ import sys
 import time
 
 BUDGETS = ("quick", "full")
-METHODS = ("scratch", "reference", "distill")
 
 # Every key a config may hold, with its default; a key not listed here is an error, so a typo never goes unnoticed.
 _TOP_DEFAULTS = {
@@ -49,12 +50,13 @@ _TOP_DEFAULTS = {
     "rows": None,
 }
 _MODEL_DEFAULTS = {"model": None, "options": {}}
-_TEACHER_DEFAULTS = {**_MODEL_DEFAULTS, "seed": 0, "lr": None}
+_TEACHER_DEFAULTS = {**_MODEL_DEFAULTS, "seed": 0, "lr": None, "training": {}}
 _TRAINING_DEFAULTS = {
     "batch_size": 128,
     "lr": 1e-3,
     "optimizer": "adam",
     "schedule": "cosine",
+    "warmup_epochs": 0.0,
     "weight_decay": 0.0,
     "augment": True,
     "flip": None,
@@ -68,26 +70,16 @@ _ROW_DEFAULTS = {
     # reference
     "model": None,
     "options": {},
-    # distill
-    "temperature": 4.0,
-    "alpha": 0.5,
-    "beta": 0.5,
-    "gamma": None,
-    "feature_pairs": [],
-    "feature_loss": "hint",
+    # distillation: a preset method, or method "distill" with an explicit term list
+    "terms": None,
+    "temperature": None,
+    "pairs": None,
     "collaborative": False,
     "teacher_lr": None,
+    # any row: train longer than the budget's epochs (e.g. 2 to check that scratch has converged)
+    "epochs_multiplier": 1,
 }
-_DISTILL_KEYS = (
-    "temperature",
-    "alpha",
-    "beta",
-    "gamma",
-    "feature_pairs",
-    "feature_loss",
-    "collaborative",
-    "teacher_lr",
-)
+_DISTILL_KEYS = ("terms", "temperature", "pairs", "collaborative", "teacher_lr")
 
 
 # --------------------------------------------------------------------------------------------------- the config
@@ -154,30 +146,42 @@ def _row_spec(values, index: int, path: str) -> dict:
         f"must be a name of letters, digits, '-' or '_', got {name!r}",
     )
     where = f"{path}: row '{name}'"
-    _require(row["method"] in METHODS, f"{where}.method", f"must be one of {', '.join(METHODS)}, got {row['method']!r}")
+    from kdkeras.presets import PRESETS
+
+    methods = ("reference", "distill", *PRESETS)
+    _require(row["method"] in methods, f"{where}.method", f"must be one of {', '.join(methods)}, got {row['method']!r}")
     row["label"] = row["label"] or name
     if row["method"] == "reference":
         row.update(_model_spec({"model": row["model"], "options": row["options"]}, where, _MODEL_DEFAULTS))
     else:
         _require(row["model"] is None, f"{where}.model", "only a 'reference' row names its own model")
-    if row["method"] != "distill":
+        _require(isinstance(row["options"], dict), f"{where}.options", "must be a mapping of student builder options")
+    _number(row["epochs_multiplier"], f"{where}.epochs_multiplier", 1, integer=True)
+    if row["method"] in ("scratch", "reference"):
         given = [k for k in _DISTILL_KEYS if values.get(k, _ROW_DEFAULTS[k]) != _ROW_DEFAULTS[k]]
-        _require(not given, where, f"{', '.join(given)} only apply to method 'distill'")
-        return {k: row[k] for k in ("name", "label", "method", "model", "options")}
-    _number(row["temperature"], f"{where}.temperature", strict=True)
-    for key in ("alpha", "beta"):
-        _number(row[key], f"{where}.{key}")
-    if row["gamma"] is not None:
-        _number(row["gamma"], f"{where}.gamma")
+        _require(not given, where, f"{', '.join(given)} only apply to distillation rows")
+        return {k: row[k] for k in ("name", "label", "method", "model", "options", "epochs_multiplier")}
+    from kdkeras import terms as terms_lib
+
+    if row["method"] == "distill":
+        _require(row["terms"] is not None, where, "method 'distill' needs a 'terms' list (or name a preset method)")
+    else:
+        _require(row["terms"] is None, f"{where}.terms", f"a preset method ({row['method']}) takes no term list")
+    if row["temperature"] is not None:
+        _number(row["temperature"], f"{where}.temperature", strict=True)
     if row["teacher_lr"] is not None:
         _number(row["teacher_lr"], f"{where}.teacher_lr", strict=True)
-    row["feature_pairs"] = _feature_pairs(row["feature_pairs"], f"{where}.feature_pairs")
-    _require(
-        row["feature_loss"] in ("hint", "attention"),
-        f"{where}.feature_loss",
-        f"must be 'hint' or 'attention', got {row['feature_loss']!r}",
-    )
+    if row["pairs"] is not None:
+        row["pairs"] = _feature_pairs(row["pairs"], f"{where}.pairs")
     _require(isinstance(row["collaborative"], bool), f"{where}.collaborative", "must be true or false")
+    try:
+        row["terms"] = terms_lib.from_options(
+            None if row["method"] == "distill" else row["method"], row["terms"],
+            temperature=row["temperature"], feature_pairs=row["pairs"],
+        )  # fmt: skip
+        terms_lib.get_list(row["terms"])
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     return row
 
 
@@ -194,7 +198,6 @@ def load_config(path: str) -> dict:
         ValueError: naming the file and the key, for an unknown key or a bad value.
     """
     from kdkeras.commands import read_mapping
-    from kdkeras.training import OPTIMIZERS, SCHEDULES
 
     config = _fill(read_mapping(path), _TOP_DEFAULTS, path)
     config["name"] = config["name"] or os.path.splitext(os.path.basename(path))[0]
@@ -203,22 +206,11 @@ def load_config(path: str) -> dict:
     config["teacher"] = _model_spec(config["teacher"], f"{path}: teacher", _TEACHER_DEFAULTS)
     _number(config["teacher"]["seed"], f"{path}: teacher.seed", integer=True)
     config["student"] = _model_spec(config["student"], f"{path}: student", _MODEL_DEFAULTS)
-    training = config["training"] = _fill(config["training"], _TRAINING_DEFAULTS, f"{path}: training")
-    _number(training["batch_size"], f"{path}: training.batch_size", 1, integer=True)
-    _number(training["lr"], f"{path}: training.lr", strict=True)
-    _number(training["weight_decay"], f"{path}: training.weight_decay")
-    _require(
-        training["optimizer"] in OPTIMIZERS,
-        f"{path}: training.optimizer",
-        f"must be one of {', '.join(OPTIMIZERS)}, got {training['optimizer']!r}",
+    config["training"] = _training_spec(config["training"], _TRAINING_DEFAULTS, f"{path}: training")
+    # The teacher's own settings override the shared ones (a teacher often wants another optimizer and lr).
+    config["teacher"]["training"] = _training_spec(
+        config["teacher"]["training"], config["training"], f"{path}: teacher.training"
     )
-    _require(
-        training["schedule"] in SCHEDULES,
-        f"{path}: training.schedule",
-        f"must be one of {', '.join(SCHEDULES)}, got {training['schedule']!r}",
-    )
-    _require(isinstance(training["augment"], bool), f"{path}: training.augment", "must be true or false")
-    _require(0 < training["validation_fraction"] <= 0.5, f"{path}: training.validation_fraction", "must be in (0, 0.5]")
     _require(
         _valid_seeds(config["seeds"]),
         f"{path}: seeds",
@@ -244,6 +236,29 @@ def load_config(path: str) -> dict:
     duplicates = sorted({n for n in names if names.count(n) > 1} | ({"teacher"} & set(names)))
     _require(not duplicates, f"{path}: rows", f"duplicate or reserved row name(s) {', '.join(duplicates)}")
     return config
+
+
+def _training_spec(values, defaults: dict, where: str) -> dict:
+    from kdkeras.training import OPTIMIZERS, SCHEDULES
+
+    training = _fill(values, defaults, where)
+    _number(training["batch_size"], f"{where}.batch_size", 1, integer=True)
+    _number(training["lr"], f"{where}.lr", strict=True)
+    _number(training["weight_decay"], f"{where}.weight_decay")
+    _number(training["warmup_epochs"], f"{where}.warmup_epochs")
+    _require(
+        training["optimizer"] in OPTIMIZERS,
+        f"{where}.optimizer",
+        f"must be one of {', '.join(OPTIMIZERS)}, got {training['optimizer']!r}",
+    )
+    _require(
+        training["schedule"] in SCHEDULES,
+        f"{where}.schedule",
+        f"must be one of {', '.join(SCHEDULES)}, got {training['schedule']!r}",
+    )
+    _require(isinstance(training["augment"], bool), f"{where}.augment", "must be true or false")
+    _require(0 < training["validation_fraction"] <= 0.5, f"{where}.validation_fraction", "must be in (0, 0.5]")
+    return training
 
 
 def _valid_seeds(seeds) -> bool:
@@ -311,24 +326,16 @@ class Experiment:
         """The result JSON of a row and seed; of the teacher with `seed=None`."""
         return os.path.join(self.rows_dir, f"{name}.json" if seed is None else f"{name}-seed{seed}.json")
 
-    def _train_config(self, epochs: int, seed: int, run: str, lr: float | None = None):
+    def _train_config(self, epochs: int, seed: int, run: str, training: dict, lr: float | None = None):
         from kdkeras.training import TrainConfig
 
-        training = self.config["training"]
         return TrainConfig(
             dataset=self.config["dataset"],
             data_dir=self.config["data_dir"],
             epochs=epochs,
             seed=seed,
             max_train_examples=self.plan["max_train_examples"],
-            batch_size=training["batch_size"],
-            lr=lr or training["lr"],
-            optimizer=training["optimizer"],
-            schedule=training["schedule"],
-            weight_decay=training["weight_decay"],
-            augment=training["augment"],
-            flip=training["flip"],
-            validation_fraction=training["validation_fraction"],
+            **{**training, "lr": lr or training["lr"]},
             logdir=os.path.join("runs", "experiments", self.config["name"], self.budget, run),
             backup_dir=os.path.join(self.models_dir, f"{run}.backup"),
             verbose=self.verbose,
@@ -336,10 +343,28 @@ class Experiment:
 
     def _teacher_config(self):
         teacher = self.config["teacher"]
-        return self._train_config(self.plan["teacher_epochs"], teacher["seed"], "teacher", teacher["lr"])
+        return self._train_config(
+            self.plan["teacher_epochs"], teacher["seed"], "teacher", teacher["training"], teacher["lr"]
+        )
 
     def _row_config(self, row: dict, seed: int):
-        return self._train_config(self.plan["epochs"], seed, f"{row['name']}-seed{seed}")
+        epochs = self.plan["epochs"] * row["epochs_multiplier"]
+        return self._train_config(epochs, seed, f"{row['name']}-seed{seed}", self.config["training"])
+
+    def _row_model(self, row: dict) -> dict:
+        """The architecture a row trains: its own for a reference row, else the student with the row's options."""
+        if row["method"] == "reference":
+            return {"model": row["model"], "options": row["options"]}
+        student = self.config["student"]
+        return {"model": student["model"], "options": {**student["options"], **row["options"]}}
+
+    def _cache_dir(self, row: dict) -> str | None:
+        """Rows whose terms read only the teacher's logits share one teacher-output cache per seed."""
+        from kdkeras import terms as terms_lib
+
+        if terms_lib.needs_live_teacher(row["terms"], row["collaborative"]):
+            return None
+        return os.path.join(self.models_dir, "teacher_cache")
 
     def teacher_spec(self) -> dict:
         """Everything the teacher's weights depend on; a saved teacher is reused only when this matches."""
@@ -354,19 +379,16 @@ class Experiment:
     def row_spec(self, row: dict, seed: int) -> dict:
         """Everything a row's result depends on; a finished row is skipped only when this matches its JSON."""
         config = self._row_config(row, seed)
-        model = (
-            {"model": row["model"], "options": row["options"]}
-            if row["method"] == "reference"
-            else self.config["student"]
-        )
         # The label only names the row in the report: changing it does not make the result stale.
         spec = {
             "row": {k: v for k, v in row.items() if k != "label"},
-            "model": model,
+            "model": self._row_model(row),
             "train_config": _settings(config),
         }
-        if row["method"] == "distill":
+        if _distills(row):
             spec["teacher"] = _fingerprint(self.teacher_spec())
+            # Cached logits are float16: results may differ from live ones in the last digits.
+            spec["teacher_logits"] = "cache" if self._cache_dir(row) else "live"
         return spec
 
     # -- running
@@ -409,7 +431,6 @@ class Experiment:
             `(record, ran)`: the row's record, and whether it was run now (False: skipped).
         """
         from kdkeras import artifacts
-        from kdkeras.commands import default_feature_pairs
         from kdkeras.models import build_model
         from kdkeras.training import distill, set_seed, train_classifier
 
@@ -424,16 +445,16 @@ class Experiment:
         info = _dataset_info(config)
         model = build_model(spec["model"]["model"], info.input_shape, info.num_classes, **spec["model"]["options"])
         self._log(f"{row['name']} seed {seed}: {row['method']} {model.name}, {config.epochs} epoch(s)")
-        if row["method"] != "distill":
+        if not _distills(row):
             run = lambda: train_classifier(model, config)[:2]  # noqa: E731
         else:
             teacher = artifacts.load_model(self.teacher_path)  # A fresh copy: collaborative rows change it.
-            options = {k: row[k] for k in _DISTILL_KEYS if k != "teacher_lr"}
-            pairs = options["feature_pairs"]
-            options["feature_pairs"] = default_feature_pairs(teacher, model) if pairs == "auto" else pairs
 
             def run():
-                _, history, seconds, _ = distill(teacher, model, config, teacher_lr=row["teacher_lr"], **options)
+                _, history, seconds, _ = distill(
+                    teacher, model, config, teacher_lr=row["teacher_lr"], terms=row["terms"],
+                    collaborative=row["collaborative"], teacher_cache=self._cache_dir(row),
+                )  # fmt: skip
                 return history, seconds
 
         record = self._train_and_record(model, config, spec, run)
@@ -525,9 +546,16 @@ class Experiment:
         for row in self.config["rows"]:
             if results[row["name"]]:
                 rows.append(_summary(row["name"], row["label"], row["method"], results[row["name"]]))
-        scratch = next((r for r in rows if r["method"] == "scratch"), None)
-        for row in rows:
-            row["delta_vs_scratch"] = None if scratch is None else row["accuracy_mean"] - scratch["accuracy_mean"]
+        # Each row is compared with the scratch row of the same architecture, seed by seed (a paired design: the
+        # rows of one seed share the initial weights' seed, the data order and the augmentation draws).
+        scratch_rows = [r for r in self.config["rows"] if r["method"] == "scratch"]
+        for row, config_row in zip(rows[1 if teacher else 0 :], [r for r in self.config["rows"] if results[r["name"]]],
+                                   strict=True):  # fmt: skip
+            baseline = next((b for b in scratch_rows if self._row_model(b) == self._row_model(config_row)), None)
+            row.update(paired_delta(results[config_row["name"]], results[baseline["name"]] if baseline else []))
+            row["baseline"] = baseline["name"] if baseline else None
+        if teacher is not None:
+            rows[0].update(paired_delta([], []), baseline=None)
         machines = {machine_text(r["machine"]) for r in [teacher, *sum(results.values(), [])] if r}
         report = {
             "name": self.config["name"],
@@ -549,12 +577,47 @@ class Experiment:
         return report
 
 
+def paired_delta(records: list[dict], baseline: list[dict], confidence: float = 0.95) -> dict:
+    """Accuracy differences `records − baseline`, paired by seed, with a t-interval for their mean.
+
+    Returns:
+        `{"delta_per_seed": {seed: Δ}, "delta_mean": mean Δ or None, "delta_ci95": [low, high] or None}`; the
+        interval needs at least 2 paired seeds (Student's t with n − 1 degrees of freedom).
+    """
+    import numpy as np
+    from scipy import stats
+
+    base = {r["spec"]["train_config"]["seed"]: r["test_accuracy"] for r in baseline}
+    per_seed = {
+        r["spec"]["train_config"]["seed"]: r["test_accuracy"] - base[r["spec"]["train_config"]["seed"]]
+        for r in records
+        if r["spec"]["train_config"]["seed"] in base
+    }
+    deltas = np.array(list(per_seed.values()))
+    interval = None
+    if len(deltas) >= 2:
+        low, high = stats.t.interval(confidence, len(deltas) - 1, loc=deltas.mean(), scale=stats.sem(deltas))
+        interval = [float(low), float(high)] if np.isfinite(low) else [float(deltas.mean())] * 2
+    return {
+        "delta_per_seed": {str(k): float(v) for k, v in sorted(per_seed.items())},
+        "delta_mean": float(deltas.mean()) if len(deltas) else None,
+        "delta_ci95": interval,
+    }
+
+
+def _distills(row: dict) -> bool:
+    return row["method"] not in ("scratch", "reference")
+
+
 def _settings(config) -> dict:
-    """The parts of a `TrainConfig` that change the result (not where logs and checkpoints go)."""
-    values = dataclasses.asdict(config)
-    for key in ("logdir", "backup_dir", "verbose", "checkpoint_steps"):
-        values.pop(key)
-    return values
+    """The parts of a `TrainConfig` that change the result (not where logs and checkpoints go), leaving out those
+    at their default: a field added to `TrainConfig` later does not make every finished row stale."""
+    ignored = ("logdir", "backup_dir", "verbose", "checkpoint_steps")
+    return {
+        field.name: getattr(config, field.name)
+        for field in dataclasses.fields(config)
+        if field.name not in ignored and (field.name == "seed" or getattr(config, field.name) != field.default)
+    }
 
 
 def _dataset_info(config):
@@ -608,13 +671,18 @@ def _markdown(report: dict, config: dict, title: str) -> str:
         "",
         "Test accuracy on the full test split; mean ± sample standard deviation over the seeds (± omitted for one "
         "seed). Train time is the wall time of `fit` (training and validation, no test), mean over seeds; CPU time "
-        "is the process' CPU seconds over the same span (all threads), which other jobs on the machine inflate less.",
+        "is the process' CPU seconds over the same span (all threads), which other jobs on the machine inflate less. "
+        "Δ vs scratch: the row's accuracy minus that of the scratch row with the same student, seed by seed (same "
+        "initial-weight seed, data order and augmentation draws); its mean, a 95 % Student-t interval over the "
+        "paired seeds (2 or more), and each seed's Δ.",
     ]
     if report["missing"]:
         lines.append(f"Not finished for every seed yet: {', '.join(report['missing'])}.")
     lines += [
         "",
-        f"![accuracy vs parameters]({title}-accuracy_vs_params.png)",
+        f"![accuracy vs parameters and FLOPs]({title}-accuracy_vs_params.png)",
+        "",
+        f"![difference to scratch]({title}-delta.png)",
         "",
         f"![validation accuracy]({title}-val_curves.png)",
         "",
@@ -625,17 +693,21 @@ def _markdown(report: dict, config: dict, title: str) -> str:
 def _table(rows: list[dict]) -> str:
     """The comparison table in Markdown."""
     lines = [
-        "| method | model | params | MFLOPs | epochs | test accuracy | seeds | Δ vs scratch (points) "
-        "| train time (s) | CPU time (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | model | params | MFLOPs | epochs | test accuracy | seeds | Δ vs scratch (points) | 95 % CI "
+        "| Δ per seed | train time (s) | CPU time (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
     ]
     for row in rows:
         spread = f" ± {row['accuracy_std']:.4f}" if row["accuracy_std"] is not None else ""
-        delta = "" if row["delta_vs_scratch"] is None else f"{100 * row['delta_vs_scratch']:+.2f}"
+        delta = "" if row.get("delta_mean") is None else f"{100 * row['delta_mean']:+.2f}"
+        interval = (
+            "" if not row.get("delta_ci95") else "[{:+.2f}, {:+.2f}]".format(*(100 * v for v in row["delta_ci95"]))
+        )
+        per_seed = " ".join(f"{100 * v:+.2f}" for v in row.get("delta_per_seed", {}).values())
         lines.append(
             f"| {row['label']} | {row['model']} | {row['params']:,} | {row['flops'] / 1e6:.1f} | {row['epochs']} | "
-            f"{row['accuracy_mean']:.4f}{spread} | {len(row['seeds'])} | {delta} | {row['train_seconds_mean']:.0f} | "
-            f"{row['cpu_seconds_mean']:.0f} |"
+            f"{row['accuracy_mean']:.4f}{spread} | {len(row['seeds'])} | {delta} | {interval} | {per_seed} | "
+            f"{row['train_seconds_mean']:.0f} | {row['cpu_seconds_mean']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -648,23 +720,42 @@ def _plot(rows: list[dict], teacher: dict | None, results: dict, config: dict, b
 
     from kdkeras import artifacts
 
-    figure, axes = plt.subplots(figsize=(8, 4.5))
-    for row in rows:
-        # Students share one size: a legend names the points instead of labels that would overlap.
-        marker = "s" if row["method"] in ("teacher", "reference") else "o"
-        axes.errorbar(
-            row["params"], row["accuracy_mean"], yerr=row["accuracy_std"] or 0, fmt=marker, capsize=3,
-            label=f"{row['label']} ({row['accuracy_mean']:.4f})",
-        )  # fmt: skip
-    axes.margins(x=0.25, y=0.15)
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    axes.set_xscale("log")
-    axes.set_xlabel("parameters (log scale)")
-    axes.set_ylabel("test accuracy")
-    axes.set_title(f"{config['name']}: accuracy vs. size")
-    axes.grid(True, alpha=0.3)
+    figure, panels = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for axes, key, label in ((panels[0], "params", "parameters"), (panels[1], "flops", "FLOPs per image")):
+        for row in rows:
+            # Students share one size: a legend names the points instead of labels that would overlap.
+            marker = "s" if row["method"] in ("teacher", "reference") else "o"
+            axes.errorbar(
+                row[key], row["accuracy_mean"], yerr=row["accuracy_std"] or 0, fmt=marker, capsize=3,
+                label=f"{row['label']} ({row['accuracy_mean']:.4f})",
+            )  # fmt: skip
+        axes.margins(x=0.25, y=0.15)
+        axes.set_xscale("log")
+        axes.set_xlabel(f"{label} (log scale)")
+        axes.grid(True, alpha=0.3)
+    panels[0].set_ylabel("test accuracy (mean ± std over seeds)")
+    panels[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    figure.suptitle(f"{config['name']}: accuracy vs. size")
     figure.tight_layout()
     artifacts.save_figure(figure, f"{base}-accuracy_vs_params.png")
+    plt.close(figure)
+
+    compared = [r for r in rows if r.get("delta_mean") is not None and r["method"] != "scratch"]
+    figure, axes = plt.subplots(figsize=(7, 0.5 * len(compared) + 1.5))
+    for i, row in enumerate(compared):
+        mean = row["delta_mean"]
+        low, high = row["delta_ci95"] or (mean, mean)
+        axes.errorbar(100 * mean, i, xerr=[[100 * (mean - low)], [100 * (high - mean)]], fmt="o", capsize=4)
+        seeds = [100 * v for v in row["delta_per_seed"].values()]
+        axes.scatter(seeds, [i] * len(seeds), marker="x", color="gray", zorder=3)
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_yticks(
+        range(len(compared)), [f"{r['label']} (n={len(r['delta_per_seed'])})" for r in compared], fontsize=8
+    )
+    axes.set_xlabel("Δ test accuracy vs. the same student from scratch (points): paired mean, 95 % CI, seeds (x)")
+    axes.grid(True, axis="x", alpha=0.3)
+    figure.tight_layout()
+    artifacts.save_figure(figure, f"{base}-delta.png")
     plt.close(figure)
 
     figure, axes = plt.subplots(figsize=(6.5, 4.5))

@@ -45,6 +45,128 @@ def soft_target_kl(teacher_logits, student_logits, temperature: float = 4.0):
     return (temperature**2) * kl
 
 
+def standardize_logits(logits, epsilon: float = 1e-7):
+    """Z-score of each example's logits: (z − mean(z)) / (std(z) + ε), over the classes.
+
+    Sun, Ren, Li, Wang & Cao, "Logit Standardization in Knowledge Distillation", CVPR 2024. Applied to both
+    networks' logits before the temperature softmax, it lets the student match the teacher's logit *relations*
+    instead of their range. As in the authors' code, `std` is the sample standard deviation (divisor K − 1 over K
+    classes); the paper writes the population one, a constant factor √(K/(K−1)) that the temperature absorbs.
+
+    Args:
+        logits: `(batch, classes)`, at least 2 classes.
+        epsilon: added to the standard deviation, so constant logits give zeros instead of NaN.
+
+    Returns:
+        `(batch, classes)` float32 standardized logits.
+    """
+    (logits,) = _float32(logits)
+    classes = logits.shape[-1]
+    if classes is not None and classes < 2:
+        raise ValueError(f"logit standardization needs at least 2 classes, got {classes}")
+    centred = logits - ops.mean(logits, axis=-1, keepdims=True)
+    variance = ops.sum(ops.square(centred), axis=-1, keepdims=True) / (ops.cast(ops.shape(logits)[-1], "float32") - 1)
+    return centred / (ops.sqrt(variance) + epsilon)
+
+
+def _kl_rows(log_p, log_q, mask=None):
+    """Σ_k p_k (log p_k − log q_k) per row, over the classes where `mask` is true (all by default)."""
+    terms = ops.exp(log_p) * (log_p - log_q)
+    if mask is not None:
+        terms = ops.where(mask, terms, 0.0)
+    return ops.sum(terms, axis=-1)
+
+
+def dkd(labels, teacher_logits, student_logits, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0):
+    """Decoupled knowledge distillation, per example: T² · (α · TCKD + β · NCKD).
+
+    Zhao, Cui, Song, Qiu & Liang, "Decoupled Knowledge Distillation", CVPR 2022. With p = softmax(z/T):
+
+        TCKD = KL(b_t ‖ b_s),  b = (p_gt, 1 − p_gt), the binary target-vs-rest distribution;
+        NCKD = KL(p̂_t ‖ p̂_s),  p̂ = the softmax over the non-target classes only.
+
+    Vanilla KD equals TCKD + (1 − p_gt^t) · NCKD; decoupling lets NCKD ("dark knowledge") weigh β regardless of
+    how confident the teacher is. Every probability is taken in log space (log-softmax, log-sum-exp), so the loss
+    stays finite for extreme logits, where the reference code's `log(softmax)` gives −inf.
+
+    Args:
+        labels: `(batch,)` integer class labels.
+        teacher_logits, student_logits: `(batch, classes)`.
+        temperature: T > 0.
+        alpha: weight of TCKD.
+        beta: weight of NCKD.
+
+    Returns:
+        `(batch,)` float32 losses.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    teacher_logits, student_logits = _float32(teacher_logits, student_logits)
+    target = ops.one_hot(ops.cast(ops.reshape(labels, [-1]), "int32"), ops.shape(student_logits)[-1]) > 0.5
+
+    def binary_and_rest(logits):
+        scaled = logits / temperature
+        log_p = ops.log_softmax(scaled, axis=-1)
+        log_p_target = ops.sum(ops.where(target, log_p, 0.0), axis=-1)
+        # log(1 − p_gt) = logsumexp(non-target logits) − logsumexp(all logits), without forming 1 − p_gt.
+        rest = ops.where(target, ops.full_like(scaled, -1e30), scaled)
+        log_p_rest = ops.logsumexp(rest, axis=-1) - ops.logsumexp(scaled, axis=-1)
+        log_binary = ops.stack([log_p_target, log_p_rest], axis=-1)
+        return log_binary, ops.log_softmax(rest, axis=-1)
+
+    teacher_binary, teacher_rest = binary_and_rest(teacher_logits)
+    student_binary, student_rest = binary_and_rest(student_logits)
+    tckd = _kl_rows(teacher_binary, student_binary)
+    nckd = _kl_rows(teacher_rest, student_rest, mask=ops.logical_not(target))
+    return (temperature**2) * (alpha * tckd + beta * nckd)
+
+
+def _pearson_rows(a, b, epsilon: float = 1e-8):
+    """Pearson correlation of each row of `a` with the same row of `b`."""
+    a = a - ops.mean(a, axis=-1, keepdims=True)
+    b = b - ops.mean(b, axis=-1, keepdims=True)
+    norms = ops.sqrt(ops.sum(ops.square(a), axis=-1)) * ops.sqrt(ops.sum(ops.square(b), axis=-1))
+    return ops.sum(a * b, axis=-1) / (norms + epsilon)
+
+
+def dist_inter(teacher_logits, student_logits, temperature: float = 1.0):
+    """DIST's inter-class relation, per example: T² · (1 − ρ(softmax(s/T), softmax(t/T))) over the classes.
+
+    Huang, You, Wang, Qian & Xu, "Knowledge Distillation from A Stronger Teacher" (DIST), NeurIPS 2022: the
+    student matches the *ranking* of the teacher's class probabilities (Pearson correlation), not their values,
+    which tolerates the larger gap to a strong teacher.
+
+    Returns:
+        `(batch,)` float32 losses in [0, 2·T²].
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    teacher_logits, student_logits = _float32(teacher_logits, student_logits)
+    p_teacher = ops.softmax(teacher_logits / temperature, axis=-1)
+    p_student = ops.softmax(student_logits / temperature, axis=-1)
+    return (temperature**2) * (1.0 - _pearson_rows(p_student, p_teacher))
+
+
+def dist_intra(teacher_logits, student_logits, temperature: float = 1.0):
+    """DIST's intra-class relation: T² · (1 − mean over classes of ρ over the batch). A *batch statistic*.
+
+    For each class, the correlation between the teacher's and the student's probabilities of that class across
+    the examples of the batch (Huang et al., 2022; see `dist_inter`). It is one number for the whole batch, so it
+    needs a batch of at least 2 examples and depends on the batch: under `tf.distribute` each replica computes it
+    on its own part of the batch (see `kdkeras.terms.DIST` for how it is then reduced).
+
+    Returns:
+        A float32 scalar in [0, 2·T²].
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    teacher_logits, student_logits = _float32(teacher_logits, student_logits)
+    p_teacher = ops.softmax(teacher_logits / temperature, axis=-1)
+    p_student = ops.softmax(student_logits / temperature, axis=-1)
+    per_class = _pearson_rows(ops.transpose(p_student), ops.transpose(p_teacher))
+    return (temperature**2) * (1.0 - ops.mean(per_class))
+
+
 def match_spatial(teacher_features, student_features):
     """Resizes the larger of two `(batch, H, W, C)` maps to the other's height and width.
 

@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdkeras.callbacks import ResumableBackup, StopOnNonFinite, StopOnSignal
-from kdkeras.data import DatasetInfo, load_dataset
+from kdkeras.callbacks import ResumableBackup, SetEpoch, StopOnNonFinite, StopOnSignal
+from kdkeras.data import DatasetInfo, EpochClock, load_dataset
 from kdkeras.distiller import Distiller
 from kdkeras.distribute import auto_shard_data
 
@@ -31,6 +31,8 @@ class TrainConfig:
         lr: peak learning rate.
         optimizer: `"adam"`, `"adamw"` (decoupled weight decay `weight_decay`) or `"sgd"` (Nesterov momentum 0.9).
         schedule: `"cosine"` (from `lr` down to 0 over the run) or `"constant"`.
+        warmup_epochs: linear warm-up of the learning rate from 0 to `lr` over the first epochs (then the schedule).
+            Large learning rates (SGD at 0.1) and freshly initialized batch-norm statistics need it.
         weight_decay: decoupled weight decay of `"adamw"` and `"sgd"`.
         seed: seeds weights, the validation carve-out, shuffling and augmentation.
         max_train_examples: train on the first N examples only (quick runs).
@@ -50,6 +52,7 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     schedule: str = "cosine"
+    warmup_epochs: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
     max_train_examples: int | None = None
@@ -69,6 +72,7 @@ class TrainConfig:
             "lr": self.lr > 0,
             "optimizer": self.optimizer in OPTIMIZERS,
             "schedule": self.schedule in SCHEDULES,
+            "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
             "weight_decay": self.weight_decay >= 0,
             "max_train_examples": self.max_train_examples is None or self.max_train_examples >= 1,
             "validation_fraction": 0 < self.validation_fraction <= 0.5,
@@ -79,8 +83,14 @@ class TrainConfig:
                 raise ValueError(f"{key} out of range: {getattr(self, key)}")
 
 
-def load_splits(config: TrainConfig):
-    """Training (augmented, shuffled) and validation datasets, with the dataset info."""
+def load_splits(config: TrainConfig, clock: EpochClock | None = None, teacher_logits=None):
+    """Training (augmented, shuffled) and validation datasets, with the dataset info.
+
+    Args:
+        config: the run's configuration.
+        clock: the `EpochClock` the training pipeline reads its epoch from (pass `SetEpoch(clock)` to `fit`).
+        teacher_logits: cached teacher logits per epoch (`kdkeras.teacher_cache.TeacherCache.epoch_logits`).
+    """
     common = dict(validation_fraction=config.validation_fraction, seed=config.seed, data_dir=config.data_dir)
     train, info = load_dataset(
         config.dataset,
@@ -89,6 +99,8 @@ def load_splits(config: TrainConfig):
         augment_images=config.augment,
         flip=config.flip,
         max_examples=config.max_train_examples,
+        clock=clock,
+        teacher_logits=teacher_logits,
         **common,
     )
     validation, _ = load_dataset(config.dataset, "validation", config.batch_size, **common)
@@ -97,10 +109,18 @@ def load_splits(config: TrainConfig):
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """The configured optimizer; by default Adam with a cosine decay of the learning rate from `lr` to 0 over the
-    whole run."""
+    whole run, after `warmup_epochs` of linear warm-up from 0."""
     rate = config.lr
-    if config.schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=config.epochs * steps_per_epoch)
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    if config.schedule == "cosine" or warmup_steps:
+        rate = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup_steps else config.lr,
+            decay_steps=max(1, config.epochs * steps_per_epoch - warmup_steps),
+            # alpha=1 holds the rate at its peak: a "constant" schedule with warm-up.
+            alpha=0.0 if config.schedule == "cosine" else 1.0,
+            warmup_target=config.lr if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay or None)
     if config.optimizer == "adamw":
@@ -126,13 +146,13 @@ def make_callbacks(config: TrainConfig, extra: Sequence[keras.callbacks.Callback
     return callbacks + list(extra)
 
 
-def _fit(model, train, validation, config: TrainConfig, callbacks):
+def _fit(model, train, validation, config: TrainConfig, callbacks, clock: EpochClock):
     start = time.perf_counter()
     history = model.fit(
         train,
         validation_data=validation,
         epochs=config.epochs,
-        callbacks=make_callbacks(config, callbacks),
+        callbacks=make_callbacks(config, [SetEpoch(clock), *callbacks]),
         shuffle=False,  # The dataset reshuffles itself every epoch.
         verbose=config.verbose,
     )
@@ -162,9 +182,10 @@ def train_classifier(model: keras.Model, config: TrainConfig, callbacks=()):
     Returns:
         `(history dict, wall seconds, DatasetInfo)`.
     """
-    train, validation, info = load_splits(config)
+    clock = EpochClock()
+    train, validation, info = load_splits(config, clock)
     compile_classifier(model, make_optimizer(config, len(train)))
-    history, seconds = _fit(model, train, validation, config, callbacks)
+    history, seconds = _fit(model, train, validation, config, callbacks, clock)
     return history, seconds, info
 
 
@@ -174,7 +195,10 @@ def distill(
     config: TrainConfig,
     callbacks=(),
     teacher_lr: float | None = None,
-    **distiller_kwargs,
+    terms=None,
+    collaborative: bool = False,
+    synchronized_bn: bool = False,
+    teacher_cache: str | None = None,
 ):
     """Trains `student` from `teacher` with a `Distiller`.
 
@@ -185,22 +209,37 @@ def distill(
         callbacks: extra Keras callbacks.
         teacher_lr: peak learning rate of the teacher in collaborative mode; default `config.lr / 10`, so the
             trained teacher is refined rather than re-learned.
-        **distiller_kwargs: `feature_pairs`, `temperature`, `alpha`, `beta`, `gamma`, `feature_loss`,
-            `collaborative` (see `Distiller`).
+        terms: the distillation terms (see `kdkeras.terms`); default the default preset.
+        collaborative: also train the teacher.
+        synchronized_bn: adapters synchronize batch statistics across replicas.
+        teacher_cache: a folder of teacher-output caches (`kdkeras.teacher_cache`): the teacher's training logits
+            are computed once for every epoch and read from there, so training runs at the student's own speed.
+            Validation still runs the teacher live. Not possible with collaborative mode or terms that read
+            teacher features.
 
     Returns:
         `(distiller, history dict, wall seconds, DatasetInfo)`.
     """
-    train, validation, info = load_splits(config)
+    clock = EpochClock()
+    train, validation, info = load_splits(config, clock)
     check_classes(teacher, info, "teacher")
     check_classes(student, info, "student")
-    distiller = Distiller(teacher, student, **distiller_kwargs)
+    distiller = Distiller(teacher, student, terms, collaborative=collaborative, synchronized_bn=synchronized_bn)
+    if teacher_cache:
+        if distiller.collaborative or distiller.needs_teacher_features:
+            reason = "collaborative mode trains the teacher" if collaborative else (
+                f"the terms read teacher features ({', '.join(distiller.teacher_layers)})")  # fmt: skip
+            raise ValueError(f"a teacher cache holds logits only and {reason}: run without --teacher-cache")
+        from kdkeras.teacher_cache import TeacherCache
+
+        cache = TeacherCache.prepare(teacher, config, teacher_cache)
+        train, _, _ = load_splits(config, clock, cache.epoch_logits)
     teacher_optimizer = None
     if distiller.collaborative:
         teacher_config = dataclasses.replace(config, lr=teacher_lr or config.lr / 10)
         teacher_optimizer = make_optimizer(teacher_config, len(train))
     distiller.compile(optimizer=make_optimizer(config, len(train)), teacher_optimizer=teacher_optimizer)
-    history, seconds = _fit(distiller, train, validation, config, callbacks)
+    history, seconds = _fit(distiller, train, validation, config, callbacks, clock)
     return distiller, history, seconds, info
 
 

@@ -1,4 +1,4 @@
-"""Keras Tuner search of the temperature, the loss weights, the feature loss and the learning rate.
+"""Keras Tuner search of the distillation terms' arguments (temperatures, weights, …) and the learning rate.
 
 The teacher is trained (or loaded) once and shared by every trial; each trial builds a fresh student and a
 compiled `Distiller`. The objective is the student's validation accuracy (`val_accuracy`, the name the distiller's
@@ -21,50 +21,59 @@ from kdkeras.training import TrainConfig, make_optimizer
 
 OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
 TUNERS = ("random", "bayesian", "hyperband")
-# The searched values, under the names `kdkeras distill` takes, so best_hparams.json is a valid --config.
-HP_NAMES = ("temperature", "alpha", "beta", "gamma", "feature_loss", "lr")
+LR_RANGE = (3e-4, 3e-3)
 
 
 @dataclasses.dataclass
 class SearchSpace:
-    """Ranges of the searched hyperparameters (`temperature` and `lr` sampled on a log scale).
+    """What a search varies: each term's declared `search_space`, and the learning rate.
+
+    A hyperparameter is named `TERM.ARGUMENT` (`kd.temperature`, `hint.weight`) after the term's metric name;
+    `lr` is the peak learning rate (log scale).
 
     Attributes:
-        temperature: (low, high) of T.
-        alpha: (low, high) weight of the label loss.
-        beta: (low, high) weight of the soft-target loss.
-        gamma: (low, high) weight of the feature loss.
-        feature_losses: the feature loss kinds to choose from.
-        lr: (low, high) peak learning rate.
+        ranges: `{name: (low, high, sampling)}`, sampling `"linear"` or `"log"`.
     """
 
-    temperature: tuple[float, float] = (1.0, 20.0)
-    alpha: tuple[float, float] = (0.1, 1.0)
-    beta: tuple[float, float] = (0.1, 1.0)
-    gamma: tuple[float, float] = (0.0, 2.0)
-    feature_losses: tuple[str, ...] = ("hint", "attention")
-    lr: tuple[float, float] = (3e-4, 3e-3)
+    ranges: dict[str, tuple[float, float, str]]
 
     def __post_init__(self):
-        for name in ("temperature", "alpha", "beta", "gamma", "lr"):
-            low, high = (float(v) for v in getattr(self, name))
-            if not low < high:
-                raise ValueError(f"search range of {name} is empty or inverted: [{low}, {high}]")
-            positive = name in ("temperature", "lr")
-            if low < 0 or (positive and low == 0):
-                bound = "positive" if positive else ">= 0"
-                raise ValueError(f"search range of {name} must be {bound}: [{low}, {high}]")
-            setattr(self, name, (low, high))
-        if not self.feature_losses or set(self.feature_losses) - {"hint", "attention"}:
-            raise ValueError(f"feature_losses must be a non-empty subset of hint, attention, got {self.feature_losses}")
-        self.feature_losses = tuple(self.feature_losses)
+        for name, (low, high, sampling) in self.ranges.items():
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"search range of {name} is empty, inverted or not finite: [{low}, {high}]")
+            if low < 0 or (sampling == "log" and low == 0):
+                raise ValueError(f"search range of {name} must be {'positive' if sampling == 'log' else '>= 0'}")
 
     @classmethod
-    def from_dict(cls, values: dict) -> SearchSpace:
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown search-space key(s): {', '.join(sorted(unknown))}")
-        return cls(**{k: tuple(v) for k, v in values.items()})
+    def for_terms(cls, term_list, overrides: dict | None = None) -> SearchSpace:
+        """The union of the terms' search spaces plus `lr`; `overrides` (`{name: [low, high]}`) narrows ranges.
+
+        Raises:
+            ValueError: for an override naming no searched hyperparameter (the message lists them).
+        """
+        ranges = {"lr": (*LR_RANGE, "log")}
+        for term in term_list:
+            for argument, spec in term.search_space.items():
+                ranges[f"{term.name}.{argument}"] = tuple(spec)
+        for name, bounds in (overrides or {}).items():
+            if name not in ranges:
+                raise ValueError(f"search-space key {name!r} names nothing searched; searched: {', '.join(ranges)}")
+            if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2):
+                raise ValueError(f"search range of {name} must be [low, high], got {bounds!r}")
+            ranges[name] = (float(bounds[0]), float(bounds[1]), ranges[name][2])
+        return cls(ranges)
+
+
+def trial_terms(term_specs: list[dict], values: dict) -> list[dict]:
+    """The term specs with a trial's `TERM.ARGUMENT` values filled in (what `distill --config` takes as `terms`)."""
+    specs = [dict(spec) for spec in term_specs]
+    for spec in specs:
+        metric = spec.get("metric", spec["name"])
+        for name, value in values.items():
+            term, _, argument = name.partition(".")
+            if term == metric and argument:
+                spec[argument] = value
+    return specs
 
 
 class DistillerHyperModel(keras_tuner.HyperModel):
@@ -73,42 +82,30 @@ class DistillerHyperModel(keras_tuner.HyperModel):
     Args:
         teacher: the trained teacher, shared (frozen) by every trial.
         student: `(name, kwargs)` of the student architecture, built afresh in each trial.
-        feature_pairs: `[(teacher_layer, student_layer), ...]`.
-        space: the `SearchSpace`.
+        term_specs: the distillation terms (`kdkeras.terms` specs) whose arguments are searched.
+        space: the `SearchSpace` (`SearchSpace.for_terms`).
         config: the training configuration (epochs per trial, batch size) for the learning-rate schedule.
         steps_per_epoch: training steps per epoch.
     """
 
-    def __init__(self, teacher, student, feature_pairs, space: SearchSpace, config: TrainConfig, steps_per_epoch):
-        super().__init__(name="tskd")
+    def __init__(self, teacher, student, term_specs, space: SearchSpace, config: TrainConfig, steps_per_epoch):
+        super().__init__(name="distiller")
         self.teacher = teacher
         self.student_name, self.student_kwargs = student
-        self.feature_pairs = list(feature_pairs)
+        self.term_specs = [dict(spec) for spec in term_specs]
         self.space = space
         self.config = config
         self.steps_per_epoch = steps_per_epoch
 
     def build(self, hp):
-        s = self.space
-        temperature = hp.Float("temperature", *s.temperature, sampling="log")
-        alpha = hp.Float("alpha", *s.alpha)
-        beta = hp.Float("beta", *s.beta)
-        gamma = hp.Float("gamma", *s.gamma) if self.feature_pairs else 0.0
-        feature_loss = hp.Choice("feature_loss", list(s.feature_losses))
-        lr = hp.Float("lr", *s.lr, sampling="log")
+        values = {
+            name: hp.Float(name, low, high, sampling=sampling)
+            for name, (low, high, sampling) in self.space.ranges.items()
+        }
         input_shape = tuple(self.teacher.inputs[0].shape[1:])
         student = build_model(self.student_name, input_shape, self.teacher.output.shape[-1], **self.student_kwargs)
-        distiller = Distiller(
-            self.teacher,
-            student,
-            feature_pairs=self.feature_pairs,
-            temperature=temperature,
-            alpha=alpha,
-            beta=beta,
-            gamma=gamma,
-            feature_loss=feature_loss,
-        )
-        trial_config = dataclasses.replace(self.config, lr=lr)
+        distiller = Distiller(self.teacher, student, trial_terms(self.term_specs, values))
+        trial_config = dataclasses.replace(self.config, lr=values["lr"])
         distiller.compile(optimizer=make_optimizer(trial_config, self.steps_per_epoch))
         return distiller
 
@@ -153,14 +150,18 @@ def trial_rows(tuner) -> list[dict]:
     return sorted(rows, key=lambda r: -r["val_accuracy"])
 
 
-def write_reports(rows: list[dict], out_dir: str, note: str) -> dict:
-    """Writes best_hparams.json, trials.{json,md} and objective.png; returns the best hyperparameters."""
+def write_reports(rows: list[dict], out_dir: str, note: str, term_specs: list[dict]) -> dict:
+    """Writes best_hparams.json, trials.{json,md} and objective.png; returns the best hyperparameters as
+    `{"terms": [...], "lr": ...}`."""
     if not rows:
         raise ValueError("no trial finished: nothing to report")
-    best = {name: rows[0][name] for name in HP_NAMES if name in rows[0]}
+    searched = [name for name in rows[0] if name not in ("trial", "val_accuracy")]
+    best_values = {name: rows[0][name] for name in searched}
+    # Valid as `kdkeras distill --config best_hparams.json`: the full term list and the learning rate.
+    best = {"terms": trial_terms(term_specs, best_values), "lr": best_values["lr"]}
     artifacts.write_json(os.path.join(out_dir, "best_hparams.json"), best)
     artifacts.write_json(os.path.join(out_dir, "trials.json"), {"note": note, "trials": rows})
-    header = ["trial", "val_accuracy", *[n for n in HP_NAMES if n in rows[0]]]
+    header = ["trial", "val_accuracy", *searched]
 
     def cell(value):
         return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -175,15 +176,17 @@ def write_reports(rows: list[dict], out_dir: str, note: str) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
-    for ax, name, log in ((axes[0], "temperature", True), (axes[1], "beta", False)):
-        ax.scatter([r[name] for r in rows], [100 * r["val_accuracy"] for r in rows])
+    # One panel per searched hyperparameter; a log axis where the values span more than a factor of 10.
+    fig, axes = plt.subplots(1, len(searched), figsize=(3.2 * len(searched), 3.6), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], searched, strict=True):
+        values = [r[name] for r in rows]
+        ax.scatter(values, [100 * r["val_accuracy"] for r in rows])
+        log = min(values) > 0 and max(values) / min(values) > 10
         if log:
             ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 2, 5, 10 rather than 2×10⁰.
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_xticks([t for t in (1, 2, 5, 10, 20, 50) if min(r[name] for r in rows) / 2 <= t])
         ax.set_xlabel(name + (" (log scale)" if log else ""))
+    axes = axes[0]
     axes[0].set_ylabel("student validation accuracy (%)")
     fig.suptitle(note, fontsize=7)
     fig.tight_layout()

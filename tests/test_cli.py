@@ -51,8 +51,10 @@ def test_distill_evaluate_and_info(trained, capsys):
     assert code == 0, err
     assert "test accuracy" in out
     config = json.loads(open(student.replace(".keras", ".config.json")).read())
-    assert config["distillation"]["feature_pairs"] == [["stage3", "stage3"], ["stage5", "stage5"]]
-    assert config["distillation"]["temperature"] == 3.0 and config["distillation"]["gamma"] == 1.0
+    # The default method (kd) with T 3 and, since feature pairs were given, FitNets hints on them.
+    terms = {t["name"]: t for t in config["distillation"]["terms"]}
+    assert terms["hint"]["pairs"] == [["stage3", "stage3"], ["stage5", "stage5"]]
+    assert terms["kd"]["temperature"] == 3.0 and set(terms) == {"ce", "kd", "hint"}
 
     code, out, _ = run(["evaluate", "--model", student, "--dataset", dataset, "--json"], capsys)
     result = json.loads(out)
@@ -89,8 +91,29 @@ def test_distill_config_file_sets_defaults_and_flags_win(trained, capsys, tmp_pa
         capsys,
     )  # fmt: skip
     assert code == 0, err
-    used = json.loads(open(out_path.replace(".keras", ".config.json")).read())["distillation"]
-    assert (used["temperature"], used["alpha"], used["feature_loss"]) == (7.5, 0.4, "attention")
+    used = json.loads(open(out_path.replace(".keras", ".config.json")).read())["distillation"]["terms"]
+    # The classic sum: α from the flag, T and the feature loss from the file, β and γ at their defaults.
+    assert used == [
+        {"name": "ce", "weight": 0.4},
+        {"name": "kd", "weight": 0.5, "temperature": 7.5, "standardize": False},
+        {"name": "attention", "weight": 1.0, "pairs": [["stage5", "stage5"]], "p": 2.0},
+    ]
+
+
+def test_distill_method_and_terms_from_the_command_line(trained, capsys, tmp_path):
+    root, dataset, teacher = trained
+    out_path = str(tmp_path / "s.keras")
+    code, _, err = run(
+        ["distill", "--teacher", teacher, "--width", "0.25", "--dataset", dataset, "--method", "dkd",
+         "--term", "dkd:beta=2,warmup_epochs=1", "--term", "dist:gamma=0.5", "--out", out_path, *FAST],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    record = json.loads(open(out_path.replace(".keras", ".config.json")).read())
+    used = {t["name"]: t for t in record["distillation"]["terms"]}
+    assert list(used) == ["ce", "dkd", "dist"]
+    assert (used["dkd"]["beta"], used["dkd"]["alpha"], used["dkd"]["warmup_epochs"]) == (2, 1.0, 1)
+    assert used["dist"]["gamma"] == 0.5 and "dist" in record["history"] and "val_dkd" in record["history"]
 
 
 def _error(argv, capsys):
@@ -120,6 +143,14 @@ def test_bad_input_gives_one_line_errors(trained, capsys, tmp_path):
         (["distill", "--teacher", teacher, "--dataset", dataset, "--feature-pairs", "stage9:stage5",
           "--out", str(tmp_path / "s.keras"), *FAST], "has no layer 'stage9'; its stage layers are: stage1"),
         (["distill", "--teacher", teacher, "--dataset", dataset, "--config", str(bad_json), *FAST], "invalid JSON"),
+        (["distill", "--teacher", teacher, "--dataset", dataset, "--method", "kdd", *FAST],
+         "unknown method 'kdd'; choose one of: scratch"),
+        (["distill", "--teacher", teacher, "--dataset", dataset, "--term", "kd:temprature=3", *FAST],
+         "term 'kd': "),
+        (["distill", "--teacher", teacher, "--dataset", dataset, "--term", "fitnet", *FAST],
+         "unknown term 'fitnet'; choose one of: attention, ce"),
+        (["distill", "--teacher", teacher, "--dataset", dataset, "--method", "kd", "--alpha", "1", *FAST],
+         "not both"),
         (["train", "--dataset", dataset, "--out", str(not_a_dir / "m.keras"), *FAST], "cannot write to"),
         (["train", "--dataset", dataset, "--out", str(tmp_path / "m.h5"), *FAST], "--out must end in .keras"),
         (["train", "--model", "vgg", "--dataset", dataset, "--out", str(tmp_path / "v.keras"), *FAST],

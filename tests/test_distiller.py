@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import requires_fashion_mnist
 
+from kdkeras import terms
 from kdkeras.distiller import Distiller
 from kdkeras.losses import attention_transfer_loss, hint_loss, soft_target_kl
 from kdkeras.models import build_model
@@ -23,6 +24,14 @@ def small_pair(teacher_name="alexnet", **teacher_kwargs):
     return teacher, student
 
 
+def classic(alpha=0.5, beta=0.5, gamma=None, temperature=4.0, pairs=(), feature_loss=None):
+    """The classic TSKD sum α·ce + β·kd + γ·feature as a term list."""
+    return terms.from_options(
+        alpha=alpha, beta=beta, gamma=gamma, temperature=temperature, feature_pairs=list(pairs) or "none",
+        feature_loss=feature_loss,
+    )  # fmt: skip
+
+
 def values(variables):
     return [np.array(v) for v in variables]
 
@@ -33,7 +42,7 @@ def changed(before, variables):
 
 def test_classic_mode_trains_student_and_adapters_only():
     teacher, student = small_pair()
-    distiller = Distiller(teacher, student, feature_pairs=[("stage3", "stage3"), ("stage5", "stage5")])
+    distiller = Distiller(teacher, student, classic(pairs=[("stage3", "stage3"), ("stage5", "stage5")]))
     distiller.compile(keras.optimizers.SGD(0.1))
     teacher_before, adapters_before = values(teacher.weights), values(distiller.adapters[0].trainable_variables)
     student_before = values(student.trainable_variables)
@@ -46,7 +55,7 @@ def test_classic_mode_trains_student_and_adapters_only():
 
 def test_collaborative_mode_trains_the_teacher_with_its_own_optimizer():
     teacher, student = small_pair()
-    distiller = Distiller(teacher, student, feature_pairs=[("stage5", "stage5")], collaborative=True)
+    distiller = Distiller(teacher, student, classic(pairs=[("stage5", "stage5")]), collaborative=True)
     distiller.compile(keras.optimizers.SGD(0.1), teacher_optimizer=keras.optimizers.SGD(0.01))
     teacher_before, student_before = values(teacher.trainable_variables), values(student.trainable_variables)
     logs = distiller.train_on_batch(X, Y, return_dict=True)
@@ -61,7 +70,7 @@ def test_collaborative_teacher_gradient_is_its_own_loss_only():
     keras.utils.set_random_seed(0)  # No dropout in either network, so both passes see the same function.
     teacher = build_model("resnet", SHAPE, 10, depth=8, width=0.25)
     student = build_model("ds_alexnet", SHAPE, 10, width=0.25, dropout=0.0)
-    distiller = Distiller(teacher, student, temperature=3.0, beta=0.7, collaborative=True)
+    distiller = Distiller(teacher, student, classic(temperature=3.0, beta=0.7), collaborative=True)
     distiller.compile(keras.optimizers.SGD(0.0), teacher_optimizer=keras.optimizers.SGD(0.5))
     import tensorflow as tf
 
@@ -80,7 +89,7 @@ def test_collaborative_teacher_gradient_is_its_own_loss_only():
 def test_test_step_loss_equals_independent_computation():
     teacher, student = small_pair()
     pairs = [("stage3", "stage3"), ("stage5", "stage5")]
-    distiller = Distiller(teacher, student, feature_pairs=pairs, temperature=2.5, alpha=0.3, beta=0.6, gamma=2.0)
+    distiller = Distiller(teacher, student, classic(0.3, 0.6, 2.0, 2.5, pairs))
     distiller.compile("adam")
     logs = distiller.test_on_batch(X, Y, return_dict=True)
 
@@ -94,7 +103,7 @@ def test_test_step_loss_equals_independent_computation():
         feature = feature + np.array(hint_loss(t_feat, adapter(s_feat, training=False)))
     np.testing.assert_allclose(logs["ce"], ce.mean(), rtol=1e-5)
     np.testing.assert_allclose(logs["kd"], kd.mean(), rtol=1e-5)
-    np.testing.assert_allclose(logs["feature"], feature.mean(), rtol=1e-5)
+    np.testing.assert_allclose(logs["hint"], feature.mean(), rtol=1e-5)
     np.testing.assert_allclose(logs["loss"], (0.3 * ce + 0.6 * kd + 2.0 * feature).mean(), rtol=1e-5)
     np.testing.assert_allclose(logs["accuracy"], np.mean(s_logits.argmax(-1) == Y))
     np.testing.assert_allclose(logs["teacher_accuracy"], np.mean(t_logits.argmax(-1) == Y))
@@ -102,18 +111,16 @@ def test_test_step_loss_equals_independent_computation():
 
 def test_feature_pairs_with_different_channels_and_spatial_sizes():
     teacher, student = small_pair("resnet", depth=8)  # stage3: 7×7×16; student stage5: 4×4×32.
-    distiller = Distiller(teacher, student, feature_pairs=[("stage3", "stage5"), ("stage2", "stage3")])
+    distiller = Distiller(teacher, student, classic(pairs=[("stage3", "stage5"), ("stage2", "stage3")]))
     assert [a.channels for a in distiller.adapters] == [16, 8]
     distiller.compile("adam")
     logs = distiller.train_on_batch(X, Y, return_dict=True)
-    assert np.isfinite(logs["feature"]) and logs["feature"] > 0
+    assert np.isfinite(logs["hint"]) and logs["hint"] > 0
 
 
 def test_attention_transfer_needs_no_adapters_and_matches_its_loss():
     teacher, student = small_pair()
-    distiller = Distiller(
-        teacher, student, feature_pairs=[("stage3", "stage3")], feature_loss="attention", alpha=0, beta=0
-    )
+    distiller = Distiller(teacher, student, [{"name": "attention", "pairs": [["stage3", "stage3"]]}])
     distiller.compile("adam")
     assert distiller.adapters == []
     logs = distiller.test_on_batch(X, Y, return_dict=True)
@@ -124,29 +131,34 @@ def test_attention_transfer_needs_no_adapters_and_matches_its_loss():
 
 def test_fit_reports_every_term_and_the_teacher():
     teacher, student = small_pair()
-    distiller = Distiller(teacher, student, feature_pairs=[("stage5", "stage5")])
+    distiller = Distiller(teacher, student, classic(pairs=[("stage5", "stage5")]))
     distiller.compile("adam")
     history = distiller.fit(X, Y, validation_data=(X, Y), epochs=1, batch_size=8, verbose=0)
-    for key in ("loss", "ce", "kd", "feature", "accuracy", "teacher_accuracy"):
+    for key in ("loss", "ce", "kd", "hint", "accuracy", "teacher_accuracy"):
         assert key in history.history and f"val_{key}" in history.history
     assert distiller.predict(X[:3], verbose=0).shape == (3, 10)
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "specs, message",
     [
-        ({"temperature": 0}, "temperature must be > 0"),
-        ({"alpha": -1}, "alpha must be >= 0"),
-        ({"alpha": 0, "beta": 0}, "all 0"),
-        ({"feature_pairs": [("stage9", "stage5")]}, "teacher 'alexnet' has no layer 'stage9'; its stage layers"),
-        ({"feature_pairs": [("stage5", "nope")]}, "student 'ds_alexnet' has no layer 'nope'"),
-        ({"feature_loss": "cosine"}, "unknown feature_loss 'cosine'"),
+        ([{"name": "kd", "temperature": 0}], "term 'kd': temperature must be a finite number > 0"),
+        ([{"name": "ce", "weight": -1}], "term 'ce': weight must be a finite number >= 0"),
+        ([{"name": "kd", "temperature": float("inf")}], "temperature must be a finite number"),
+        ([], "no terms"),
+        (["nope"], "unknown term 'nope'; choose one of: attention, ce, dist, dkd, hint, kd"),
+        ([{"name": "kd", "temprature": 2}], "term 'kd': .*temprature.*; it takes: weight, temperature, standardize"),
+        (["ce", "ce"], "two terms report as ce"),
+        ([{"name": "ce", "metric": "loss"}], "reserved for the distiller's own metrics"),
+        ([{"name": "hint", "pairs": [["stage9", "stage5"]]}], "teacher 'alexnet' has no layer 'stage9'; its stage"),
+        ([{"name": "hint", "pairs": [["stage5", "nope"]]}], "student 'ds_alexnet' has no layer 'nope'"),
+        ([{"name": "hint", "pairs": [["stage5", "logits"]]}], "student layer 'logits' outputs shape .* not a"),
     ],
 )
-def test_invalid_arguments(kwargs, message):
+def test_invalid_terms_are_one_line_errors(specs, message):
     teacher, student = small_pair()
     with pytest.raises(ValueError, match=message):
-        Distiller(teacher, student, **kwargs)
+        Distiller(teacher, student, specs)
 
 
 def test_mismatched_models_are_refused():
@@ -161,20 +173,22 @@ def test_mismatched_models_are_refused():
 
 def test_weights_and_whole_distiller_round_trip(tmp_path):
     teacher, student = small_pair()
-    distiller = Distiller(teacher, student, feature_pairs=[("stage5", "stage5")], temperature=3.0)
+    specs = classic(temperature=3.0, pairs=[("stage5", "stage5")])
+    distiller = Distiller(teacher, student, specs)
     distiller.compile("adam")
     distiller.train_on_batch(X, Y)
     distiller.save_weights(tmp_path / "d.weights.h5")
     fresh_teacher, fresh_student = small_pair()
     keras.utils.set_random_seed(1)
-    fresh = Distiller(fresh_teacher, build_model("ds_alexnet", SHAPE, 10, width=0.25), [("stage5", "stage5")])
+    fresh = Distiller(fresh_teacher, build_model("ds_alexnet", SHAPE, 10, width=0.25), specs)
     fresh.load_weights(tmp_path / "d.weights.h5")
     np.testing.assert_allclose(fresh.predict(X, verbose=0), distiller.predict(X, verbose=0), rtol=1e-5)
     np.testing.assert_allclose(fresh.adapters[0].conv.kernel, distiller.adapters[0].conv.kernel)
 
     distiller.save(tmp_path / "d.keras")
     reloaded = keras.saving.load_model(tmp_path / "d.keras")
-    assert (reloaded.temperature, reloaded.feature_pairs) == (3.0, [("stage5", "stage5")])
+    assert [terms.serialize(t) for t in reloaded.terms] == [terms.serialize(t) for t in distiller.terms]
+    assert reloaded.terms[1].temperature == 3.0 and reloaded.terms[2].pairs == [("stage5", "stage5")]
     assert reloaded.optimizer is not None  # Compiled again from its compile config.
     np.testing.assert_allclose(reloaded.predict(X, verbose=0), distiller.predict(X, verbose=0), rtol=1e-5)
 
@@ -189,10 +203,60 @@ def test_short_distillation_on_fashion_mnist_beats_chance():
     teacher = build_model("alexnet", SHAPE, 10, width=0.5)
     train_classifier(teacher, config)
     student = build_model("ds_alexnet", SHAPE, 10, width=0.5)
-    distiller, history, _, info = distill(teacher, student, config, feature_pairs=[("stage5", "stage5")])
+    distiller, history, _, info = distill(teacher, student, config, terms=classic(pairs=[("stage5", "stage5")]))
     from kdkeras.data import load_dataset
 
     test, info = load_dataset("fashion_mnist", "test", 256, max_examples=2000)
     accuracy = evaluate_classifier(student, test, info)["accuracy"]
     assert accuracy > 0.6, accuracy  # Chance is 0.1.
     assert history["loss"][-1] < history["loss"][0]
+
+
+def test_cached_teacher_logits_skip_the_teacher_and_give_the_same_losses():
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student, ["ce", "kd", "dkd"])
+    distiller.compile("adam")
+    live = distiller.test_on_batch(X, Y, return_dict=True)
+    cached_logits = np.array(teacher(X, training=False))
+    cached = distiller.test_on_batch(X, {"labels": Y, "teacher_logits": cached_logits}, return_dict=True)
+    for key in ("ce", "kd", "dkd", "loss", "teacher_accuracy"):
+        np.testing.assert_allclose(cached[key], live[key], rtol=1e-5)
+    # Logits that are not the teacher's change the losses: the cache really is what the terms read.
+    other_logits = cached_logits + RNG.normal(0, 3, cached_logits.shape).astype(np.float32)
+    other = distiller.test_on_batch(X, {"labels": Y, "teacher_logits": other_logits}, return_dict=True)
+    assert abs(other["kd"] - live["kd"]) > 1e-2
+
+
+def test_cached_teacher_logits_are_refused_where_features_or_collaboration_need_the_teacher():
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student, ["ce", {"name": "hint", "pairs": [["stage5", "stage5"]]}])
+    distiller.compile("adam")
+    with pytest.raises(ValueError, match=r"cached teacher logits cannot serve .* \(stage5\): run the teacher live"):
+        distiller.test_on_batch(X, {"labels": Y, "teacher_logits": np.zeros((16, 10), np.float32)})
+
+
+def test_collaborative_teacher_learns_from_mirrored_terms_only():
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student, ["ce", "kd", {"name": "hint", "pairs": [["stage5", "stage5"]]}],
+                          collaborative=True)  # fmt: skip
+    distiller.compile("adam")
+    logs = distiller.test_on_batch(X, Y, return_dict=True)
+    t_logits, s_logits = np.array(teacher(X)), np.array(student(X))
+    ce = np.array(keras.losses.sparse_categorical_crossentropy(Y, t_logits, from_logits=True))
+    expected = ce + np.array(soft_target_kl(s_logits, t_logits, 4.0))  # kd with the roles swapped; no hint.
+    np.testing.assert_allclose(logs["teacher_loss"], expected.mean(), rtol=1e-5)
+
+
+def test_dkd_warmup_follows_the_epoch():
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student, [{"name": "dkd", "warmup_epochs": 4}])
+    distiller.compile("adam")
+    full = Distiller(teacher, student, ["dkd"])
+    full.compile("adam")
+    reference = full.test_on_batch(X, Y, return_dict=True)["dkd"]
+    for epoch, factor in ((0, 0.25), (2, 0.75), (5, 1.0)):
+        distiller.epoch.assign(epoch)
+        np.testing.assert_allclose(distiller.test_on_batch(X, Y, return_dict=True)["dkd"], factor * reference,
+                                   rtol=1e-5)  # fmt: skip
+    history = distiller.fit(X, Y, epochs=3, batch_size=16, verbose=0)
+    assert int(distiller.epoch.numpy()) == 2 and len(history.history["dkd"]) == 3

@@ -9,7 +9,7 @@ import yaml
 from conftest import write_idx_folder
 
 from kdkeras import cli
-from kdkeras.experiments import _summary, _table, load_config
+from kdkeras.experiments import _summary, _table, load_config, paired_delta
 
 
 def tiny_config(root, **overrides) -> dict:
@@ -27,7 +27,7 @@ def tiny_config(root, **overrides) -> dict:
         "budgets": {"quick": {"epochs": 1, "teacher_epochs": 1}, "full": {"epochs": 2, "teacher_epochs": 2}},
         "rows": [
             {"name": "scratch", "method": "scratch"},
-            {"name": "tskd", "method": "distill", "temperature": 2.0, "feature_pairs": "auto"},
+            {"name": "tskd", "method": "tskd", "temperature": 2.0},
         ],
     }
     config.update(overrides)
@@ -56,7 +56,7 @@ def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_pat
         assert 0.0 <= record["test_accuracy"] <= 1.0 and record["test_examples"] == 30
         assert record["params"] > 0 and record["flops"] > 0 and record["train_seconds"] > 0
         assert record["machine"]["cpu_cores"] == os.cpu_count()
-    assert records["tskd-seed0"]["spec"]["row"]["feature_pairs"] == "auto"
+    assert [t["name"] for t in records["tskd-seed0"]["spec"]["row"]["terms"]] == ["ce", "kd", "hint"]
     assert records["scratch-seed0"]["model"] == records["tskd-seed0"]["model"]
 
     # The saved student is the one the JSON describes: its test accuracy is recomputed here.
@@ -73,7 +73,8 @@ def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_pat
     assert report["missing"] == []
     by_name = {row["name"]: row for row in report["rows"]}
     assert by_name["tskd"]["accuracy_mean"] == pytest.approx(records["tskd-seed0"]["test_accuracy"])
-    assert by_name["tskd"]["delta_vs_scratch"] == pytest.approx(
+    assert by_name["tskd"]["baseline"] == "scratch" and by_name["tskd"]["delta_ci95"] is None  # One seed: no CI.
+    assert by_name["tskd"]["delta_mean"] == pytest.approx(
         records["tskd-seed0"]["test_accuracy"] - records["scratch-seed0"]["test_accuracy"]
     )
     markdown = (tmp_path / "results" / "tiny-quick.md").read_text()
@@ -103,7 +104,7 @@ def test_changing_a_row_reruns_only_that_row(tmp_path, capsys):
     assert "scratch seed 0: done already" in out
     assert "tskd seed 0: distill" in out
     record = json.loads((tmp_path / "results" / "tiny" / "quick" / "tskd-seed0.json").read_text())
-    assert record["spec"]["row"]["temperature"] == 3.0
+    assert record["spec"]["row"]["terms"][1]["temperature"] == 3.0
 
 
 def test_rows_option_runs_only_the_named_rows(tmp_path):
@@ -122,14 +123,22 @@ def test_rows_option_runs_only_the_named_rows(tmp_path):
         (lambda c: c["rows"][1].update(temprature=2.0), "rows[1]: unknown key(s) temprature"),
         (lambda c: c["rows"][1].update(temperature=-1), "row 'tskd'.temperature: must be a number > 0"),
         (lambda c: c["rows"][0].update(method="magic"), "row 'scratch'.method: must be one of"),
-        (lambda c: c["rows"][0].update(temperature=2.0), "row 'scratch': temperature only apply to method 'distill'"),
+        (lambda c: c["rows"][0].update(temperature=2.0), "row 'scratch': temperature only apply to distillation rows"),
+        (lambda c: c["rows"][1].update(method="distill"), "method 'distill' needs a 'terms' list"),
+        (lambda c: c["rows"][1].update(terms=["ce"]), "a preset method (tskd) takes no term list"),
+        (
+            lambda c: c["rows"][1].update(method="distill", terms=[{"name": "kd", "temprature": 2}]),
+            "row 'tskd': term 'kd':",
+        ),
         (lambda c: c["teacher"].update(model="vgg"), "teacher.model: unknown model 'vgg'"),
         (lambda c: c["training"].update(optimizer="lion"), "training.optimizer: must be one of adam, adamw, sgd"),
         (lambda c: c["budgets"]["full"].pop("epochs"), "budgets.full: missing 'epochs'"),
         (lambda c: c["budgets"]["quick"].update(epochs=0), "budgets.quick.epochs: must be an integer >= 1"),
         (lambda c: c.update(seeds="0"), "seeds: must be a non-empty list of integers"),
         (lambda c: c["rows"].append({"name": "scratch", "method": "scratch"}), "duplicate or reserved row name(s)"),
-        (lambda c: c["rows"][1].update(feature_pairs=[["stage5"]]), "each pair must be [teacher_layer, student_layer]"),
+        (lambda c: c["rows"][1].update(pairs=[["stage5"]]), "each pair must be [teacher_layer, student_layer]"),
+        (lambda c: c["training"].update(warmup_epochs=-1), "training.warmup_epochs: must be a number >= 0"),
+        (lambda c: c["teacher"].update(training={"optimizer": "lion"}), "teacher.training.optimizer: must be one"),
     ],
 )
 def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, capsys, change, message):
@@ -152,11 +161,13 @@ def test_unknown_row_name_fails_before_training(tmp_path, capsys):
 
 def test_shipped_config_is_valid():
     config = load_config(os.path.join(os.path.dirname(__file__), "..", "experiments", "fashion_mnist.yaml"))
-    methods = [row["method"] for row in config["rows"]]
-    assert methods.count("scratch") == 1 and methods.count("reference") == 1
-    collaborative = [row["name"] for row in config["rows"] if row.get("collaborative")]
-    assert collaborative == ["tskd_collab"]
-    assert config["student"]["model"] == "ds_alexnet"
+    rows = {row["name"]: row for row in config["rows"]}
+    assert {"scratch", "kd", "kd_std", "dkd", "dist", "tskd", "tskd_collab"} <= set(rows)
+    assert [name for name, row in rows.items() if row.get("collaborative")] == ["tskd_collab"]
+    assert config["student"] == {"model": "ds_alexnet", "options": {"width": 0.5}}
+    assert config["budgets"]["full"]["seeds"] == [0, 1, 2]
+    # The width-1.0 block compares like with like: its KD row's baseline is its own scratch row.
+    assert rows["scratch_w1"]["options"] == rows["kd_w1"]["options"] == {"width": 1.0}
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():
@@ -179,7 +190,26 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert row["accuracy_mean"] == pytest.approx(0.92)
     assert row["accuracy_std"] == pytest.approx(0.02)
     assert row["train_seconds_mean"] == pytest.approx(20.0) and row["seeds"] == [0, 1, 2] and row["epochs"] == 2
-    row["delta_vs_scratch"] = 0.015
-    assert "| KD | m | 10 | 0.0 | 2 | 0.9200 ± 0.0200 | 3 | +1.50 | 20 | 40 |" in _table([row])
+    row.update(delta_mean=0.015, delta_ci95=[0.005, 0.025], delta_per_seed={"0": 0.01, "1": 0.02})
+    assert "| KD | m | 10 | 0.0 | 2 | 0.9200 ± 0.0200 | 3 | +1.50 | [+0.50, +2.50] | +1.00 +2.00 | 20 | 40 |" in (
+        _table([row])
+    )
     single = _summary("kd", "KD", "distill", records[:1])
     assert single["accuracy_std"] is None and np.isclose(single["accuracy_mean"], 0.90)
+
+
+def _record(seed, accuracy):
+    return {"test_accuracy": accuracy, "spec": {"train_config": {"seed": seed}}}
+
+
+def test_paired_delta_pairs_by_seed_and_gives_a_t_interval():
+    scratch = [_record(0, 0.90), _record(1, 0.91), _record(2, 0.92)]
+    method = [_record(2, 0.935), _record(0, 0.91), _record(1, 0.925), _record(3, 0.99)]  # Seed 3 has no pair.
+    result = paired_delta(method, scratch)
+    assert result["delta_per_seed"] == pytest.approx({"0": 0.01, "1": 0.015, "2": 0.015})
+    # By hand: Δ = .010, .015, .015; mean .013333; sample sd .0028868; sem .0016667; t(0.975, 2) = 4.302653.
+    assert result["delta_mean"] == pytest.approx(0.0133333, rel=1e-5)
+    half = 4.302653 * 0.0028867513 / np.sqrt(3)
+    assert result["delta_ci95"] == pytest.approx([0.0133333 - half, 0.0133333 + half], rel=1e-5)
+    assert paired_delta(method[:1], scratch)["delta_ci95"] is None
+    assert paired_delta(method, [])["delta_mean"] is None

@@ -108,3 +108,92 @@ def test_loss_classes_serialize(loss):
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(restored) is type(loss)
     assert restored.get_config() == loss.get_config()
+
+
+# ------------------------------------------------------------------ DKD, logit standardization, DIST (numpy)
+
+LABELS = RNG.integers(0, 10, 6)
+
+
+def np_softmax(z):
+    return np.exp(np_log_softmax(z))
+
+
+def np_kl(p, q):
+    return (p * (np.log(p) - np.log(q))).sum(axis=-1)
+
+
+def np_dkd(labels, t, s, T, alpha, beta):
+    """Zhao et al. 2022, eq. (1)–(5) read directly: b = [p_gt, 1 − p_gt]; p̂ = softmax over the other classes."""
+    out = []
+    for y, zt, zs in zip(labels, t.astype(np.float64), s.astype(np.float64), strict=True):
+        pt, ps = np_softmax(zt / T), np_softmax(zs / T)
+        bt, bs = np.array([pt[y], 1 - pt[y]]), np.array([ps[y], 1 - ps[y]])
+        others = np.arange(len(zt)) != y
+        hat_t, hat_s = np_softmax(zt[others] / T), np_softmax(zs[others] / T)
+        out.append(T**2 * (alpha * np_kl(bt, bs) + beta * np_kl(hat_t, hat_s)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("temperature, alpha, beta", [(4.0, 1.0, 8.0), (1.0, 1.0, 1.0), (2.5, 0.5, 2.0)])
+def test_dkd_matches_the_paper(temperature, alpha, beta):
+    got = keras.ops.convert_to_numpy(losses.dkd(LABELS, TEACHER, STUDENT, temperature, alpha, beta))
+    np.testing.assert_allclose(got, np_dkd(LABELS, TEACHER, STUDENT, temperature, alpha, beta), rtol=2e-5, atol=1e-6)
+
+
+def test_dkd_with_alpha_one_and_beta_weighted_by_the_teacher_is_vanilla_kd():
+    """The paper's decomposition: KD = TCKD + (1 − p_gt^t) · NCKD, per example."""
+    T = 3.0
+    tckd = np_dkd(LABELS, TEACHER, STUDENT, T, 1.0, 0.0)
+    nckd = np_dkd(LABELS, TEACHER, STUDENT, T, 0.0, 1.0)
+    p_gt = np_softmax(TEACHER.astype(np.float64) / T)[np.arange(6), LABELS]
+    np.testing.assert_allclose(tckd + (1 - p_gt) * nckd, np_soft_target_kl(TEACHER, STUDENT, T), rtol=1e-5)
+
+
+def np_standardize(z):
+    """Sun et al. 2024: Z(z) = (z − mean) / std, with the authors' sample std (ddof 1) and ε = 1e-7."""
+    z = z.astype(np.float64)
+    return (z - z.mean(-1, keepdims=True)) / (z.std(-1, ddof=1, keepdims=True) + 1e-7)
+
+
+def test_standardize_logits_matches_numpy_and_is_shift_and_scale_invariant():
+    got = keras.ops.convert_to_numpy(losses.standardize_logits(TEACHER))
+    np.testing.assert_allclose(got, np_standardize(TEACHER), rtol=1e-5, atol=1e-6)
+    moved = keras.ops.convert_to_numpy(losses.standardize_logits(3.0 * TEACHER + 7.0))
+    np.testing.assert_allclose(moved, got, rtol=1e-4, atol=1e-5)
+    constant = keras.ops.convert_to_numpy(losses.standardize_logits(np.full((2, 10), 5.0, np.float32)))
+    assert np.all(constant == 0)  # ε keeps constant logits finite.
+
+
+def np_pearson(a, b):
+    a = a - a.mean(-1, keepdims=True)
+    b = b - b.mean(-1, keepdims=True)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-8)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_dist_relations_match_the_paper(temperature):
+    """Huang et al. 2022: inter = 1 − ρ(Y_s[i,:], Y_t[i,:]) per example; intra = 1 − mean_j ρ(Y_s[:,j], Y_t[:,j])."""
+    ys, yt = np_softmax(STUDENT / temperature), np_softmax(TEACHER / temperature)
+    inter = keras.ops.convert_to_numpy(losses.dist_inter(TEACHER, STUDENT, temperature))
+    np.testing.assert_allclose(inter, temperature**2 * (1 - np_pearson(ys, yt)), rtol=1e-4, atol=1e-6)
+    intra = keras.ops.convert_to_numpy(losses.dist_intra(TEACHER, STUDENT, temperature))
+    np.testing.assert_allclose(intra, temperature**2 * (1 - np_pearson(ys.T, yt.T).mean()), rtol=1e-4, atol=1e-6)
+    # A student whose probabilities are an affine image of the teacher's is perfectly correlated.
+    same = keras.ops.convert_to_numpy(losses.dist_inter(TEACHER, TEACHER, temperature))
+    np.testing.assert_allclose(same, 0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda t, s: losses.dkd(LABELS[:2], t, s, 4.0),
+        lambda t, s: losses.soft_target_kl(losses.standardize_logits(t), losses.standardize_logits(s), 2.0),
+        lambda t, s: losses.dist_inter(t, s, 1.0),
+        lambda t, s: losses.dist_intra(t, s, 1.0),
+    ],
+)
+def test_new_losses_are_finite_on_extreme_logits(loss):
+    extreme_t = np.array([[1e4, -1e4] + [0.0] * 8, [-3e4] * 9 + [3e4]], np.float32)
+    extreme_s = np.array([[-1e4, 1e4] + [0.0] * 8, [5e3] * 10], np.float32)
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(loss(extreme_t, extreme_s))))

@@ -56,3 +56,11 @@ def stage_layers(model: keras.Model) -> dict[str, tuple]:
         {'stage1': (None, 28, 28, 16), 'stage2': (None, 14, 14, 32), 'stage3': (None, 7, 7, 64)}
     """
     return {layer.name: tuple(layer.output.shape) for layer in model.layers if _STAGE_NAME.match(layer.name)}
+
+
+def default_feature_pairs(teacher: keras.Model, student: keras.Model) -> list[tuple[str, str]]:
+    """The deepest stage of each network: the representation closest to the logits that is still spatial."""
+    teacher_stages, student_stages = list(stage_layers(teacher)), list(stage_layers(student))
+    if not teacher_stages or not student_stages:
+        return []
+    return [(teacher_stages[-1], student_stages[-1])]

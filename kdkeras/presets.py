@@ -1,0 +1,50 @@
+"""Named distillation methods as term lists (plain data, no TensorFlow: the CLI reads it for its help).
+
+`kdkeras.terms.preset(name, **overrides)` turns a preset into term specs; `kdkeras distill --method NAME` and the
+experiment rows' `method: NAME` use it.
+"""
+
+# Each preset is the term list of a published method, with the weights its authors (or the cited follow-up)
+# used; `preset(name, temperature=..., pairs=...)` overrides those arguments in every term that takes them.
+PRESETS: dict[str, dict] = {
+    "scratch": {
+        "doc": "labels only (no teacher): the baseline every method is compared with",
+        "terms": [{"name": "ce"}],
+    },
+    "kd": {
+        "doc": "Hinton et al. 2015, with the soft-target weight 0.9 that the literature uses (CE 0.1)",
+        "terms": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}],
+    },
+    "kd_std": {
+        "doc": "KD on Z-scored logits (Sun et al., CVPR 2024): CE 0.1, KD 0.9 at T 2",
+        "terms": [
+            {"name": "ce", "weight": 0.1},
+            {"name": "kd", "weight": 0.9, "temperature": 2.0, "standardize": True},
+        ],
+    },
+    "dkd": {
+        "doc": "decoupled KD (Zhao et al., CVPR 2022): CE 1, α 1, β 8, T 4, warm-up over the first epochs",
+        "terms": [{"name": "ce"}, {"name": "dkd", "temperature": 4.0, "alpha": 1.0, "beta": 8.0, "warmup_epochs": 5}],
+    },
+    "dist": {
+        "doc": "DIST (Huang et al., NeurIPS 2022), CIFAR setting: CE 1, β 2, γ 2, τ 4",
+        "terms": [{"name": "ce"}, {"name": "dist", "temperature": 4.0, "beta": 2.0, "gamma": 2.0}],
+    },
+    "fitnets": {
+        "doc": "FitNets hints (Romero et al., 2015) beside the labels",
+        "terms": [{"name": "ce"}, {"name": "hint", "weight": 1.0}],
+    },
+    "attention": {
+        "doc": "attention transfer (Zagoruyko & Komodakis, 2017) beside the labels",
+        "terms": [{"name": "ce"}, {"name": "attention", "weight": 8.0}],
+    },
+    "tskd": {
+        "doc": "teacher–student KD: labels + soft targets + feature hints, each with its own weight",
+        "terms": [
+            {"name": "ce", "weight": 0.1},
+            {"name": "kd", "weight": 0.9, "temperature": 4.0},
+            {"name": "hint", "weight": 1.0},
+        ],
+    },
+}
+DEFAULT_PRESET = "kd"

@@ -1,0 +1,129 @@
+"""Teacher-output cache: the teacher's logits for every (epoch, training example), computed once, reused by every
+student, seed-mate row and tuner trial that trains on the same images.
+
+The training pipeline's order and augmentation are a pure function of (seed, epoch, example index)
+(`kdkeras.data.epoch_order`, `kdkeras.data.example_seed`), so the image a student sees at epoch e is known before
+training: the teacher sees exactly that augmented view (Beyer et al., "Knowledge distillation: A good teacher is
+patient and consistent", CVPR 2022), as in FKD (Shen & Xing, ECCV 2022), which stores soft labels per crop.
+
+Layout: `ROOT/FINGERPRINT/logits.npy`, float16 `(epochs, examples, classes)`, memory-mapped, and `meta.json`. The
+fingerprint covers the teacher's weights, the dataset and its split, the seed, the augmentation settings and the
+number of epochs: any change makes a new cache. A cache is computed in `ROOT/FINGERPRINT.partial/`, epoch by
+epoch (a killed precompute resumes at the first unfinished epoch), and renamed into place only when complete.
+All classes are stored (10 classes: 20 bytes per example and epoch); top-k storage for large label spaces is not
+implemented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from kdkeras import artifacts
+from kdkeras.data import load_dataset
+
+# What a cached run's pipeline depends on (TrainConfig fields); the rest (lr, optimizer, …) does not change the images.
+_DATA_FIELDS = ("dataset", "data_dir", "seed", "max_train_examples", "validation_fraction", "augment", "flip")
+
+
+def fingerprint(teacher, config) -> str:
+    """A digest of everything the cached logits depend on: teacher weights, data, seed, augmentation, epochs."""
+    spec = {field: getattr(config, field) for field in _DATA_FIELDS}
+    spec.update(epochs=config.epochs, teacher=artifacts.weights_digest(teacher), version=1)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class TeacherCache:
+    """A complete cache on disk: `epoch_logits(e)` is the `(examples, classes)` float16 array of epoch e.
+
+    Build one with `TeacherCache.prepare(teacher, config, root)`.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(os.path.join(path, "meta.json")) as f:
+            self.meta = json.load(f)
+        self._logits = np.load(os.path.join(path, "logits.npy"), mmap_mode="r")
+
+    @property
+    def epochs(self) -> int:
+        return self._logits.shape[0]
+
+    def epoch_logits(self, epoch: int) -> np.ndarray:
+        if not 0 <= epoch < self.epochs:
+            raise ValueError(f"the teacher cache holds epochs 0–{self.epochs - 1}, asked for {epoch}")
+        return self._logits[epoch]
+
+    @classmethod
+    def prepare(cls, teacher, config, root: str, batch_size: int = 1024, log=print) -> TeacherCache:
+        """The cache for `teacher` under `config` in `root`: reused when one exists, else computed (resumably).
+
+        Args:
+            teacher: the trained teacher (run in inference mode).
+            config: the student's `TrainConfig` (dataset, seed, augmentation, epochs).
+            root: the cache folder; one sub-folder per fingerprint.
+            batch_size: teacher inference batch size.
+            log: where progress lines go.
+        """
+        key = fingerprint(teacher, config)
+        path = os.path.join(root, key)
+        if os.path.exists(os.path.join(path, "meta.json")):
+            log(f"teacher cache: reusing {path}")
+            return cls(path)
+        partial = f"{path}.partial"
+        os.makedirs(partial, exist_ok=True)
+        start = time.perf_counter()
+        forward = tf.function(lambda images: teacher(images, training=False), reduce_retracing=True)
+        logits_path, progress_path = os.path.join(partial, "logits.npy"), os.path.join(partial, "progress.json")
+        done = _read_progress(progress_path)
+        logits = None
+        for epoch in range(config.epochs):
+            data, info = load_dataset(
+                config.dataset, "train", batch_size, validation_fraction=config.validation_fraction,
+                seed=config.seed, shuffle=False, augment_images=config.augment, flip=config.flip,
+                max_examples=config.max_train_examples, data_dir=config.data_dir, epoch=epoch, return_index=True,
+            )  # fmt: skip
+            if logits is None:
+                shape = (config.epochs, info.num_examples, int(teacher.output.shape[-1]))
+                if done and os.path.exists(logits_path):
+                    logits = np.load(logits_path, mmap_mode="r+")
+                else:
+                    done = 0
+                    logits = np.lib.format.open_memmap(logits_path, mode="w+", dtype=np.float16, shape=shape)
+            if epoch < done:
+                continue
+            for images, _, indices in data:
+                logits[epoch, indices.numpy()] = forward(images).numpy().astype(np.float16)
+            logits.flush()
+            artifacts.write_json(progress_path, {"epochs_done": epoch + 1})  # Atomic: after the data is flushed.
+            log(f"teacher cache: epoch {epoch + 1}/{config.epochs} computed")
+        meta = {
+            "fingerprint": key,
+            "shape": list(logits.shape),
+            "dtype": "float16",
+            "seconds": time.perf_counter() - start,
+            "bytes": os.path.getsize(logits_path),
+        }
+        del logits
+        os.remove(progress_path)
+        artifacts.write_json(os.path.join(partial, "meta.json"), meta)
+        if os.path.exists(path):  # Another process finished the same cache first: keep theirs.
+            shutil.rmtree(partial)
+        else:
+            os.replace(partial, path)
+        log(f"teacher cache: {path} ready ({meta['bytes'] / 1e6:.1f} MB, {meta['seconds']:.0f} s)")
+        return cls(path)
+
+
+def _read_progress(path: str) -> int:
+    try:
+        with open(path) as f:
+            return int(json.load(f)["epochs_done"])
+    except (OSError, ValueError, KeyError):
+        return 0
