@@ -141,7 +141,7 @@ def _add_training_options(parser, run_name_attr: str) -> None:
     )
     group.add_argument("--epochs", type=_positive_int, default=10)
     group.add_argument("--batch-size", type=_positive_int, default=128)
-    group.add_argument("--lr", type=_positive_float, default=1e-3, help="peak learning rate (cosine decay)")
+    group.add_argument("--lr", type=_positive_float, default=2e-3, help="peak learning rate (cosine decay)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--max-train-examples", type=_positive_int, default=None, help="train on N examples only")
     group.add_argument("--validation-fraction", type=float, default=0.1)

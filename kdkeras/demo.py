@@ -99,16 +99,7 @@ def run_demo(
     print("\n[3/3] TSKD student: ds_alexnet from labels + teacher logits (T=4) + stage3/stage5 features", flush=True)
     keras.utils.set_random_seed(SEED)  # The same initial weights as the student from scratch.
     student = build_model("ds_alexnet", info.input_shape, info.num_classes)
-    _, _, seconds, _ = distill(
-        teacher,
-        student,
-        TrainConfig(epochs=student_epochs, **base),
-        feature_pairs=[("stage3", "stage3"), ("stage5", "stage5")],
-        temperature=4.0,
-        alpha=0.5,
-        beta=0.5,
-        gamma=1.0,
-    )
+    _, _, seconds, _ = distill(teacher, student, TrainConfig(epochs=student_epochs, **base))
     record("TSKD student (ds_alexnet)", student, seconds, "student_tskd.keras")
 
     print("\n[export] TSKD student → TFLite int8, verified on the test set", flush=True)

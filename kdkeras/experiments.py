@@ -33,6 +33,10 @@ import sys
 import time
 
 BUDGETS = ("quick", "full")
+# Bumped when kdkeras' code changes what a row computes (initialization, data pipeline, losses): rows from older
+# code are then run again instead of being mixed with new ones. 2: He init, batch-norm warm start, pure
+# (seed, epoch, index) data order and augmentation, distillation terms.
+RESULTS_VERSION = 2
 
 # Every key a config may hold, with its default; a key not listed here is an error, so a typo never goes unnoticed.
 _TOP_DEFAULTS = {
@@ -53,7 +57,7 @@ _MODEL_DEFAULTS = {"model": None, "options": {}}
 _TEACHER_DEFAULTS = {**_MODEL_DEFAULTS, "seed": 0, "lr": None, "training": {}}
 _TRAINING_DEFAULTS = {
     "batch_size": 128,
-    "lr": 1e-3,
+    "lr": 2e-3,
     "optimizer": "adam",
     "schedule": "cosine",
     "warmup_epochs": 0.0,
@@ -78,6 +82,8 @@ _ROW_DEFAULTS = {
     "teacher_lr": None,
     # any row: train longer than the budget's epochs (e.g. 2 to check that scratch has converged)
     "epochs_multiplier": 1,
+    # any row: run only these of the experiment's seeds (e.g. a costly check on one seed)
+    "seeds": None,
 }
 _DISTILL_KEYS = ("terms", "temperature", "pairs", "collaborative", "teacher_lr")
 
@@ -157,10 +163,11 @@ def _row_spec(values, index: int, path: str) -> dict:
         _require(row["model"] is None, f"{where}.model", "only a 'reference' row names its own model")
         _require(isinstance(row["options"], dict), f"{where}.options", "must be a mapping of student builder options")
     _number(row["epochs_multiplier"], f"{where}.epochs_multiplier", 1, integer=True)
+    _require(row["seeds"] is None or _valid_seeds(row["seeds"]), f"{where}.seeds", "must be a list of integers")
     if row["method"] in ("scratch", "reference"):
         given = [k for k in _DISTILL_KEYS if values.get(k, _ROW_DEFAULTS[k]) != _ROW_DEFAULTS[k]]
         _require(not given, where, f"{', '.join(given)} only apply to distillation rows")
-        return {k: row[k] for k in ("name", "label", "method", "model", "options", "epochs_multiplier")}
+        return {k: row[k] for k in ("name", "label", "method", "model", "options", "epochs_multiplier", "seeds")}
     from kdkeras import terms as terms_lib
 
     if row["method"] == "distill":
@@ -384,6 +391,7 @@ class Experiment:
             "row": {k: v for k, v in row.items() if k != "label"},
             "model": self._row_model(row),
             "train_config": _settings(config),
+            "results_version": RESULTS_VERSION,
         }
         if _distills(row):
             spec["teacher"] = _fingerprint(self.teacher_spec())
@@ -497,10 +505,16 @@ class Experiment:
             rows: names of the rows to run (default all); `"teacher"` alone trains only the teacher.
         """
         selected = self.select(rows)
-        self.ensure_teacher()
+        if not rows or "teacher" in rows or any(_distills(row) for row in selected):
+            self.ensure_teacher()
         for seed in self.seeds:
             for row in selected:
-                self.run_row(row, seed)
+                if seed in self.row_seeds(row):
+                    self.run_row(row, seed)
+
+    def row_seeds(self, row: dict) -> list[int]:
+        """The seeds a row runs: the experiment's, or the subset the row names."""
+        return [s for s in self.seeds if row.get("seeds") is None or s in row["seeds"]]
 
     def select(self, names: list[str] | None) -> list[dict]:
         if not names:
@@ -521,7 +535,7 @@ class Experiment:
         results = {}
         for row in self.config["rows"]:
             records = []
-            for seed in self.seeds:
+            for seed in self.row_seeds(row):
                 record = _read_json(self.row_path(row["name"], seed))
                 if record is not None and record.get("spec") == self.row_spec(row, seed):
                     records.append(record)
@@ -566,7 +580,7 @@ class Experiment:
             "budget_settings": self.plan,
             "training": self.config["training"],
             "rows": rows,
-            "missing": [r["name"] for r in self.config["rows"] if len(results[r["name"]]) < len(self.seeds)],
+            "missing": [r["name"] for r in self.config["rows"] if len(results[r["name"]]) < len(self.row_seeds(r))],
         }
         artifacts.write_json(f"{self.report_base}.json", report)
         artifacts.write_text(

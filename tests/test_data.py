@@ -95,10 +95,19 @@ def test_augmentation_crops_and_flips_deterministically():
 
 
 def test_augmented_pipeline_shapes_and_epoch_reshuffle(idx_folder):
-    dataset, _ = load_dataset(f"idx:{idx_folder}", "train", 10, augment_images=True, validation_fraction=0.2)
+    from kdkeras.data import EpochClock
+
+    clock = EpochClock()
+    dataset, _ = load_dataset(
+        f"idx:{idx_folder}", "train", 10, augment_images=True, validation_fraction=0.2, clock=clock
+    )
+    assert len(dataset) == 5
     first, labels_1 = _all(dataset)
+    again, _ = _all(dataset)
+    clock.set(1)
     second, labels_2 = _all(dataset)
     assert first.shape == (48, 28, 28, 1)
+    np.testing.assert_array_equal(first, again)  # The same epoch: the same images in the same order.
     assert sorted(labels_1) == sorted(labels_2) and not np.array_equal(first, second)
 
 

@@ -101,7 +101,11 @@ def _batch(n=64, classes=3, seed=0):
     return images, labels
 
 
-def _distill_updates(strategy, collaborative: bool, synchronized: bool, batch_size=32):
+HINT = {"name": "hint", "pairs": [["stage5", "stage5"]]}
+METHODS = {"kd": ["ce", "kd", HINT], "dkd": ["ce", "dkd", HINT]}
+
+
+def _distill_updates(strategy, collaborative: bool, synchronized: bool, batch_size=32, method="kd"):
     """Student (and teacher) weight changes after two SGD steps of a Distiller with logits + feature hint.
 
     Dropout is off (its masks are random, so no two runs agree) and the optimizer is plain SGD: Adam divides by the
@@ -112,11 +116,7 @@ def _distill_updates(strategy, collaborative: bool, synchronized: bool, batch_si
         teacher = build_model("alexnet", (28, 28, 1), 3, width=0.25, dropout=0.0, synchronized_bn=synchronized)
         student = build_model("ds_alexnet", (28, 28, 1), 3, width=0.25, dropout=0.0, synchronized_bn=synchronized)
         distiller = Distiller(
-            teacher,
-            student,
-            feature_pairs=[("stage5", "stage5")],
-            collaborative=collaborative,
-            synchronized_bn=synchronized,
+            teacher, student, METHODS[method], collaborative=collaborative, synchronized_bn=synchronized
         )
         distiller.compile(
             optimizer=keras.optimizers.SGD(0.01),
@@ -144,10 +144,12 @@ def _largest_relative_difference(reference, other):
 TOLERANCE = 2e-2
 
 
-@pytest.mark.parametrize("collaborative", [False, True], ids=["classic", "collaborative"])
-def test_two_replicas_update_like_one_device(mirrored_two_cpus, collaborative):
-    one_device = _distill_updates(tf.distribute.get_strategy(), collaborative, synchronized=False)
-    two_replicas = _distill_updates(mirrored_two_cpus, collaborative, synchronized=True)
+@pytest.mark.parametrize(
+    "collaborative, method", [(False, "kd"), (True, "kd"), (False, "dkd")], ids=["classic", "collaborative", "dkd"]
+)
+def test_two_replicas_update_like_one_device(mirrored_two_cpus, collaborative, method):
+    one_device = _distill_updates(tf.distribute.get_strategy(), collaborative, synchronized=False, method=method)
+    two_replicas = _distill_updates(mirrored_two_cpus, collaborative, synchronized=True, method=method)
     assert _largest_relative_difference(one_device, two_replicas) < TOLERANCE
 
 
@@ -193,7 +195,7 @@ def test_mixed_precision_keeps_losses_float32_and_finite(restore_policy, policy)
     student = build_model("ds_alexnet", (28, 28, 1), 3, width=0.25)
     assert student.get_layer("conv1_conv").compute_dtype == policy.removeprefix("mixed_")
     assert student.output.dtype == "float32"  # The logits layer computes in float32.
-    distiller = Distiller(teacher, student, feature_pairs=[("stage5", "stage5")], collaborative=True)
+    distiller = Distiller(teacher, student, ["ce", "kd", HINT], collaborative=True)
     distiller.compile(optimizer=keras.optimizers.SGD(0.01))
     scaled = policy == "mixed_float16"
     assert isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer) == scaled
@@ -201,10 +203,11 @@ def test_mixed_precision_keeps_losses_float32_and_finite(restore_policy, policy)
     images, labels = _batch(32)
     logs = distiller.train_on_batch(images, labels, return_dict=True)
     assert all(np.isfinite(value) for value in logs.values())
-    t_logits, t_feats, s_logits, s_feats = distiller._forward(images, training=True)
-    terms = distiller._student_terms(labels, t_logits, t_feats, s_logits, s_feats, True)
-    assert {name: keras.backend.standardize_dtype(value.dtype) for name, value in terms.items()} == dict.fromkeys(
-        terms, "float32"
+    labels, teacher_out, student_out = distiller._forward(images, labels, training=True)
+    values = distiller._student_losses(labels, teacher_out, student_out, True)
+    assert set(values) == {"ce", "kd", "hint", "loss"}
+    assert {name: keras.backend.standardize_dtype(value.dtype) for name, value in values.items()} == dict.fromkeys(
+        values, "float32"
     )
 
 

@@ -102,7 +102,7 @@ def test_changing_a_row_reruns_only_that_row(tmp_path, capsys):
     assert run(path) == 0
     out = capsys.readouterr().out
     assert "scratch seed 0: done already" in out
-    assert "tskd seed 0: distill" in out
+    assert "tskd seed 0: tskd ds_alexnet" in out
     record = json.loads((tmp_path / "results" / "tiny" / "quick" / "tskd-seed0.json").read_text())
     assert record["spec"]["row"]["terms"][1]["temperature"] == 3.0
 

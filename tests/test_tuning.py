@@ -9,18 +9,20 @@ import numpy as np
 import pytest
 from conftest import idx_dataset_and_teacher
 
-from kdkeras import cli, tuning
+from kdkeras import cli, terms, tuning
 from kdkeras.training import TrainConfig, load_splits
 
 BUILT = []  # Module-level: Keras Tuner deep-copies the callbacks of every trial.
+SPECS = [{"name": "ce"}, {"name": "kd"}, {"name": "hint", "pairs": [["stage5", "stage5"]]}]
+SEARCHED = ("kd.temperature", "kd.weight", "hint.weight", "ce.weight")
 
 
 class Recorder(keras.callbacks.Callback):
     """Records the distiller each trial trains: what Keras Tuner really built from the trial's values."""
 
     def on_train_begin(self, logs=None):
-        m = self.model
-        BUILT.append((m.temperature, m.alpha, m.beta, m.gamma, m.feature_loss, id(m.teacher)))
+        ce, kd, hint = self.model.terms
+        BUILT.append((kd.temperature, kd.weight, hint.weight, ce.weight, id(self.model.teacher)))
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +38,8 @@ def _search(setup, directory, max_trials):
     BUILT.clear()
     root, _, teacher_path, config, train, validation = setup
     teacher = tuning.load_teacher(teacher_path)
-    hypermodel = tuning.DistillerHyperModel(
-        teacher, ("ds_alexnet", {"width": 0.25}), [("stage5", "stage5")], tuning.SearchSpace(), config, len(train)
-    )
+    space = tuning.SearchSpace.for_terms(terms.get_list(SPECS))
+    hypermodel = tuning.DistillerHyperModel(teacher, ("ds_alexnet", {"width": 0.25}), SPECS, space, config, len(train))
     tuner = tuning.make_tuner("random", hypermodel, max_trials, 1, directory, "p", overwrite=False, seed=1)
     tuner.search(train, validation_data=validation, epochs=1, verbose=0, callbacks=[Recorder()])
     return tuner, teacher
@@ -52,9 +53,10 @@ def test_search_uses_the_trial_values_shares_the_teacher_and_resumes(setup, tmp_
     assert len(first) == 2
     for trial, built in zip(trials, first, strict=True):
         hp = trial.hyperparameters.values
-        assert built[:5] == (hp["temperature"], hp["alpha"], hp["beta"], hp["gamma"], hp["feature_loss"])
-    assert len({b[5] for b in first}) == 1  # One teacher object for every trial.
-    assert all(1.0 <= b[0] <= 20.0 for b in first)
+        assert set(hp) == {*SEARCHED, "lr"}  # The union of the terms' declared spaces, and the learning rate.
+        assert built[:4] == tuple(hp[name] for name in SEARCHED)
+    assert len({b[4] for b in first}) == 1  # One teacher object for every trial.
+    assert all(1.0 <= b[0] <= 8.0 for b in first)
 
     tuner, teacher = _search(setup, directory, 3)
     assert len(BUILT) == 1  # Resumed: only the third trial ran.
@@ -82,9 +84,10 @@ def test_cli_writes_reports_that_distill_accepts(setup, tmp_path, capsys):
     for name in ("best_hparams.json", "trials.json", "trials.md", "objective.png"):
         assert os.path.exists(os.path.join(out_dir, name)), name
     best = json.loads(open(os.path.join(out_dir, "best_hparams.json")).read())
-    assert set(best) == set(tuning.HP_NAMES)
+    assert set(best) == {"terms", "lr"}
     trials = json.loads(open(os.path.join(out_dir, "trials.json")).read())["trials"]
-    assert len(trials) == 3 and trials[0]["temperature"] == best["temperature"]
+    best_kd = next(t for t in best["terms"] if t["name"] == "kd")
+    assert len(trials) == 3 and trials[0]["kd.temperature"] == best_kd["temperature"]
     assert os.listdir(os.path.join(out_dir, "tensorboard"))  # Per-trial TensorBoard logs.
 
     student = str(tmp_path / "s.keras")
@@ -93,34 +96,36 @@ def test_cli_writes_reports_that_distill_accepts(setup, tmp_path, capsys):
                      "--out", student])  # fmt: skip
     assert code == 0
     used = json.loads(open(student.replace(".keras", ".config.json")).read())
-    assert used["distillation"]["temperature"] == best["temperature"] and used["train_config"]["lr"] == best["lr"]
+    used_kd = next(t for t in used["distillation"]["terms"] if t["name"] == "kd")
+    assert used_kd["temperature"] == best_kd["temperature"] and used["train_config"]["lr"] == best["lr"]
 
 
 @pytest.mark.parametrize(
-    "space, message",
+    "overrides, message",
     [
-        ({"temperature": [5, 2]}, "search range of temperature is empty or inverted"),
-        ({"alpha": [0.5, 0.5]}, "search range of alpha is empty or inverted"),
+        ({"kd.temperature": [5, 2]}, "search range of kd.temperature is empty, inverted or not finite"),
+        ({"kd.weight": [0.5, 0.5]}, "search range of kd.weight is empty"),
         ({"lr": [0, 1e-3]}, "search range of lr must be positive"),
-        ({"beta": [-1, 1]}, "search range of beta must be >= 0"),
-        ({"feature_losses": ["cosine"]}, "non-empty subset of hint, attention"),
-        ({"dropout": [0, 1]}, "unknown search-space key(s): dropout"),
+        ({"hint.weight": [1, float("inf")]}, "not finite"),
+        ({"kd.weight": [-1, 1]}, "search range of kd.weight must be >= 0"),
+        ({"kd.dropout": [0, 1]}, "search-space key 'kd.dropout' names nothing searched; searched: lr, ce.weight"),
+        ({"kd.temperature": 3}, "search range of kd.temperature must be [low, high]"),
     ],
 )
-def test_bad_search_spaces(space, message):
-    with pytest.raises(ValueError, match=message.replace("(", "\\(").replace(")", "\\)")):
-        tuning.SearchSpace.from_dict(space)
+def test_bad_search_spaces(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("[", "\\[").replace("]", "\\]")):
+        tuning.SearchSpace.for_terms(terms.get_list(SPECS), overrides)
 
 
 def test_cli_bad_input(setup, tmp_path, capsys):
     _, dataset, teacher_path, *_ = setup
     space = tmp_path / "space.yaml"
-    space.write_text("temperature: [8, 2]\n")
+    space.write_text("kd.temperature: [8, 2]\n")
     base = ["tune", "--dataset", dataset, "--directory", str(tmp_path / "d")]
     assert cli.main([*base, "--teacher", str(tmp_path / "none.keras")]) == 2
     assert "model file not found" in capsys.readouterr().err
     assert cli.main([*base, "--teacher", teacher_path, "--space", str(space)]) == 2
-    assert "empty or inverted" in capsys.readouterr().err
+    assert "search range of kd.temperature is empty, inverted" in capsys.readouterr().err
     for bad in (["--max-trials", "0"], ["--tuner", "grid"]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main([*base, "--teacher", teacher_path, *bad])
@@ -142,9 +147,8 @@ def test_search_under_a_strategy_builds_every_trial_in_it(setup, tmp_path, mirro
     _, _, teacher_path, config, train, validation = setup
     with mirrored_two_cpus.scope():  # The shared teacher must live in the same strategy.
         teacher = tuning.load_teacher(teacher_path)
-    hypermodel = tuning.DistillerHyperModel(
-        teacher, ("ds_alexnet", {"width": 0.25}), [("stage5", "stage5")], tuning.SearchSpace(), config, len(train)
-    )
+    space = tuning.SearchSpace.for_terms(terms.get_list(SPECS))
+    hypermodel = tuning.DistillerHyperModel(teacher, ("ds_alexnet", {"width": 0.25}), SPECS, space, config, len(train))
     tuner = tuning.make_tuner(
         "random", hypermodel, 2, 1, str(tmp_path / "s"), "p", overwrite=False, seed=1,
         distribution_strategy=mirrored_two_cpus,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kdkeras.models.layers import conv_bn_relu, image_input, logits, overlapping_max_pool, scaled
+from kdkeras.models.layers import KERNEL_INIT, conv_bn_relu, image_input, logits, overlapping_max_pool, scaled
 
 # One tower of the original two-GPU AlexNet: 48-128-192-192-128 filters, growing then shrinking.
 ALEXNET_WIDTHS = (48, 128, 192, 192, 128)
@@ -60,6 +60,6 @@ def alexnet(
     x = layers.Flatten(name="flatten")(x)
     for i in (6, 7):
         x = layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
-        x = layers.Dense(fc_units, activation="relu", name=f"fc{i}")(x)
-    outputs = logits(x, num_classes)
+        x = layers.Dense(fc_units, activation="relu", kernel_initializer=KERNEL_INIT, name=f"fc{i}")(x)
+    outputs = logits(x, num_classes, zero_init=True)
     return keras.Model(inputs, outputs, name=name)

@@ -8,17 +8,21 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kdkeras.models.layers import batch_norm, conv_bn_relu, image_input, logits, scaled
+from kdkeras.models.layers import KERNEL_INIT, batch_norm, conv_bn_relu, image_input, logits, scaled
 
 
 def _basic_block(x, filters: int, strides: int, name: str, synchronized_bn: bool, output_name: str):
     """Two 3×3 convs with a shortcut; a 1×1 projection where the shape changes (option B of the paper)."""
     shortcut = x
     y = conv_bn_relu(x, filters, 3, f"{name}_a", strides=strides, synchronized_bn=synchronized_bn)
-    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
+    y = layers.Conv2D(
+        filters, 3, padding="same", use_bias=False, kernel_initializer=KERNEL_INIT, name=f"{name}_b_conv"
+    )(y)
     y = batch_norm(f"{name}_b_bn", synchronized_bn)(y)
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv")(x)
+        shortcut = layers.Conv2D(
+            filters, 1, strides=strides, use_bias=False, kernel_initializer=KERNEL_INIT, name=f"{name}_proj_conv"
+        )(x)
         shortcut = batch_norm(f"{name}_proj_bn", synchronized_bn)(shortcut)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.ReLU(name=output_name)(y)

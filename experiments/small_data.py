@@ -1,0 +1,188 @@
+"""Do kdkeras' defaults work on small data they were not tuned on? Against the keras-io reference convnet.
+
+    python experiments/small_data.py                  # 3 seeds; writes experiments/results/small_data.{json,md,png}
+    python experiments/small_data.py --seeds 0 --epochs 10
+
+The dataset is one kdkeras never saw while its defaults were chosen: scikit-learn's handwritten digits (1,797
+8×8 images, shipped with scikit-learn, so it works offline), upscaled to 32×32 grayscale PNGs in one folder per class
+and loaded as `folder:PATH` (a seeded 80/20 test split, then 10 % of the rest for validation), the way a user's own
+image folder is. Every model is trained for the same epochs with its defaults:
+
+- keras-io's "Simple MNIST convnet" (keras-io examples/vision/mnist_convnet.py): two 3×3 convs (32, 64) with max
+  pooling, dropout 0.5, softmax; Adam at its default rate, batch 128, no augmentation;
+- `kdkeras train --model alexnet` (the default teacher) and `--model ds_alexnet` (the student);
+- `kdkeras distill` with no method options (the default preset) from that alexnet teacher.
+
+Each finished (model, seed) is kept in the JSON, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def write_digits_folder(root: str, size: int = 32) -> str:
+    """scikit-learn's digits as `root/CLASS/NNNN.png`, `size`×`size` grayscale; reused when present."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    done = os.path.join(root, ".complete")
+    if os.path.exists(done):
+        return root
+    digits = load_digits()
+    for index, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        folder = os.path.join(root, str(label))
+        os.makedirs(folder, exist_ok=True)
+        pixels = (image / 16.0 * 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((size, size), Image.BILINEAR).save(os.path.join(folder, f"{index:04d}.png"))
+    open(done, "w").close()
+    return root
+
+
+def keras_io_convnet(input_shape, num_classes):
+    """The keras-io "Simple MNIST convnet", unchanged except for the input shape and a rescaling layer (its
+    script divides the pixels by 255 before training)."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            layers.Rescaling(1.0 / 255),
+            layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
+            layers.MaxPooling2D(pool_size=(2, 2)),
+            layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
+            layers.MaxPooling2D(pool_size=(2, 2)),
+            layers.Flatten(),
+            layers.Dropout(0.5),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="keras_io_convnet",
+    )
+
+
+def run_one(name: str, dataset: str, seed: int, epochs: int, teacher_path: str) -> dict:
+    """Trains one model with its defaults and returns its test accuracy."""
+    import keras
+
+    from kdkeras import artifacts
+    from kdkeras.data import load_dataset
+    from kdkeras.models import build_model
+    from kdkeras.profiling import count_params
+    from kdkeras.training import TrainConfig, distill, evaluate_classifier, set_seed, train_classifier
+
+    set_seed(seed)
+    config = TrainConfig(dataset=dataset, epochs=epochs, seed=seed, verbose=0)
+    test, info = load_dataset(dataset, "test", 256, seed=seed)
+    start = time.perf_counter()
+    if name == "keras_io_convnet":
+        model = keras_io_convnet(info.input_shape, info.num_classes)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        train, _ = load_dataset(dataset, "train", 128, seed=seed, validation_fraction=0.1)
+        validation, _ = load_dataset(dataset, "validation", 128, seed=seed, validation_fraction=0.1)
+        history = model.fit(train, validation_data=validation, epochs=epochs, verbose=0).history
+        logits_model = keras.Model(model.inputs, model.layers[-1].output)  # Softmax output: argmax is the same.
+        result = evaluate_classifier(logits_model, test, info)
+    elif name == "distilled":
+        teacher = artifacts.load_model(teacher_path)
+        model = build_model("ds_alexnet", info.input_shape, info.num_classes)
+        _, history, _, _ = distill(teacher, model, config)
+        result = evaluate_classifier(model, test, info)
+    else:
+        model = build_model(name, info.input_shape, info.num_classes)
+        history, _, _ = train_classifier(model, config)
+        result = evaluate_classifier(model, test, info)
+        if name == "alexnet":
+            artifacts.save_model(model, teacher_path)
+    return {
+        "model": name,
+        "seed": seed,
+        "params": count_params(model),
+        "test_accuracy": result["accuracy"],
+        "val_accuracy": [float(v) for v in history.get("val_accuracy", [])],
+        "train_loss": [float(v) for v in history.get("loss", [])],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--work-dir", default=os.path.join("runs", "small_data"))
+    parser.add_argument("--name", default="small_data", help="result file name under experiments/results/")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from kdkeras import artifacts
+    from kdkeras.experiments import machine, machine_text
+
+    dataset = f"folder:{write_digits_folder(os.path.join(args.work_dir, 'digits'))}"
+    path = os.path.join(RESULTS, f"{args.name}.json")
+    command = "python experiments/small_data.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    state = json.loads(open(path).read()) if os.path.exists(path) else {}
+    if state.get("epochs") != args.epochs:
+        state = {"epochs": args.epochs, "runs": []}
+    state.update(command=command.strip(), machine=machine_text(machine()), dataset="scikit-learn digits, 32x32")
+    done = {(r["model"], r["seed"]) for r in state["runs"]}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        teacher_path = os.path.join(args.work_dir, f"alexnet-seed{seed}.keras")
+        for name in ("keras_io_convnet", "alexnet", "ds_alexnet", "distilled"):
+            if (name, seed) in done and (name != "alexnet" or os.path.exists(teacher_path)):
+                continue
+            record = run_one(name, dataset, seed, args.epochs, teacher_path)
+            print(f"{name} seed {seed}: test accuracy {record['test_accuracy']:.4f} ({record['seconds']:.0f} s)")
+            state["runs"] = [r for r in state["runs"] if (r["model"], r["seed"]) != (name, seed)] + [record]
+            artifacts.write_json(path, state)
+    write_report(state, os.path.join(RESULTS, args.name))
+    return 0
+
+
+def write_report(state: dict, base: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdkeras import artifacts
+
+    lines = [
+        f"# Small unseen data: {state['dataset']}, {state['epochs']} epochs, default settings",
+        "",
+        f"Command: `{state['command']}`  ",
+        f"Machine: {state['machine']}",
+        "",
+        "| model | params | test accuracy (mean ± std) | seeds | per seed |",
+        "|---|---:|---:|---:|---|",
+    ]
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    for name in ("keras_io_convnet", "alexnet", "ds_alexnet", "distilled"):
+        runs = sorted((r for r in state["runs"] if r["model"] == name), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        accuracies = np.array([r["test_accuracy"] for r in runs])
+        spread = f" ± {accuracies.std(ddof=1):.4f}" if len(runs) > 1 else ""
+        per_seed = " ".join(f"{a:.4f}" for a in accuracies)
+        lines.append(f"| {name} | {runs[0]['params']:,} | {accuracies.mean():.4f}{spread} | {len(runs)} | {per_seed} |")
+        curve = np.mean([r["val_accuracy"] for r in runs], axis=0)
+        axes.plot(range(1, len(curve) + 1), curve, marker=".", label=name)
+    lines += ["", f"![validation accuracy per epoch]({os.path.basename(base)}.png)", ""]
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation accuracy (mean over seeds)")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    artifacts.save_figure(figure, f"{base}.png")
+    plt.close(figure)
+    artifacts.write_text(f"{base}.md", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

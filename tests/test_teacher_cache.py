@@ -1,0 +1,148 @@
+"""kdkeras.teacher_cache: cached logits equal live ones on the same augmented images, a cached run trains like a
+live one, any change of teacher or data makes a new cache, and a killed precompute never looks complete."""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import write_idx_folder
+from keras import ops
+
+from kdkeras import teacher_cache
+from kdkeras.data import load_dataset
+from kdkeras.models import build_model
+from kdkeras.teacher_cache import TeacherCache
+from kdkeras.training import TrainConfig, distill
+
+SHAPE = (28, 28, 1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    dataset = f"idx:{write_idx_folder(str(root / 'idx'), n_train=90, n_test=20, classes=3)}"
+    keras.utils.set_random_seed(0)
+    teacher = build_model("resnet", SHAPE, 3, depth=8, width=0.5)
+    config = TrainConfig(dataset=dataset, epochs=2, batch_size=16, seed=3, verbose=0, lr=1e-3)
+    return root, teacher, config
+
+
+def _messages():
+    lines = []
+    return lines, lines.append
+
+
+def test_cached_logits_equal_the_live_teacher_on_the_images_the_student_sees(setup, tmp_path):
+    _, teacher, config = setup
+    cache = TeacherCache.prepare(teacher, config, str(tmp_path), log=lambda _: None)
+    assert cache.epochs == 2 and cache.epoch_logits(0).dtype == np.float16
+    for epoch in (0, 1):
+        # The training stream itself (shuffled, augmented) for this epoch, with its example indices.
+        data, _ = load_dataset(config.dataset, "train", 16, seed=config.seed, augment_images=True, epoch=epoch,
+                               return_index=True)  # fmt: skip
+        for images, _, indices in data:
+            live = teacher(images, training=False).numpy()
+            cached = cache.epoch_logits(epoch)[indices.numpy()].astype(np.float32)
+            np.testing.assert_allclose(cached, live, rtol=2e-3, atol=2e-3)  # float16 precision.
+    # Augmentation differs between epochs, and so do the logits.
+    assert not np.allclose(cache.epoch_logits(0), cache.epoch_logits(1))
+
+
+def test_a_cached_run_is_the_live_run_up_to_float16_logits(setup, tmp_path):
+    """Bit for bit the live run whose teacher rounds its logits to float16: no other difference. Against the exact
+    live run, the first epoch agrees to float16 precision (later epochs drift apart, as rounding is amplified)."""
+    _, teacher, config = setup
+    rounded = keras.Model(teacher.input, ops.cast(ops.cast(teacher.output, "float16"), "float32"))
+    histories = []
+    for model, cache_dir in ((teacher, None), (rounded, None), (teacher, str(tmp_path / "c"))):
+        keras.utils.set_random_seed(0)
+        student = build_model("ds_alexnet", SHAPE, 3, width=0.25, dropout=0.0)
+        _, history, _, _ = distill(model, student, config, terms=["ce", "kd"], teacher_cache=cache_dir)
+        histories.append(history)
+    live, live_float16, cached = histories
+    for key in ("kd", "loss", "accuracy", "val_accuracy"):
+        assert cached[key] == live_float16[key], key
+    # Validation runs the real teacher in both cached and live runs (only training logits are cached).
+    np.testing.assert_allclose(cached["val_loss"], live_float16["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(cached["kd"][0], live["kd"][0], rtol=1e-3)
+    np.testing.assert_allclose(cached["loss"][0], live["loss"][0], rtol=1e-3)
+
+
+def test_the_cache_is_reused_and_any_change_makes_a_new_one(setup, tmp_path):
+    _, teacher, config = setup
+    lines, log = _messages()
+    first = TeacherCache.prepare(teacher, config, str(tmp_path), log=log)
+    again = TeacherCache.prepare(teacher, config, str(tmp_path), log=log)
+    assert again.path == first.path and any("reusing" in line for line in lines)
+    other_seed = TeacherCache.prepare(teacher, dataclasses.replace(config, seed=4), str(tmp_path), log=log)
+    no_augment = TeacherCache.prepare(teacher, dataclasses.replace(config, augment=False), str(tmp_path), log=log)
+    longer = teacher_cache.fingerprint(teacher, dataclasses.replace(config, epochs=3))
+    same_images = teacher_cache.fingerprint(teacher, dataclasses.replace(config, lr=0.5, optimizer="sgd"))
+    changed = keras.models.clone_model(teacher)
+    changed.set_weights([w + 0.01 for w in teacher.get_weights()])
+    assert len({first.path, other_seed.path, no_augment.path}) == 3
+    assert longer != teacher_cache.fingerprint(teacher, config)
+    assert teacher_cache.fingerprint(changed, config) != teacher_cache.fingerprint(teacher, config)
+    assert same_images == teacher_cache.fingerprint(teacher, config)  # The optimizer does not change the images.
+
+
+def test_a_killed_precompute_is_not_taken_for_a_cache_and_resumes(setup, tmp_path, monkeypatch):
+    _, teacher, config = setup
+    calls = []
+    original = teacher_cache.load_dataset
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls.append(kwargs["epoch"])
+        if kwargs["epoch"] == 1 and calls.count(1) == 1:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_cache, "load_dataset", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        TeacherCache.prepare(teacher, config, str(tmp_path), log=lambda _: None)
+    key = teacher_cache.fingerprint(teacher, config)
+    assert not os.path.exists(tmp_path / key)  # Nothing that looks complete.
+    assert json.loads((tmp_path / f"{key}.partial" / "progress.json").read_text()) == {"epochs_done": 1}
+    lines, log = _messages()
+    cache = TeacherCache.prepare(teacher, config, str(tmp_path), log=log)
+    assert lines[0] == "teacher cache: epoch 2/2 computed"  # Epoch 1 was kept, epoch 2 redone.
+    assert not os.path.exists(tmp_path / f"{key}.partial")
+    reference = TeacherCache.prepare(teacher, config, str(tmp_path / "fresh"), log=lambda _: None)
+    np.testing.assert_array_equal(np.asarray(cache.epoch_logits(0)), np.asarray(reference.epoch_logits(0)))
+    np.testing.assert_array_equal(np.asarray(cache.epoch_logits(1)), np.asarray(reference.epoch_logits(1)))
+
+
+def test_validation_and_test_images_are_never_augmented(setup):
+    _, _, config = setup
+    for split in ("validation", "test"):
+        plain, _ = load_dataset(config.dataset, split, 64, seed=config.seed)
+        asked, _ = load_dataset(config.dataset, split, 64, seed=config.seed, augment_images=False, epoch=5)
+        np.testing.assert_array_equal(next(iter(plain))[0].numpy(), next(iter(asked))[0].numpy())
+
+
+def test_the_cache_refuses_feature_terms_and_collaborative_mode(setup, tmp_path):
+    _, teacher, config = setup
+    student = build_model("ds_alexnet", SHAPE, 3, width=0.25)
+    with pytest.raises(ValueError, match=r"teacher features \(stage3\): run without --teacher-cache"):
+        distill(teacher, student, config, terms=["ce", {"name": "hint", "pairs": [["stage3", "stage5"]]}],
+                teacher_cache=str(tmp_path))  # fmt: skip
+    with pytest.raises(ValueError, match="collaborative mode trains the teacher"):
+        distill(teacher, student, config, terms=["ce", "kd"], collaborative=True, teacher_cache=str(tmp_path))
+    assert not os.listdir(tmp_path)  # Refused before any precompute.
+
+
+def test_the_training_stream_is_a_pure_function_of_seed_epoch_and_index(setup):
+    _, _, config = setup
+    first, _ = load_dataset(config.dataset, "train", 90, seed=3, augment_images=True, epoch=1, return_index=True)
+    again, _ = load_dataset(config.dataset, "train", 90, seed=3, augment_images=True, epoch=1, return_index=True)
+    other, _ = load_dataset(config.dataset, "train", 90, seed=3, augment_images=True, epoch=2, return_index=True)
+    (a, _, ia), (b, _, ib), (c, _, ic) = (next(iter(d)) for d in (first, again, other))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(ia.numpy(), ib.numpy())
+    assert not np.array_equal(ia.numpy(), ic.numpy())
+    order = tf.argsort(ic).numpy()
+    assert sorted(ic.numpy()) == list(range(len(ic))) and len(order) == len(ic)  # A permutation of the examples.
