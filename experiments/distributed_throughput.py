@@ -47,7 +47,10 @@ def measure(mode: str, steps: int, warmup: int, batch_size: int) -> dict:
     with strategy.scope():
         teacher = build_model("alexnet", (28, 28, 1), 10)
         student = build_model("ds_alexnet", (28, 28, 1), 10, synchronized_bn=synchronized)
-        distiller = Distiller(teacher, student, feature_pairs=[("stage5", "stage5")], synchronized_bn=synchronized)
+        distiller = Distiller(
+            teacher, student, ["ce", "kd", {"name": "hint", "pairs": [["stage5", "stage5"]]}],
+            synchronized_bn=synchronized,
+        )
         distiller.compile(optimizer="adam")
     rng = np.random.default_rng(0)
     n = batch_size * 8

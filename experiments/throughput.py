@@ -74,13 +74,14 @@ def measure(steps: int, batch_size: int, repeats: int) -> list[dict]:
     teacher, student = build_model("alexnet", SHAPE, 10), build_model("ds_alexnet", SHAPE, 10)
     for label, pairs in (
         ("distiller step, logits only (alexnet → ds_alexnet)", []),
-        ("distiller step, logits + stage5 hint", [("stage5", "stage5")]),
-        ("distiller step, logits + stage3/stage5 hints", [("stage3", "stage3"), ("stage5", "stage5")]),
+        ("distiller step, logits + stage5 hint", [["stage5", "stage5"]]),
+        ("distiller step, logits + stage3/stage5 hints", [["stage3", "stage3"], ["stage5", "stage5"]]),
     ):
-        distiller = Distiller(teacher, student, feature_pairs=pairs)
+        distiller = Distiller(teacher, student, ["ce", "kd"] + ([{"name": "hint", "pairs": pairs}] if pairs else []))
         distiller.compile("adam")
         rows.append({"what": label, "images_per_second": train_step_rate(distiller)})
-    collaborative = Distiller(teacher, student, feature_pairs=[("stage5", "stage5")], collaborative=True)
+    collaborative = Distiller(teacher, student, ["ce", "kd", {"name": "hint", "pairs": [["stage5", "stage5"]]}],
+                              collaborative=True)  # fmt: skip
     collaborative.compile("adam")
     rows.append({"what": "distiller step, collaborative + stage5 hint", "images_per_second": train_step_rate(
         collaborative)})  # fmt: skip

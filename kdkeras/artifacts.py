@@ -56,6 +56,55 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike):
+    """Holds an exclusive lock on an output for a whole run, so two runs never write the same files.
+
+    The lock is `PATH.lock`, an `flock` that the kernel releases when the holder dies: a lock file left by a killed
+    run is recognised as stale and taken over. Holding it, temporary files that an interrupted save of the same
+    output left behind are removed.
+
+    Raises:
+        OSError: one line naming the process that holds the lock.
+    """
+    import fcntl
+
+    path = os.fspath(path)
+    lock_path = f"{path}.lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise OSError(
+            f"{path} is being written by another kdkeras run (pid {holder}); wait for it to finish or choose "
+            "another output"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    remove_stale_temporaries(path)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(lock_path)
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
+    """Removes the temporary files (`.NAME.*.tmp*`) an interrupted atomic save of `path` left; returns them."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}."
+    stale = [os.path.join(folder, f) for f in os.listdir(folder) if f.startswith(prefix) and ".tmp" in f]
+    for name in stale:
+        with contextlib.suppress(OSError):
+            os.remove(name)
+    return stale
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     """Writes `data` as indented JSON, atomically."""
     with atomic_path(path, ".json") as tmp, open(tmp, "w") as f:

@@ -18,36 +18,87 @@ class NonFiniteLossError(ArithmeticError):
     """A loss term became NaN or Inf; the last good checkpoint is kept."""
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint folder holds a run with other settings than the one asked for."""
+
+
 class ResumableBackup(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` that keeps two checkpoints, reports what it resumed from, and can save on demand.
+    """`BackupAndRestore` that keeps two checkpoints, checks they belong to this run, keeps the history, reports
+    what it resumed from, and can save on demand.
 
     Re-running the same training after an interruption resumes from the newest checkpoint: weights, optimizer
     state (so the learning-rate schedule continues) and the epoch count. An epoch interrupted in the middle is
     run again from its start, with the weights of the mid-epoch checkpoint. With `double_checkpoint` a checkpoint
-    damaged by a kill during its own save falls back to the previous one. The folder is deleted when training
-    ends normally.
+    damaged by a kill during its own save falls back to the previous one.
+
+    The folder records `run_spec`, everything the weights depend on: a checkpoint of another run (another seed,
+    learning rate, width, method …) is refused with a one-line error instead of being resumed into the wrong run.
+    It also records the per-epoch history, so `history` covers all epochs, not only those of the last process.
+    The folder is *not* deleted when training ends: the caller removes it (`remove`) once the final artifact is
+    safely written, so a kill during that save still resumes from the finished training.
 
     Args:
         backup_dir: folder of the checkpoint files.
         save_freq: `"epoch"`, or a number of steps between checkpoints (at most that many steps are lost).
+        run_spec: JSON-serializable description of the run.
     """
 
-    def __init__(self, backup_dir: str, save_freq="epoch"):
-        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=True, delete_checkpoint=True)
+    def __init__(self, backup_dir: str, save_freq="epoch", run_spec: dict | None = None):
+        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=True, delete_checkpoint=False)
+        self.run_spec = json.loads(json.dumps(run_spec, default=str)) if run_spec is not None else None
         self.resumed_epoch = None
+        self.history: dict[str, list[float]] = {}
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.backup_dir, name)
 
     def on_train_begin(self, logs=None):
-        metadata = os.path.join(self.backup_dir, "training_metadata.json")
-        had_checkpoint = os.path.exists(metadata)
+        from kdkeras import artifacts
+
+        had_checkpoint = os.path.exists(self._path("training_metadata.json"))
+        if had_checkpoint:
+            recorded = _read_json(self._path("run.json"))
+            if self.run_spec is not None and recorded is not None and recorded != self.run_spec:
+                differing = sorted(k for k in {*recorded, *self.run_spec} if recorded.get(k) != self.run_spec.get(k))
+                raise CheckpointMismatchError(
+                    f"{self.backup_dir} holds a checkpoint of another run (different {', '.join(differing)}): run "
+                    "the original command again to resume it, or delete that folder to start this one over"
+                )
         super().on_train_begin(logs)
         if had_checkpoint:
-            with open(metadata) as f:
+            with open(self._path("training_metadata.json")) as f:
                 self.resumed_epoch = int(json.load(f)["epoch"])
+            previous = _read_json(self._path("history.json")) or {}
+            self.history = {k: list(v)[: self.resumed_epoch] for k, v in previous.items()}
             print(f"Resuming from checkpoint in {self.backup_dir}: {self.resumed_epoch} epoch(s) done", flush=True)
+        elif self.run_spec is not None:
+            artifacts.write_json(self._path("run.json"), self.run_spec)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from kdkeras import artifacts
+
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        artifacts.write_json(self._path("history.json"), self.history)  # Before the epoch's checkpoint.
+        super().on_epoch_end(epoch, logs)
 
     def save_now(self) -> None:
         """Writes a checkpoint of the current step (the interrupted epoch is counted as not done)."""
         self._save_model()
+
+    def remove(self) -> None:
+        """Deletes the checkpoint folder: call it after the run's final artifact is written."""
+        import shutil
+
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 class StopOnSignal(keras.callbacks.Callback):

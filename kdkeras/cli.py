@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out-dir", default=os.path.join("experiments", "results"))
     bench.set_defaults(func=cmd_benchmark)
 
-    demo = sub.add_parser("demo", help="teacher, student from scratch and TSKD student on Fashion-MNIST")
+    demo = sub.add_parser("demo", help="teacher, student from scratch and distilled student on Fashion-MNIST")
     demo.add_argument("--out-dir", default=os.path.join("saved_models", "demo"))
     # Defaults of None: run_demo's own defaults are the demo's budget.
     demo.add_argument("--train-examples", type=_positive_int, default=None, help="training images used")
@@ -389,6 +389,7 @@ def _finish_defaults(args):
         args.out = os.path.join("saved_models", f"{name}.keras")
     if args.command in ("train", "distill") and not args.out.endswith(".keras"):
         raise ValueError(f"--out must end in .keras, got {args.out}")
+    _check_outputs(args)
     if getattr(args, "backup_dir", "") is None:
         args.backup_dir = os.path.splitext(args.out)[0] + ".backup"
     if getattr(args, "teacher_cache", None) == "auto":
@@ -407,6 +408,29 @@ def _finish_defaults(args):
         )  # fmt: skip
         terms_lib.get_list(args.term_specs)
     return args
+
+
+# Per command: the options naming files it reads, and those naming files it writes.
+_INPUT_OPTIONS = ("teacher", "model")
+_OUTPUT_OPTIONS = ("out", "teacher_out")
+
+
+def _check_outputs(args) -> None:
+    """Refuses, before anything runs, an output that would replace one of the command's inputs or another output
+    (`distill --teacher t.keras --out t.keras` would otherwise leave the student where the teacher was)."""
+    inputs = {f"--{name.replace('_', '-')}": getattr(args, name, None) for name in _INPUT_OPTIONS}
+    outputs = {f"--{name.replace('_', '-')}": getattr(args, name, None) for name in _OUTPUT_OPTIONS}
+    seen = {}
+    for option, path in outputs.items():
+        if not isinstance(path, str):
+            continue
+        real = os.path.realpath(path)
+        for source, input_path in inputs.items():
+            if isinstance(input_path, str) and os.path.realpath(input_path) == real:
+                raise ValueError(f"{option} {path} is also the {source} file: the run would overwrite its own input")
+        if real in seen:
+            raise ValueError(f"{seen[real]} and {option} are the same file ({path}): one would overwrite the other")
+        seen[real] = option
 
 
 def _one_line(error: BaseException) -> str:

@@ -180,28 +180,47 @@ def read_mapping(path: str) -> dict:
     return values
 
 
+def _output_lock(args, strategy):
+    """The chief holds a lock on `--out` for the whole run (another run on the same output fails at once); other
+    workers write only their own checkpoint folders."""
+    import contextlib
+
+    from kdkeras import artifacts
+    from kdkeras.distribute import worker_role
+
+    return artifacts.output_lock(args.out) if worker_role(strategy)[0] else contextlib.nullcontext()
+
+
 def cmd_train(args) -> int:
     from kdkeras.models import build_model
-    from kdkeras.training import train_classifier
+    from kdkeras.training import remove_backup, train_classifier
 
     strategy, config, info = _start_training(args)
     builder_options = _builder_options(args, strategy)
-    with strategy.scope():
-        model = build_model(args.model, info.input_shape, info.num_classes, **builder_options)
-        history, seconds, _ = train_classifier(model, config)
-    extra = {"builder": {"name": args.model, **builder_options}, "history": history, "train_seconds": seconds}
-    _finish_run(model, args, config, extra, strategy)
+    with _output_lock(args, strategy):
+        with strategy.scope():
+            model = build_model(args.model, info.input_shape, info.num_classes, **builder_options)
+            history, seconds, _ = train_classifier(model, config)
+        extra = {"builder": {"name": args.model, **builder_options}, "history": history, "train_seconds": seconds}
+        _finish_run(model, args, config, extra, strategy)
+        remove_backup(config)  # Only now: a kill during the save above resumes from the finished training.
     return 0
 
 
 def cmd_distill(args) -> int:
+    strategy, config, info = _start_training(args)
+    with _output_lock(args, strategy):
+        _distill_locked(args, strategy, config, info)
+    return 0
+
+
+def _distill_locked(args, strategy, config, info) -> None:
     from kdkeras import artifacts
     from kdkeras import terms as terms_lib
     from kdkeras.distribute import worker_role
     from kdkeras.models import build_model
-    from kdkeras.training import distill
+    from kdkeras.training import distill, remove_backup
 
-    strategy, config, info = _start_training(args)
     builder_options = _builder_options(args, strategy)
     # Teacher, student, distiller, optimizers and metrics: all get the strategy's (mirrored) variables.
     with strategy.scope():
@@ -228,7 +247,7 @@ def cmd_distill(args) -> int:
     if args.collaborative and args.teacher_out and worker_role(strategy)[0]:
         artifacts.save_model(distiller.teacher, args.teacher_out)
         print(f"updated teacher saved to {args.teacher_out}")
-    return 0
+    remove_backup(config)  # Only now: a kill during the saves above resumes from the finished training.
 
 
 def cmd_evaluate(args) -> int:

@@ -412,7 +412,7 @@ class Experiment:
         """
         from kdkeras import artifacts
         from kdkeras.models import build_model
-        from kdkeras.training import set_seed, train_classifier
+        from kdkeras.training import remove_backup, set_seed, train_classifier
 
         spec = self.teacher_spec()
         record_path = self.row_path("teacher", None)
@@ -430,6 +430,7 @@ class Experiment:
         record = self._train_and_record(model, config, spec, lambda: train_classifier(model, config)[:2])
         artifacts.save_model(model, self.teacher_path)
         artifacts.write_json(record_path, record)
+        remove_backup(config)
         return record
 
     def run_row(self, row: dict, seed: int) -> tuple[dict, bool]:
@@ -440,7 +441,7 @@ class Experiment:
         """
         from kdkeras import artifacts
         from kdkeras.models import build_model
-        from kdkeras.training import distill, set_seed, train_classifier
+        from kdkeras.training import distill, remove_backup, set_seed, train_classifier
 
         spec = self.row_spec(row, seed)
         path = self.row_path(row["name"], seed)
@@ -468,6 +469,7 @@ class Experiment:
         record = self._train_and_record(model, config, spec, run)
         artifacts.save_model(model, os.path.join(self.models_dir, f"{row['name']}-seed{seed}.keras"))
         artifacts.write_json(path, record)
+        remove_backup(config)  # Only now: a kill during the saves above resumes from the finished training.
         self._log(
             f"{row['name']} seed {seed}: test accuracy {record['test_accuracy']:.4f}, {record['train_seconds']:.0f} s"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Sequence
 
@@ -11,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdkeras import terms as terms_lib
 from kdkeras.callbacks import ResumableBackup, SetEpoch, StopOnNonFinite, StopOnSignal, WarmStartBatchNorm
 from kdkeras.data import DatasetInfo, EpochClock, load_dataset
 from kdkeras.distiller import Distiller
@@ -129,16 +131,16 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     return keras.optimizers.Adam(rate)
 
 
-def make_callbacks(config: TrainConfig, extra: Sequence[keras.callbacks.Callback] = ()):
+def make_callbacks(config: TrainConfig, extra: Sequence[keras.callbacks.Callback] = (), run_spec: dict | None = None):
     """The run's callbacks, in the order that keeps checkpoints good.
 
     The non-finite guard runs first, so a NaN step is never checkpointed; then the signal handler, which saves a
-    checkpoint and stops at a step boundary; then the checkpoints (`config.backup_dir`), TensorBoard
-    (`config.logdir`) and `extra`.
+    checkpoint and stops at a step boundary; then the checkpoints (`config.backup_dir`, tagged with `run_spec`),
+    TensorBoard (`config.logdir`) and `extra`.
     """
     backup = None
     if config.backup_dir:
-        backup = ResumableBackup(config.backup_dir, save_freq=config.checkpoint_steps or "epoch")
+        backup = ResumableBackup(config.backup_dir, save_freq=config.checkpoint_steps or "epoch", run_spec=run_spec)
     callbacks = [StopOnNonFinite(where=config.backup_dir), StopOnSignal(backup)]
     if backup is not None:
         callbacks.append(backup)
@@ -147,17 +149,47 @@ def make_callbacks(config: TrainConfig, extra: Sequence[keras.callbacks.Callback
     return callbacks + list(extra)
 
 
+def run_spec(model: keras.Model, config: TrainConfig) -> dict:
+    """Everything a run's weights depend on, for telling a checkpoint of this run from one of another run."""
+    import hashlib
+    import json
+
+    from kdkeras.artifacts import weights_digest
+
+    ignored = ("logdir", "verbose", "backup_dir", "checkpoint_steps")
+    spec = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    network = getattr(model, "student", model)
+    spec["model"] = hashlib.sha256(json.dumps(network.get_config(), sort_keys=True, default=str).encode()).hexdigest()
+    if isinstance(model, Distiller):
+        spec["terms"] = [terms_lib.serialize(term) for term in model.terms]
+        spec["collaborative"] = model.collaborative
+        spec["teacher_weights"] = weights_digest(model.teacher)
+    return spec
+
+
 def _fit(model, train, validation, config: TrainConfig, callbacks, clock: EpochClock):
+    """`model.fit` with the run's callbacks; returns `(history over all epochs, also resumed ones; seconds)`."""
     start = time.perf_counter()
+    run_callbacks = make_callbacks(
+        config, [SetEpoch(clock), WarmStartBatchNorm(_first_images(train)), *callbacks], run_spec(model, config)
+    )
     history = model.fit(
         train,
         validation_data=validation,
         epochs=config.epochs,
-        callbacks=make_callbacks(config, [SetEpoch(clock), WarmStartBatchNorm(_first_images(train)), *callbacks]),
+        callbacks=run_callbacks,
         shuffle=False,  # The dataset reshuffles itself every epoch.
         verbose=config.verbose,
     )
-    return history.history, time.perf_counter() - start
+    backup = next((c for c in run_callbacks if isinstance(c, ResumableBackup)), None)
+    return (backup.history if backup else history.history), time.perf_counter() - start
+
+
+def remove_backup(config: TrainConfig) -> None:
+    """Deletes the run's checkpoint folder; call it once the run's final artifact is written (until then, a
+    re-run resumes from the finished training instead of starting over)."""
+    if config.backup_dir:
+        shutil.rmtree(config.backup_dir, ignore_errors=True)
 
 
 def _first_images(dataset):

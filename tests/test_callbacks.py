@@ -7,7 +7,13 @@ import keras
 import numpy as np
 import pytest
 
-from kdkeras.callbacks import NonFiniteLossError, ResumableBackup, StopOnNonFinite, StopOnSignal
+from kdkeras.callbacks import (
+    CheckpointMismatchError,
+    NonFiniteLossError,
+    ResumableBackup,
+    StopOnNonFinite,
+    StopOnSignal,
+)
 from kdkeras.distiller import Distiller
 from kdkeras.models import build_model
 from kdkeras.training import TrainConfig, make_callbacks
@@ -82,5 +88,37 @@ def test_resumable_backup_reports_the_resumed_epoch(tmp_path):
     resumed = ResumableBackup(str(tmp_path / "b"))
     history = distiller.fit(X, Y, batch_size=16, epochs=4, verbose=0, callbacks=[resumed])
     assert resumed.resumed_epoch == 2
-    assert len(history.history["loss"]) == 2  # Epochs 3 and 4 only.
-    assert not os.path.exists(tmp_path / "b")  # Deleted after a normal end.
+    assert len(history.history["loss"]) == 2  # Epochs 3 and 4 only were trained ...
+    assert len(resumed.history["loss"]) == 4  # ... and the backup's history holds all four.
+    assert os.path.exists(tmp_path / "b")  # Kept after a normal end, until the caller has saved its result.
+    resumed.remove()
+    assert not os.path.exists(tmp_path / "b")
+
+
+def _classifier():
+    keras.utils.set_random_seed(0)
+    model = build_model("ds_alexnet", (28, 28, 1), 10, width=0.25)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_a_checkpoint_of_another_run_is_refused_naming_what_differs(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    _classifier().fit(X, Y, epochs=1, verbose=0, callbacks=[ResumableBackup(backup_dir, run_spec={"seed": 0, "lr": 1})])
+    assert os.path.exists(os.path.join(backup_dir, "run.json"))  # Kept until the caller's final save is done.
+    with pytest.raises(CheckpointMismatchError, match=r"another run \(different lr, seed\): run the original"):
+        _classifier().fit(X, Y, epochs=2, verbose=0,
+                          callbacks=[ResumableBackup(backup_dir, run_spec={"seed": 1, "lr": 2})])  # fmt: skip
+    resumed = ResumableBackup(backup_dir, run_spec={"seed": 0, "lr": 1})
+    _classifier().fit(X, Y, epochs=2, verbose=0, callbacks=[resumed])
+    assert resumed.resumed_epoch == 1
+
+
+def test_the_history_covers_every_epoch_across_resumes(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    first = ResumableBackup(backup_dir, run_spec={})
+    _classifier().fit(X, Y, epochs=2, verbose=0, callbacks=[first])  # As if killed after epoch 2 of 3.
+    second = ResumableBackup(backup_dir, run_spec={})
+    history = _classifier().fit(X, Y, epochs=3, verbose=0, callbacks=[second])
+    assert len(history.history["loss"]) == 1  # Keras' own history: only this process' epoch.
+    assert second.history["loss"][:2] == first.history["loss"] and len(second.history["loss"]) == 3

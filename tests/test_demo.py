@@ -26,12 +26,12 @@ def test_tiny_demo_writes_everything(tmp_path):
     assert [row["model"].split(" (")[0] for row in rows] == [
         "teacher",
         "student from scratch",
-        "TSKD student",
-        "TSKD student, TFLite int8",
+        "distilled student",
+        "distilled student, TFLite int8",
     ]
-    for name in ("teacher.keras", "student_scratch.keras", "student_tskd.keras", "student_tskd_int8.tflite"):
+    for name in ("teacher.keras", "student_scratch.keras", "student_distilled.keras", "student_distilled_int8.tflite"):
         assert os.path.exists(tmp_path / name)
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["rows"]) == 4 and "total wall time" in results["note"]
-    assert "| TSKD student, TFLite int8 |" in (tmp_path / "results.md").read_text()
+    assert "| distilled student, TFLite int8 |" in (tmp_path / "results.md").read_text()
     assert rows[0]["params"] > 8 * rows[2]["params"]
