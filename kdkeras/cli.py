@@ -7,6 +7,7 @@ internal error, with `--debug` showing its traceback), never a bare traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -86,15 +87,15 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return value
 
 
 def _non_negative_float(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
     return value
 
 
@@ -377,6 +378,16 @@ def _apply_config_file(parser, args, argv):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{args.config}: unknown option(s) {', '.join(unknown)}")
+    # The file's values pass the same checks as the command line's (`epochs: 1.5` or `lr: .inf` are refused).
+    actions = {action.dest: action for action in parser.subcommands[args.command]._actions}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None or action.type is None or value is None or isinstance(value, (list, dict)):
+            continue
+        try:
+            values[key] = action.type(str(value))
+        except (ValueError, argparse.ArgumentTypeError) as error:
+            raise ValueError(f"{args.config}: {key}: {error}") from None
     parser.subcommands[args.command].set_defaults(**values)
     return parser.parse_args(argv)
 

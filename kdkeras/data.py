@@ -363,6 +363,8 @@ def load_dataset(
             x, y = x[:max_examples], y[:max_examples]
     if len(x) == 0:
         raise DatasetError(f"the {split} split of {spec} is empty")
+    if len(source.class_names) < 2:
+        raise DatasetError(f"{spec} has {len(source.class_names)} class: a classifier needs at least 2")
     info = DatasetInfo(
         name=spec,
         num_classes=len(source.class_names),

@@ -24,7 +24,7 @@ PRESETS: dict[str, dict] = {
     },
     "dkd": {
         "doc": "decoupled KD (Zhao et al., CVPR 2022): CE 1, α 1, β 8, T 4, warm-up over the first epochs",
-        "terms": [{"name": "ce"}, {"name": "dkd", "temperature": 4.0, "alpha": 1.0, "beta": 8.0, "warmup_epochs": 5}],
+        "terms": [{"name": "ce"}, {"name": "dkd", "temperature": 4.0, "alpha": 1.0, "beta": 8.0, "warmup_epochs": 2}],
     },
     "dist": {
         "doc": "DIST (Huang et al., NeurIPS 2022), CIFAR setting: CE 1, β 2, γ 2, τ 4",

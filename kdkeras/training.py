@@ -106,6 +106,11 @@ def load_splits(config: TrainConfig, clock: EpochClock | None = None, teacher_lo
         teacher_logits=teacher_logits,
         **common,
     )
+    if config.batch_size > info.num_examples:  # Checked before any batch is assembled.
+        raise ValueError(
+            f"batch size {config.batch_size} is larger than the {info.num_examples} training examples of "
+            f"{config.dataset}; pass a smaller --batch-size"
+        )
     validation, _ = load_dataset(config.dataset, "validation", config.batch_size, **common)
     return auto_shard_data(train), auto_shard_data(validation), info
 

@@ -240,3 +240,70 @@ def test_folder_with_stray_files_and_mixed_sizes_trains_with_warnings(capsys, tm
     assert code == 0, err
     assert "skipped 1 non-image file" in caplog.text and "resized to 12x12" in caplog.text
     assert json.loads(open(out.replace(".keras", ".config.json")).read())["dataset"]["input_shape"] == [12, 12, 1]
+
+
+def test_an_output_that_would_replace_an_input_is_refused_up_front(trained, capsys, tmp_path):
+    root, dataset, teacher = trained
+    before = open(teacher, "rb").read()
+    base = ["distill", "--teacher", teacher, "--dataset", dataset, *FAST]
+    assert "--out " + teacher + " is also the --teacher file" in _error([*base, "--out", teacher], capsys)
+    same = str(tmp_path / "x.keras")
+    message = _error([*base, "--collaborative", "--teacher-out", same, "--out", same], capsys)
+    assert "--out and --teacher-out are the same file" in message
+    alias = str(tmp_path / "alias.keras")
+    os.symlink(teacher, alias)  # The same file under another name is caught too.
+    assert "is also the --teacher file" in _error([*base, "--out", alias], capsys)
+    assert open(teacher, "rb").read() == before
+
+
+def test_a_second_run_on_the_same_output_fails_naming_the_holder(trained, capsys, tmp_path):
+    from kdkeras import artifacts
+
+    root, dataset, teacher = trained
+    out = str(tmp_path / "s.keras")
+    with artifacts.output_lock(out):
+        message = _error(["distill", "--teacher", teacher, "--dataset", dataset, "--out", out, *FAST], capsys)
+    assert f"{out} is being written by another kdkeras run (pid {os.getpid()})" in message
+    # Released: the same command now runs (a lock file left by a dead process would be taken over the same way).
+    code, _, err = run(["distill", "--teacher", teacher, "--width", "0.25", "--dataset", dataset, "--out", out,
+                        *FAST], capsys)  # fmt: skip
+    assert code == 0, err
+    assert not os.path.exists(out + ".lock") and not os.path.exists(out.removesuffix(".keras") + ".backup")
+
+
+def test_stale_temporary_files_of_an_output_are_cleaned_up(tmp_path):
+    from kdkeras import artifacts
+
+    out = tmp_path / "m.keras"
+    stale = tmp_path / ".m.keras.abc123.tmp.keras"
+    stale.write_bytes(b"half a model")
+    other = tmp_path / ".other.keras.x.tmp.keras"
+    other.write_bytes(b"not ours")
+    with artifacts.output_lock(out):
+        pass
+    assert not stale.exists() and other.exists()
+
+
+def test_numbers_must_be_finite_and_well_typed_from_flags_and_config_files(trained, capsys, tmp_path):
+    root, dataset, teacher = trained
+    base = ["distill", "--teacher", teacher, "--dataset", dataset, "--out", str(tmp_path / "s.keras"), *FAST]
+    for flag in ("--temperature", "--alpha", "--lr", "--width"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*base, flag, "inf"])
+        assert exit_info.value.code == 2 and "must be a finite number" in capsys.readouterr().err
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"epochs": 1.5}))
+    assert f"{config}: epochs: invalid literal" in _error([*base, "--config", str(config)], capsys)
+    config.write_text(json.dumps({"lr": float("inf")}))
+    assert f"{config}: lr: must be a finite number > 0" in _error([*base, "--config", str(config)], capsys)
+    assert "batch size 100000 is larger than the 72 training examples" in _error(
+        [*base, "--batch-size", "100000"], capsys
+    )
+
+
+def test_a_one_class_dataset_is_refused(tmp_path, capsys):
+    from conftest import write_idx_folder
+
+    folder = write_idx_folder(str(tmp_path / "one"), n_train=20, n_test=5, classes=1)
+    message = _error(["train", "--dataset", f"idx:{folder}", "--out", str(tmp_path / "m.keras"), *FAST], capsys)
+    assert "has 1 class: a classifier needs at least 2" in message
