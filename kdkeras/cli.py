@@ -278,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=_positive_int, default=128)
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument(
+        "--teacher-cache",
+        default=None,
+        metavar="DIR|auto",
+        help="compute the teacher's logits once for all trials (logit terms only); 'auto': DIRECTORY/teacher_cache",
+    )
+    tune.add_argument(
         "--space", default=None, help="JSON/YAML narrowing searched ranges, e.g. {kd.temperature: [2, 10]}"
     )
     tune.add_argument("--directory", default="runs/tune", help="where trials, reports and logs go")
@@ -404,7 +410,10 @@ def _finish_defaults(args):
     if getattr(args, "backup_dir", "") is None:
         args.backup_dir = os.path.splitext(args.out)[0] + ".backup"
     if getattr(args, "teacher_cache", None) == "auto":
-        args.teacher_cache = os.path.splitext(args.out)[0] + ".teacher_cache"
+        folder = os.path.splitext(args.out)[0] if args.command == "distill" else args.directory
+        args.teacher_cache = (
+            os.path.join(folder, "teacher_cache") if args.command == "tune" else f"{folder}.teacher_cache"
+        )
     if args.command in ("distill", "tune"):
         from kdkeras import terms as terms_lib
 

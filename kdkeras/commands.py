@@ -306,6 +306,8 @@ def cmd_tune(args) -> int:
 
     from kdkeras import terms as terms_lib
     from kdkeras import tuning
+    from kdkeras.callbacks import SetEpoch
+    from kdkeras.data import EpochClock
     from kdkeras.distiller import Distiller
     from kdkeras.distribute import num_replicas, scale_batch_and_lr
     from kdkeras.models import build_model
@@ -320,10 +322,20 @@ def cmd_tune(args) -> int:
         dataset=args.dataset, epochs=args.epochs_per_trial, batch_size=batch_size, seed=args.seed,
         max_train_examples=args.max_train_examples, data_dir=args.data_dir, verbose=args.verbose,
     )  # fmt: skip
-    train, validation, info = load_splits(config)
+    clock = EpochClock()
+    train, validation, info = load_splits(config, clock)
     check_classes(teacher, info, "teacher")
     student_kwargs = _builder_options(args, strategy)
     term_specs = args.term_specs
+    if args.teacher_cache:
+        # Every trial trains on the same images (same seed, epochs counted from 0): one cache serves them all.
+        if terms_lib.needs_live_teacher(term_specs):
+            raise ValueError("a teacher cache holds logits only and the terms read teacher features: run without "
+                             "--teacher-cache")  # fmt: skip
+        from kdkeras.teacher_cache import TeacherCache
+
+        cache = TeacherCache.prepare(teacher, config, args.teacher_cache)
+        train, _, _ = load_splits(config, clock, cache.epoch_logits)
     probe = Distiller(teacher, build_model(args.student, info.input_shape, info.num_classes, **student_kwargs),
                       term_specs)  # fmt: skip
     # "auto" feature pairs resolved once, so every trial (and best_hparams.json) names the same layers.
@@ -343,7 +355,7 @@ def cmd_tune(args) -> int:
         epochs=args.epochs_per_trial,
         shuffle=False,
         verbose=args.verbose,
-        callbacks=[keras.callbacks.TensorBoard(logdir)],
+        callbacks=[SetEpoch(clock), keras.callbacks.TensorBoard(logdir)],
     )
     rows = tuning.trial_rows(tuner)
     out_dir = os.path.join(args.directory, args.project_name)

@@ -158,3 +158,20 @@ def test_search_under_a_strategy_builds_every_trial_in_it(setup, tmp_path, mirro
     assert all(strategy is mirrored_two_cpus for strategy, _ in STRATEGIES)
     assert {kind for _, kind in STRATEGIES} == {"MirroredVariable"}
     assert all(np.isfinite(r["val_accuracy"]) for r in tuning.trial_rows(tuner))
+
+
+def test_every_trial_shares_one_teacher_cache(setup, tmp_path, capsys):
+    root, dataset, teacher_path, *_ = setup
+    directory = str(tmp_path / "cached")
+    argv = ["tune", "--teacher", teacher_path, "--width", "0.25", "--dataset", dataset, "--epochs-per-trial", "1",
+            "--max-train-examples", "100", "--batch-size", "32", "--directory", directory, "--verbose", "0",
+            "--teacher-cache", "auto"]  # fmt: skip
+    assert cli.main([*argv, "--max-trials", "2"]) == 0
+    first = capsys.readouterr().out
+    assert first.count("teacher cache: epoch 1/1 computed") == 1 and "ready" in first
+    assert cli.main([*argv, "--max-trials", "3"]) == 0  # Resumes the search: one more trial, same cache.
+    assert "teacher cache: reusing" in capsys.readouterr().out
+    caches = os.listdir(os.path.join(directory, "teacher_cache"))
+    assert len(caches) == 1 and not caches[0].endswith(".partial")
+    trials = json.loads(open(os.path.join(directory, "tskd", "trials.json")).read())["trials"]
+    assert len(trials) == 3 and all(np.isfinite(t["val_accuracy"]) for t in trials)
