@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from kdkeras import terms as terms_lib
+from kdkeras.presets import DEFAULT_PRESET
 from kdkeras.terms import Outputs, Term
 
 # Metric names the distiller reports itself; a term may not take one of them.
@@ -111,7 +112,7 @@ class Distiller(keras.Model):
         # Frozen teacher: its variables leave `trainable_variables`, and its BN layers run in inference mode.
         self.teacher.trainable = self.collaborative
 
-        specs = terms_lib.preset(terms_lib.DEFAULT_PRESET) if terms is None else terms
+        specs = terms_lib.preset(DEFAULT_PRESET) if terms is None else terms
         self.terms = terms_lib.get_list(specs)
         reserved = [t.name for t in self.terms if t.name in _RESERVED_NAMES]
         if reserved:

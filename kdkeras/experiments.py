@@ -23,6 +23,7 @@ The teacher itself is always the table's first row.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -440,8 +441,6 @@ class Experiment:
             `(record, ran)`: the row's record, and whether it was run now (False: skipped).
         """
         from kdkeras import artifacts
-        from kdkeras.models import build_model
-        from kdkeras.training import distill, remove_backup, set_seed, train_classifier
 
         spec = self.row_spec(row, seed)
         path = self.row_path(row["name"], seed)
@@ -449,6 +448,20 @@ class Experiment:
         if record is not None and record.get("spec") == spec:
             self._log(f"{row['name']} seed {seed}: done already ({record['test_accuracy']:.4f}), skipped")
             return record, False
+        model_path = os.path.join(self.models_dir, f"{row['name']}-seed{seed}.keras")
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(artifacts.output_lock(model_path))
+            except OSError as error:  # Another process runs this row: leave it to that one.
+                self._log(f"{row['name']} seed {seed}: skipped, {error}")
+                return None, False
+            return self._run_row_locked(row, seed, spec, path, model_path), True
+
+    def _run_row_locked(self, row: dict, seed: int, spec: dict, path: str, model_path: str) -> dict:
+        from kdkeras import artifacts
+        from kdkeras.models import build_model
+        from kdkeras.training import distill, remove_backup, set_seed, train_classifier
+
         config = self._row_config(row, seed)
         set_seed(seed)
         info = _dataset_info(config)
@@ -467,13 +480,13 @@ class Experiment:
                 return history, seconds
 
         record = self._train_and_record(model, config, spec, run)
-        artifacts.save_model(model, os.path.join(self.models_dir, f"{row['name']}-seed{seed}.keras"))
+        artifacts.save_model(model, model_path)
         artifacts.write_json(path, record)
         remove_backup(config)  # Only now: a kill during the saves above resumes from the finished training.
         self._log(
             f"{row['name']} seed {seed}: test accuracy {record['test_accuracy']:.4f}, {record['train_seconds']:.0f} s"
         )
-        return record, True
+        return record
 
     def _train_and_record(self, model, config, spec: dict, run) -> dict:
         from kdkeras.data import load_dataset

@@ -20,6 +20,9 @@ Y = RNG.integers(0, 10, 16).astype(np.int32)
 def small_pair(teacher_name="alexnet", **teacher_kwargs):
     keras.utils.set_random_seed(0)
     teacher = build_model(teacher_name, SHAPE, 10, width=0.25, **teacher_kwargs)
+    # alexnet's head starts at zero; a trained teacher's is not (and a zero head passes no gradient to the body).
+    head = teacher.get_layer("logits").kernel
+    head.assign(RNG.normal(0, 0.1, head.shape).astype(np.float32))
     student = build_model("ds_alexnet", SHAPE, 10, width=0.25)
     return teacher, student
 
