@@ -48,7 +48,9 @@ def measure(mode: str, steps: int, warmup: int, batch_size: int) -> dict:
         teacher = build_model("alexnet", (28, 28, 1), 10)
         student = build_model("ds_alexnet", (28, 28, 1), 10, synchronized_bn=synchronized)
         distiller = Distiller(
-            teacher, student, ["ce", "kd", {"name": "hint", "pairs": [["stage5", "stage5"]]}],
+            teacher,
+            student,
+            ["ce", "kd", {"name": "hint", "pairs": [["stage5", "stage5"]]}],
             synchronized_bn=synchronized,
         )
         distiller.compile(optimizer="adam")
