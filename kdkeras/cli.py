@@ -26,8 +26,8 @@ from kdkeras.commands import (  # noqa: E402  # After the environment is set; im
     cmd_train,
     cmd_tune,
     parse_feature_pairs,
-    read_mapping,
 )
+from kdkeras.config_files import read_mapping  # noqa: E402
 from kdkeras.presets import DEFAULT_PRESET, PRESETS  # noqa: E402
 
 # The built-in terms, for the help text (kdkeras.terms.available() adds user-registered ones; a test keeps this

@@ -12,6 +12,8 @@ import sys
 import tempfile
 import time
 
+from kdkeras.config_files import read_mapping
+
 
 def parse_feature_pairs(text: str) -> list[tuple[str, str]]:
     """`"stage3:stage3,stage5:stage5"` → `[("stage3", "stage3"), ("stage5", "stage5")]`; `""`/`none` → `[]`."""
@@ -160,24 +162,6 @@ def _builder_options(args, strategy=None) -> dict:
     if strategy is not None and use_synchronized_bn(strategy, getattr(args, "sync_bn", "auto")):
         options["synchronized_bn"] = True
     return options
-
-
-def read_mapping(path: str) -> dict:
-    """A JSON or YAML file (by its ending) holding one mapping; YAML through `yaml.safe_load` (plain data only)."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            values = yaml.safe_load(f) if path.endswith((".yaml", ".yml")) else json.load(f)
-    except OSError as error:
-        raise OSError(f"cannot read config {path}: {error.strerror}") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON ({error})") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: invalid YAML ({' '.join(str(error).split())})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of names to values")
-    return values
 
 
 def _output_lock(args, strategy):

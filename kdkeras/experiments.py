@@ -205,7 +205,7 @@ def load_config(path: str) -> dict:
     Raises:
         ValueError: naming the file and the key, for an unknown key or a bad value.
     """
-    from kdkeras.commands import read_mapping
+    from kdkeras.config_files import read_mapping
 
     config = _fill(read_mapping(path), _TOP_DEFAULTS, path)
     config["name"] = config["name"] or os.path.splitext(os.path.basename(path))[0]
