@@ -344,7 +344,8 @@ class Experiment:
             seed=seed,
             max_train_examples=self.plan["max_train_examples"],
             **{**training, "lr": lr or training["lr"]},
-            logdir=os.path.join("runs", "experiments", self.config["name"], self.budget, run),
+            # Beside the experiment's models (`models_dir`), not in the working directory's runs/.
+            logdir=os.path.join(self.models_dir, "logs", run),
             backup_dir=os.path.join(self.models_dir, f"{run}.backup"),
             verbose=self.verbose,
         )
