@@ -642,12 +642,10 @@ def _distills(row: dict) -> bool:
 def _settings(config) -> dict:
     """The parts of a `TrainConfig` that change the result (not where logs and checkpoints go), leaving out those
     at their default: a field added to `TrainConfig` later does not make every finished row stale."""
-    ignored = ("logdir", "backup_dir", "verbose", "checkpoint_steps")
-    return {
-        field.name: getattr(config, field.name)
-        for field in dataclasses.fields(config)
-        if field.name not in ignored and (field.name == "seed" or getattr(config, field.name) != field.default)
-    }
+    from kdkeras.training import result_settings
+
+    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+    return {k: v for k, v in result_settings(config).items() if k == "seed" or v != defaults[k]}
 
 
 def _dataset_info(config):

@@ -154,6 +154,15 @@ def make_callbacks(config: TrainConfig, extra: Sequence[keras.callbacks.Callback
     return callbacks + list(extra)
 
 
+# Where a run writes and how it reports: not part of what it computes.
+_OUTPUT_FIELDS = ("logdir", "verbose", "backup_dir", "checkpoint_steps")
+
+
+def result_settings(config: TrainConfig) -> dict:
+    """The `TrainConfig` fields that change a run's result (not where its logs and checkpoints go)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in _OUTPUT_FIELDS}
+
+
 def run_spec(model: keras.Model, config: TrainConfig) -> dict:
     """Everything a run's weights depend on, for telling a checkpoint of this run from one of another run."""
     import hashlib
@@ -161,8 +170,7 @@ def run_spec(model: keras.Model, config: TrainConfig) -> dict:
 
     from kdkeras.artifacts import weights_digest
 
-    ignored = ("logdir", "verbose", "backup_dir", "checkpoint_steps")
-    spec = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    spec = result_settings(config)
     network = getattr(model, "student", model)
     spec["model"] = hashlib.sha256(json.dumps(network.get_config(), sort_keys=True, default=str).encode()).hexdigest()
     if isinstance(model, Distiller):
@@ -199,8 +207,7 @@ def remove_backup(config: TrainConfig) -> None:
 
 def _first_images(dataset):
     """The images of the first batch of epoch 0 (the training pipeline is a pure function of its epoch)."""
-    images = next(iter(dataset))[0]
-    return images
+    return next(iter(dataset))[0]
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
