@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ import tensorflow as tf  # noqa: E402
 
 from kdkeras import artifacts  # noqa: E402
 from kdkeras.distiller import Distiller  # noqa: E402
+from kdkeras.experiments import machine as machine_facts  # noqa: E402
+from kdkeras.experiments import machine_text  # noqa: E402
 from kdkeras.models import build_model  # noqa: E402
 from kdkeras.training import compile_classifier  # noqa: E402
 
@@ -108,10 +109,7 @@ def main() -> None:
         for name, run in timers.items():  # Alternating: one of each per round.
             samples[name].append(run())
     rates = {name: statistics.median(values) for name, values in samples.items()}
-    machine = (
-        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
-    )
+    machine = machine_text(machine_facts())
     command = "python " + " ".join(["experiments/teacher_cache.py", *sys.argv[1:]])
     result = {
         "command": command,
