@@ -2,6 +2,7 @@
 
     python experiments/small_data.py                  # 3 seeds; writes experiments/results/small_data.{json,md,png}
     python experiments/small_data.py --seeds 0 --epochs 10
+    python experiments/small_data.py --report-only     # the report from the runs finished so far
 
 The dataset is one kdkeras never saw while its defaults were chosen: scikit-learn's handwritten digits (1,797
 8×8 images, shipped with scikit-learn, so it works offline), upscaled to 32×32 grayscale PNGs in one folder per class
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--work-dir", default=os.path.join("runs", "small_data"))
     parser.add_argument("--name", default="small_data", help="result file name under experiments/results/")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the report from the finished runs")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from kdkeras import artifacts
@@ -130,9 +132,10 @@ def main(argv=None) -> int:
     state = json.loads(open(path).read()) if os.path.exists(path) else {}
     if state.get("epochs") != args.epochs:
         state = {"epochs": args.epochs, "runs": []}
-    state.update(command=command.strip(), machine=machine_text(machine()), dataset="scikit-learn digits, 32x32")
+    if not args.report_only:
+        state.update(command=command.strip(), machine=machine_text(machine()), dataset="scikit-learn digits, 32x32")
     done = {(r["model"], r["seed"]) for r in state["runs"]}
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in () if args.report_only else (int(s) for s in args.seeds.split(",")):
         teacher_path = os.path.join(args.work_dir, f"alexnet-seed{seed}.keras")
         for name in ("keras_io_convnet", "alexnet", "ds_alexnet", "distilled"):
             if (name, seed) in done and (name != "alexnet" or os.path.exists(teacher_path)):
@@ -141,6 +144,7 @@ def main(argv=None) -> int:
             print(f"{name} seed {seed}: test accuracy {record['test_accuracy']:.4f} ({record['seconds']:.0f} s)")
             state["runs"] = [r for r in state["runs"] if (r["model"], r["seed"]) != (name, seed)] + [record]
             artifacts.write_json(path, state)
+            write_report(state, os.path.join(RESULTS, args.name))
     write_report(state, os.path.join(RESULTS, args.name))
     return 0
 
