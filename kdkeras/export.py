@@ -8,6 +8,7 @@ the check is written as JSON beside it (`OUT.verify.json`), pass or fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -219,8 +220,13 @@ def verify(predict_exported, model: keras.Model, dataset, max_drop: float) -> di
 
 
 def verify_path(path: str) -> str:
-    """`student.tflite` → `student.tflite.verify.json`."""
+    """`student.tflite` → `student.tflite.verify.json`: the check of the export in place."""
     return os.fspath(path) + ".verify.json"
+
+
+def failed_verify_path(path: str) -> str:
+    """`student.tflite` → `student.tflite.failed.verify.json`: the check of the last export that failed."""
+    return os.fspath(path) + ".failed.verify.json"
 
 
 def export_model(
@@ -299,13 +305,18 @@ def publish(out, staged_name, write, load, reference, test_dataset, class_names,
         record = verify(load(staged), reference, test_dataset, max_drop)
         record.update(details)
         record.update({"file": out, "class_names": [str(n) for n in class_names], "bytes": _size(staged)})
-        artifacts.write_json(verify_path(out), record)
         if not record["passed"]:
+            # Beside, not over, the record of the export already in place (which stays valid).
+            artifacts.write_json(failed_verify_path(out), record)
             raise ExportVerificationError(
                 f"exported model accuracy {record['exported_accuracy']:.4f} is {record['drop']:.2f} points below "
-                f"the Keras model's {record['keras_accuracy']:.4f} (allowed {max_drop}); {out} was not written"
+                f"the Keras model's {record['keras_accuracy']:.4f} (allowed {max_drop}); {out} was not written, "
+                f"details in {failed_verify_path(out)}"
             )
         _put_in_place(staged, out)
+        artifacts.write_json(verify_path(out), record)  # After the export it describes is in place.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(failed_verify_path(out))  # An earlier failure is no longer the latest word.
         return record
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -88,8 +88,22 @@ def test_verification_fails_for_a_broken_model_and_writes_nothing(trained, tmp_p
     with pytest.raises(ExportVerificationError, match="points below the Keras model's"):
         export_model(broken, out, "tflite", test, info.class_names, reference=model)
     assert not os.path.exists(out)
-    assert json.loads(open(out + ".verify.json").read())["passed"] is False
-    assert sorted(os.listdir(tmp_path)) == ["broken.tflite.verify.json"]  # No staging folder left.
+    assert json.loads(open(out + ".failed.verify.json").read())["passed"] is False
+    assert sorted(os.listdir(tmp_path)) == ["broken.tflite.failed.verify.json"]  # No staging folder left.
+
+
+def test_a_failed_export_keeps_the_previous_good_export_and_its_record(trained, tmp_path):
+    model, _, test, info, _ = trained
+    out = str(tmp_path / "student.tflite")
+    export_model(model, out, "tflite", test, info.class_names)
+    good, good_record = open(out, "rb").read(), open(out + ".verify.json").read()
+    broken = build_model("ds_alexnet", (28, 28, 1), 10, width=0.5)
+    with pytest.raises(ExportVerificationError, match=r"details in .*student.tflite.failed.verify.json"):
+        export_model(broken, out, "tflite", test, info.class_names, reference=model)
+    assert open(out, "rb").read() == good and open(out + ".verify.json").read() == good_record
+    assert json.loads(open(out + ".failed.verify.json").read())["passed"] is False
+    export_model(model, out, "tflite", test, info.class_names)  # A passing export clears the stale failure.
+    assert not os.path.exists(out + ".failed.verify.json")
 
 
 def test_representative_images_of_the_wrong_size_are_refused(trained):
