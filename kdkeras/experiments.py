@@ -582,6 +582,8 @@ class Experiment:
         for row, config_row in zip(rows[1 if teacher else 0 :], [r for r in self.config["rows"] if results[r["name"]]],
                                    strict=True):  # fmt: skip
             baseline = next((b for b in scratch_rows if self._row_model(b) == self._row_model(config_row)), None)
+            if baseline is config_row:  # A baseline is not compared with itself.
+                baseline = None
             row.update(paired_delta(results[config_row["name"]], results[baseline["name"]] if baseline else []))
             row["baseline"] = baseline["name"] if baseline else None
         if teacher is not None:
