@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from kdkeras import terms as terms_lib
+from kdkeras.models import require_layers
 from kdkeras.presets import DEFAULT_PRESET
 from kdkeras.terms import Outputs, Term
 
@@ -19,15 +20,7 @@ _RESERVED_NAMES = ("loss", "accuracy", "teacher_accuracy", "teacher_loss")
 
 def _tap(model: keras.Model, layer_names: Sequence[str], role: str) -> keras.Model:
     """A model sharing `model`'s layers that returns `[logits, *features of layer_names]` in one forward pass."""
-    names = [layer.name for layer in model.layers]
-    missing = [n for n in layer_names if n not in names]
-    if missing:
-        stages = [n for n in names if n.startswith("stage")] or names
-        raise ValueError(
-            f"{role} '{model.name}' has no layer {', '.join(map(repr, missing))}; "
-            f"its stage layers are: {', '.join(stages)}"
-        )
-    outputs = [model.output] + [model.get_layer(n).output for n in layer_names]
+    outputs = [model.output] + [layer.output for layer in require_layers(model, layer_names, role)]
     return keras.Model(model.input, outputs, name=f"{model.name}_taps")
 
 

@@ -64,3 +64,16 @@ def default_feature_pairs(teacher: keras.Model, student: keras.Model) -> list[tu
     if not teacher_stages or not student_stages:
         return []
     return [(teacher_stages[-1], student_stages[-1])]
+
+
+def require_layers(model: keras.Model, layer_names, role: str = "model") -> list:
+    """The named layers of `model`; a missing name is a one-line error listing the model's stage layers."""
+    names = [layer.name for layer in model.layers]
+    missing = [n for n in layer_names if n not in names]
+    if missing:
+        stages = [n for n in names if n.startswith("stage")] or names
+        raise ValueError(
+            f"{role} '{model.name}' has no layer {', '.join(map(repr, missing))}; "
+            f"its stage layers are: {', '.join(stages)}"
+        )
+    return [model.get_layer(n) for n in layer_names]

@@ -8,7 +8,7 @@ from keras import ops
 
 from kdkeras import losses
 from kdkeras.adapters import FeatureAdapter
-from kdkeras.models import default_feature_pairs
+from kdkeras.models import default_feature_pairs, require_layers
 from kdkeras.terms.base import Term, _check_number, _is_list, register
 
 
@@ -38,16 +38,11 @@ class _FeatureTerm(Term):
                 raise ValueError(f"term '{self.name}': no stage layers to pair; pass pairs=[[teacher, student]]")
         for t_name, s_name in self.pairs:
             for role, model, layer in (("teacher", teacher, t_name), ("student", student, s_name)):
-                names = [lay.name for lay in model.layers]
-                if layer not in names:
-                    stages = [n for n in names if n.startswith("stage")] or names
+                (found,) = require_layers(model, [layer], role)
+                if len(found.output.shape) != 4:
                     raise ValueError(
-                        f"{role} '{model.name}' has no layer '{layer}'; its stage layers are: {', '.join(stages)}"
-                    )
-                if len(model.get_layer(layer).output.shape) != 4:
-                    raise ValueError(
-                        f"term '{self.name}': {role} layer '{layer}' outputs shape "
-                        f"{tuple(model.get_layer(layer).output.shape)}, not a (batch, H, W, C) feature map"
+                        f"term '{self.name}': {role} layer '{layer}' outputs shape {tuple(found.output.shape)}, "
+                        "not a (batch, H, W, C) feature map"
                     )
 
     @property
