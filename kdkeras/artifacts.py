@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 
 import keras
 
@@ -157,11 +158,14 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        ValueError: when the file is not a loadable Keras model, or would need safe mode off (a Lambda layer).
+        ValueError: when the file is not a valid .keras file, or would need safe mode off (a Lambda layer).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"model file not found: {path}")
+        hint = "" if path.endswith(".keras") else " (a trained .keras file goes here; `kdkeras train --model NAME` makes one)"
+        raise FileNotFoundError(f"model file not found: {path}{hint}")
+    if not zipfile.is_zipfile(path):  # Keras' own message for this case is "File not found".
+        raise ValueError(f"{path}: not a valid .keras file (a .keras model is a zip archive; this file is not)")
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:  # Keras raises zipfile, OS, value and type errors for broken files.
@@ -170,7 +174,7 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
             raise ValueError(
                 f"{path}: refused: the model contains code (e.g. a Lambda layer), which kdkeras never loads"
             ) from None
-        raise ValueError(f"{path}: not a loadable Keras model ({type(error).__name__}: {message})") from None
+        raise ValueError(f"{path}: not a valid .keras file ({type(error).__name__}: {message})") from None
 
 
 def weights_digest(model: keras.Model) -> str:

@@ -11,7 +11,9 @@ import math
 import os
 import sys
 
-# Before TensorFlow is imported anywhere: keep its C++ start-up chatter off the user's terminal.
+# Before TensorFlow is imported anywhere: keep its C++ start-up chatter off the user's terminal, unless the user
+# asked for a level (then `cli_runtime.import_tensorflow_quietly` hides nothing either).
+_TF_LOG_LEVEL_FROM_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kdkeras.commands import (  # noqa: E402  # After the environment is set; imports no TensorFlow itself.
@@ -458,10 +460,23 @@ def _one_line(error: BaseException) -> str:
     return text if len(text) <= 400 else text[:397] + "..."
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, as_program: bool | None = None) -> int:
+    """The `kdkeras` entry point.
+
+    Args:
+        argv: the arguments (default `sys.argv[1:]`).
+        as_program: the process is kdkeras' own (default: when `argv` is None, i.e. the console script): a second
+            Ctrl-C then always stops it (`cli_runtime.stop_on_second_interrupt`).
+    """
+    from kdkeras import cli_runtime
+
     parser = build_parser()
+    as_program = argv is None if as_program is None else as_program
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if as_program:
+        cli_runtime.stop_on_second_interrupt()
+    cli_runtime.import_tensorflow_quietly(show_diagnostics=args.debug or _TF_LOG_LEVEL_FROM_USER)
     try:
         args = _finish_defaults(_apply_config_file(parser, args, argv))
         return args.func(args)

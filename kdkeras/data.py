@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import os
+import socket
 from collections import Counter
 
 import numpy as np
@@ -97,6 +98,8 @@ def _read_idx_folder(path: str) -> _Source:
         labels = read_idx(find(prefix, "labels-idx1-ubyte"))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DatasetError(f"{path}: {split} images {images.shape} and labels {labels.shape} do not match")
+        if labels.size and labels.min() < 0:
+            raise DatasetError(f"{path}: {split} labels include {int(labels.min())}; class labels must be 0, 1, 2, …")
         arrays[split] = (images[..., None].astype(np.uint8), labels.astype(np.int32))
     num_classes = int(max(arrays["train"][1].max(), arrays["test"][1].max())) + 1
     return _Source(
@@ -122,6 +125,11 @@ def _load_tfds(name: str, data_dir: str | None, download: bool = True) -> _Sourc
         raise DatasetError(f"TFDS dataset '{name}' has no (image, label) supervised keys")
     label_feature = builder.info.features[keys[1]]
     class_names = tuple(label_feature.names)
+    if not builder.is_prepared() and not _can_reach(TFDS_HOST):
+        raise DatasetError(
+            f"could not load TFDS dataset '{name}': it is not prepared in {builder.data_dir} and {TFDS_HOST[0]} is "
+            "unreachable (no internet access? pass --data-dir with a prepared copy, or use idx:PATH / folder:PATH)"
+        )
     try:
         builder.download_and_prepare()
         arrays = {}
@@ -147,6 +155,23 @@ def _load_tfds(name: str, data_dir: str | None, download: bool = True) -> _Sourc
     if train[0].ndim != 4:
         raise DatasetError(f"TFDS dataset '{name}' images have shape {train[0].shape[1:]}, need (H, W, C)")
     return _Source(train=train, test=test, class_names=class_names, input_shape=tuple(train[0].shape[1:]))
+
+
+# Where TFDS downloads most datasets from; checked before a download, because TFDS' own retries take minutes to
+# give up on a machine without internet access.
+TFDS_HOST = ("storage.googleapis.com", 443)
+
+
+def _can_reach(address: tuple[str, int], timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to `address` opens within `timeout` seconds (true behind a configured proxy, whose
+    reachability only the download itself can tell)."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _load_fashion_mnist(data_dir: str | None) -> _Source:
@@ -185,18 +210,25 @@ def _list_images(folder: str) -> tuple[list[str], list[int], list[str]]:
 
 
 def _folder_geometry(paths: list[str]) -> tuple[int, int, int]:
-    """The common (height, width, channels): the most frequent size; RGB if any image has colour."""
+    """The common (height, width, channels): the most frequent size; RGB if any image has colour.
+
+    Every image is decoded once, fully, so that a truncated or corrupt file is named here rather than ending the
+    run mid-epoch in a TensorFlow decode error. It costs one decode per image before training, measured on this
+    2-core machine while it trained: the 1,797 32-px PNGs of experiments/small_data.py in 0.6 s, 224-px JPEGs at
+    1.2 ms each (about 2 minutes for 100,000 photographs).
+    """
     from PIL import Image, UnidentifiedImageError
 
     sizes, channels = Counter(), 1
     for path in paths:
         try:
             with Image.open(path) as image:
+                image.load()  # Decodes the pixels: Image.open alone reads only the header.
                 sizes[image.size] += 1
                 if image.mode not in ("L", "1", "I", "I;16", "F"):
                     channels = 3
-        except (UnidentifiedImageError, OSError) as error:
-            raise DatasetError(f"{path}: not a readable image ({error})") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise DatasetError(f"{path}: not a readable image ({' '.join(str(error).split())})") from None
     (width, height), count = sizes.most_common(1)[0]
     if count != len(paths):
         logger.warning(

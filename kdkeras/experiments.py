@@ -826,4 +826,4 @@ def run_experiment(args) -> int:
 if __name__ == "__main__":
     from kdkeras import cli
 
-    sys.exit(cli.main(["experiment", *sys.argv[1:]]))
+    sys.exit(cli.main(["experiment", *sys.argv[1:]], as_program=True))

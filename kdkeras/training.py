@@ -339,5 +339,7 @@ def evaluate_classifier(model: keras.Model, dataset, info: DatasetInfo) -> dict:
 
 
 def default_logdir(command: str, name: str) -> str:
-    """`runs/{command}-{name}-{YYYYmmdd-HHMMSS}`."""
-    return os.path.join("runs", f"{command}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    """`runs/{command}-{name}-{YYYYmmdd-HHMMSS}`; `runs` is `$KDKERAS_RUNS_DIR` when set (the test suite points it
+    at a temporary folder so that tests never write into the working tree)."""
+    root = os.environ.get("KDKERAS_RUNS_DIR") or "runs"
+    return os.path.join(root, f"{command}-{name}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -4,6 +4,15 @@ import gzip
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorBoard logs of commands run without --logdir go here, not into the repository's runs/ (also for the
+# subprocesses the CLI tests start, which inherit the environment).
+if "KDKERAS_RUNS_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["KDKERAS_RUNS_DIR"] = tempfile.mkdtemp(prefix="kdkeras-test-runs-")
+    atexit.register(shutil.rmtree, os.environ["KDKERAS_RUNS_DIR"], ignore_errors=True)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -51,7 +51,7 @@ def test_load_model_errors(tmp_path):
         artifacts.load_model(tmp_path / "missing.keras")
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"this is not a zip file")
-    with pytest.raises(ValueError, match="corrupt.keras: not a loadable Keras model"):
+    with pytest.raises(ValueError, match="corrupt.keras: not a valid .keras file"):
         artifacts.load_model(corrupt)
 
 

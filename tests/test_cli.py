@@ -133,7 +133,7 @@ def test_bad_input_gives_one_line_errors(trained, capsys, tmp_path):
     bad_json.write_text("{temperature: 3")
     cases = [
         (["evaluate", "--model", str(tmp_path / "nope.keras")], "model file not found"),
-        (["evaluate", "--model", str(corrupt)], "not a loadable Keras model"),
+        (["evaluate", "--model", str(corrupt)], "not a valid .keras file"),
         (["evaluate", "--model", teacher, "--dataset", "imagenet21k"], "unknown dataset 'imagenet21k'"),
         (["evaluate", "--model", teacher, "--dataset", f"idx:{tmp_path}/missing"], "idx dataset folder not found"),
         (["evaluate", "--model", teacher, "--dataset", "fashion_mnist", "--max-examples", "10"],
@@ -170,16 +170,48 @@ def test_out_of_range_options_are_usage_errors(capsys):
         assert "must be" in capsys.readouterr().err
 
 
-def test_console_script_prints_no_traceback(tmp_path):
+def test_console_script_prints_one_line_and_no_tensorflow_start_up_lines(tmp_path):
+    # As a user runs it: without the suite's TF_CPP_MIN_LOG_LEVEL (which counts as the user's choice to see logs).
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run(
         [sys.executable, "-m", "kdkeras", "evaluate", "--model", str(tmp_path / "none.keras")],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("kdkeras: error: model file not found")
+    # Exactly the error: no "oneDNN custom operations", "Could not find cuda drivers" or "failed call to cuInit".
+    assert result.stderr.strip().splitlines() == [f"kdkeras: error: model file not found: {tmp_path / 'none.keras'}"]
+
+
+def test_a_second_interrupt_stops_a_process_whose_main_thread_does_not_return(tmp_path):
+    """The second Ctrl-C ends the process even when Python's handler never gets to run (simulated by a handler
+    that ignores the signal, as a main thread stuck in a long TensorFlow call would)."""
+    import signal
+    import time
+
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import signal, sys, time\n"
+        "from kdkeras import cli_runtime\n"
+        "cli_runtime.stop_on_second_interrupt()\n"
+        "signal.signal(signal.SIGINT, lambda *_: None)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert process.poll() is None  # One Ctrl-C is left to Python's handler (a graceful stop in training).
+    start = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert time.monotonic() - start < 10
+    assert "interrupted twice: stopped immediately" in err
 
 
 def test_parse_feature_pairs():
@@ -205,7 +237,7 @@ def test_more_bad_inputs_from_issue_6(trained, capsys, tmp_path):
     tiny = write_idx_folder(str(tmp_path / "tiny"), n_train=3, n_test=2)
     out = str(tmp_path / "s.keras")
     cases = [
-        (["evaluate", "--model", str(truncated)], "truncated.keras: not a loadable Keras model"),
+        (["evaluate", "--model", str(truncated)], "truncated.keras: not a valid .keras file"),
         (["distill", "--teacher", teacher, "--dataset", "fashion_mnist", "--max-train-examples", "50", "--out", out,
           *FAST], "the teacher 'alexnet' predicts 3 classes, the dataset fashion_mnist has 10"),
         (["train", "--dataset", f"folder:{empty_class}", "--out", out, *FAST], "class folder 'b' holds no images"),
@@ -307,3 +339,30 @@ def test_a_one_class_dataset_is_refused(tmp_path, capsys):
     folder = write_idx_folder(str(tmp_path / "one"), n_train=20, n_test=5, classes=1)
     message = _error(["train", "--dataset", f"idx:{folder}", "--out", str(tmp_path / "m.keras"), *FAST], capsys)
     assert "has 1 class: a classifier needs at least 2" in message
+
+
+def test_unreadable_images_negative_labels_and_misnamed_models_are_named(tmp_path, capsys):
+    import gzip
+
+    from conftest import idx_bytes
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((12, 12), 30 + 40 * i, np.uint8)).save(folder / name / f"{i}.png")
+    whole = (folder / "b" / "3.png").read_bytes()
+    (folder / "b" / "3.png").write_bytes(whole[: len(whole) // 2])  # Its header still opens; its pixels do not.
+    idx = write_idx_folder(str(tmp_path / "idx"), n_train=20, n_test=5)
+    with gzip.open(os.path.join(idx, "train-labels-idx1-ubyte.gz"), "wb") as f:
+        f.write(idx_bytes(np.array([0, 1, 2, 255] * 5, np.uint8)).replace(b"\x08", b"\x09", 1))  # int8: 255 = -1
+    out = str(tmp_path / "m.keras")
+    cases = [
+        (["train", "--dataset", f"folder:{folder}", "--out", out, *FAST], f"{folder / 'b' / '3.png'}: not a readable image"),
+        (["train", "--dataset", f"idx:{idx}", "--out", out, *FAST], "train labels include -1; class labels must be 0, 1"),
+        (["evaluate", "--model", "vgg99"], "model file not found: vgg99 (a trained .keras file goes here"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert message in _error(argv, capsys), argv
+    assert not os.path.exists(out)

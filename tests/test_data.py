@@ -168,9 +168,10 @@ def test_folder_errors(tmp_path):
         load_dataset(f"folder:{bad}")
 
 
-def test_tfds_spec_through_mocked_tfds():
+def test_tfds_spec_through_mocked_tfds(monkeypatch):
     import tensorflow_datasets as tfds
 
+    monkeypatch.setattr(data, "_can_reach", lambda address: True)  # The mock stands in for the download.
     data._load_source.cache_clear()
     with tfds.testing.mock_data(num_examples=40):
         dataset, info = load_dataset("tfds:cifar10", "train", 8, validation_fraction=0.25)
@@ -179,6 +180,33 @@ def test_tfds_spec_through_mocked_tfds():
     # The mock carries no label metadata files, so the class names are the label numbers.
     assert info.num_classes == 10 and info.input_shape == (32, 32, 3) and len(info.class_names) == 10
     assert x.shape == (30, 32, 32, 3) and y.max() < 10
+
+
+def test_tfds_without_network_fails_at_once_without_trying_to_download(monkeypatch, tmp_path):
+    import tensorflow_datasets as tfds
+
+    def download(*args, **kwargs):
+        raise AssertionError("a download was attempted although the host is unreachable")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download)
+    monkeypatch.setattr(data, "_can_reach", lambda address: False)
+    data._load_source.cache_clear()
+    with pytest.raises(DatasetError, match="'mnist': it is not prepared in .* storage.googleapis.com is unreachable"):
+        load_dataset("tfds:mnist", data_dir=str(tmp_path))
+    data._load_source.cache_clear()
+
+
+def test_can_reach_is_false_for_a_closed_port_and_trusts_a_configured_proxy(monkeypatch):
+    import socket
+
+    with socket.socket() as listener:  # A port that was bound and is closed again: nothing listens there.
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert not data._can_reach(("127.0.0.1", port), timeout=2)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert data._can_reach(("127.0.0.1", port), timeout=2)
 
 
 def test_bad_specs_and_arguments(idx_folder):

@@ -128,7 +128,7 @@ def test_export_cli_and_its_bad_input(trained, tmp_path, capsys):
             (idx_like / split / name).mkdir(parents=True)
             tf.keras.utils.save_img(str(idx_like / split / name / "0.png"), np.zeros((32, 32, 3)))
     cases = [
-        (["export", "--model", str(not_a_model), "--out", out], "not a loadable Keras model"),
+        (["export", "--model", str(not_a_model), "--out", out], "not a valid .keras file"),
         (["export", "--model", path, "--dataset", f"folder:{idx_like}", "--out", out],
          "predicts 10 classes, the dataset"),
         (["export", "--model", path, "--format", "saved_model", "--quantize", "int8", "--out", str(tmp_path / "sm")],

@@ -1,5 +1,6 @@
 """kdkeras.training: configuration checks, the model/dataset fit check, and evaluation against numpy."""
 
+import os
 import keras
 import numpy as np
 import pytest
@@ -78,3 +79,12 @@ def test_constant_schedule_keeps_the_rate():
 def test_bad_optimizer_settings_are_rejected(key, value):
     with pytest.raises(ValueError, match=f"{key} out of range"):
         TrainConfig(**{key: value})
+
+
+def test_default_logdir_honours_kdkeras_runs_dir(monkeypatch, tmp_path):
+    from kdkeras.training import default_logdir
+
+    monkeypatch.setenv("KDKERAS_RUNS_DIR", str(tmp_path))
+    assert os.path.dirname(default_logdir("train", "m")) == str(tmp_path)
+    monkeypatch.delenv("KDKERAS_RUNS_DIR")
+    assert os.path.dirname(default_logdir("train", "m")) == "runs"
