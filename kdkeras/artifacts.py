@@ -162,7 +162,7 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        hint = "" if path.endswith(".keras") else " (a trained .keras file goes here; `kdkeras train --model NAME` makes one)"
+        hint = "" if path.endswith(".keras") else " (a trained .keras file goes here; `kdkeras train` makes one)"
         raise FileNotFoundError(f"model file not found: {path}{hint}")
     if not zipfile.is_zipfile(path):  # Keras' own message for this case is "File not found".
         raise ValueError(f"{path}: not a valid .keras file (a .keras model is a zip archive; this file is not)")

@@ -16,7 +16,7 @@ PRESETS: dict[str, dict] = {
         "terms": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}],
     },
     "kd_std": {
-        "doc": "KD on Z-scored logits (Sun et al., CVPR 2024; the authors' --kd-weight 9 --base-temp 2): CE 0.1, KD 9 at T 2",
+        "doc": "KD on Z-scored logits (Sun et al., CVPR 2024; authors' --kd-weight 9 --base-temp 2): CE 0.1, KD 9, T 2",
         "terms": [
             {"name": "ce", "weight": 0.1},
             # Z-scored logits have unit std, so T 2 gives soft targets far flatter than raw logits at T 4; the

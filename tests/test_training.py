@@ -1,6 +1,7 @@
 """kdkeras.training: configuration checks, the model/dataset fit check, and evaluation against numpy."""
 
 import os
+
 import keras
 import numpy as np
 import pytest
