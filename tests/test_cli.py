@@ -363,7 +363,7 @@ def test_unreadable_images_negative_labels_and_misnamed_models_are_named(tmp_pat
          f"{folder / 'b' / '3.png'}: not a readable image"),
         (["train", "--dataset", f"idx:{idx}", "--out", out, *FAST],
          "train labels include -1; class labels must be 0, 1"),
-        (["evaluate", "--model", "vgg99"], "model file not found: vgg99 (a trained .keras file goes here; `kdkeras train` makes one)"),
+        (["evaluate", "--model", "vgg99"], "vgg99 (a trained .keras file goes here; `kdkeras train` makes one)"),
     ]  # fmt: skip
     for argv, message in cases:
         assert message in _error(argv, capsys), argv
