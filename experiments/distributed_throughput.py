@@ -125,7 +125,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     from kdkeras import artifacts
-    from kdkeras.experiments import machine, machine_text
+    from kdkeras.reporting import machine, machine_text
 
     command = f"python experiments/distributed_throughput.py --steps {args.steps} --batch-size {args.batch_size}"
     host = machine_text(machine())

@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from kdkeras import artifacts
-    from kdkeras.experiments import machine, machine_text
+    from kdkeras.reporting import machine, machine_text
 
     dataset = f"folder:{write_digits_folder(os.path.join(args.work_dir, 'digits'))}"
     path = os.path.join(RESULTS, f"{args.name}.json")

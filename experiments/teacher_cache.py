@@ -33,9 +33,9 @@ import tensorflow as tf  # noqa: E402
 
 from kdkeras import artifacts  # noqa: E402
 from kdkeras.distiller import Distiller  # noqa: E402
-from kdkeras.experiments import machine as machine_facts  # noqa: E402
-from kdkeras.experiments import machine_text  # noqa: E402
 from kdkeras.models import build_model  # noqa: E402
+from kdkeras.reporting import machine as machine_facts  # noqa: E402
+from kdkeras.reporting import machine_text  # noqa: E402
 from kdkeras.training import compile_classifier  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")

@@ -17,6 +17,7 @@ import tensorflow as tf
 from kdkeras import artifacts
 from kdkeras.export import TFLiteModel
 from kdkeras.profiling import count_flops, count_params
+from kdkeras.reporting import markdown_table
 
 
 def _median_seconds(call, runs: int, warmup: int = 3) -> float:
@@ -65,16 +66,15 @@ def benchmark_file(path: str, threads: int, runs: int = 50) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [
-        "| file | kind | params | MFLOPs | size (KB) | gzip (KB) | latency b=1 (ms) | images/s b=32 | threads |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        params = f"{r['params']:,}" if "params" in r else ""
-        flops = f"{r['flops'] / 1e6:.1f}" if "flops" in r else ""
-        lines.append(
-            f"| {os.path.basename(r['file'])} | {r['kind']} | {params} | {flops} | {r['bytes'] / 1024:.0f} | "
-            f"{r['gzip_bytes'] / 1024:.0f} | {r['latency_ms_batch1']:.2f} | {r['images_per_second_batch32']:.0f} | "
-            f"{r['threads']} |"
-        )
-    return "\n".join(lines)
+    header = ["file", "kind", "params", "MFLOPs", "size (KB)", "gzip (KB)", "latency b=1 (ms)", "images/s b=32",
+              "threads"]  # fmt: skip
+    cells = [
+        [
+            os.path.basename(r["file"]), r["kind"], f"{r['params']:,}" if "params" in r else "",
+            f"{r['flops'] / 1e6:.1f}" if "flops" in r else "", f"{r['bytes'] / 1024:.0f}",
+            f"{r['gzip_bytes'] / 1024:.0f}", f"{r['latency_ms_batch1']:.2f}", f"{r['images_per_second_batch32']:.0f}",
+            r["threads"],
+        ]
+        for r in rows
+    ]  # fmt: skip
+    return markdown_table(header, cells, numeric=[False, False] + [True] * 7)

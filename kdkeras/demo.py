@@ -8,7 +8,6 @@ under 10 minutes on 2 CPU cores; the numbers it prints are for that budget, not 
 from __future__ import annotations
 
 import os
-import platform
 import time
 
 import keras
@@ -19,6 +18,7 @@ from kdkeras.export import export_model, representative_images
 from kdkeras.models import build_model
 from kdkeras.presets import DEFAULT_PRESET, PRESETS
 from kdkeras.profiling import count_flops, count_params
+from kdkeras.reporting import machine_text, markdown_table
 from kdkeras.training import TrainConfig, distill, evaluate_classifier, train_classifier
 
 SEED = 0
@@ -26,17 +26,15 @@ SEED = 0
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table of `model`, `params`, `flops`, `test_accuracy`, `file_kb`, `train_seconds` rows."""
-    lines = [
-        "| model | parameters | MFLOPs | test accuracy | file (KB) | train time (s) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for row in rows:
-        seconds = f"{row['train_seconds']:.0f}" if row.get("train_seconds") is not None else "–"
-        lines.append(
-            f"| {row['model']} | {row['params']:,} | {row['flops'] / 1e6:.1f} | "
-            f"{row['test_accuracy']:.4f} | {row['file_kb']:.0f} | {seconds} |"
-        )
-    return "\n".join(lines)
+    header = ["model", "parameters", "MFLOPs", "test accuracy", "file (KB)", "train time (s)"]
+    cells = [
+        [
+            row["model"], f"{row['params']:,}", f"{row['flops'] / 1e6:.1f}", f"{row['test_accuracy']:.4f}",
+            f"{row['file_kb']:.0f}", f"{row['train_seconds']:.0f}" if row.get("train_seconds") is not None else "–",
+        ]
+        for row in rows
+    ]  # fmt: skip
+    return markdown_table(header, cells, numeric=[False] + [True] * 5)
 
 
 def run_demo(
@@ -133,7 +131,7 @@ def run_demo(
 
     table = format_table(rows)
     wall = time.perf_counter() - start
-    machine = f"{os.cpu_count()} CPU cores, {platform.machine()}"
+    machine = machine_text()
     note = (
         f"kdkeras demo, {dataset}, {train_examples} training images, teacher {teacher_epochs} epochs, students "
         f"{student_epochs} epochs; test accuracy on the full test set ({info.num_examples} images); {machine}; "

@@ -17,6 +17,7 @@ import keras_tuner
 from kdkeras import artifacts
 from kdkeras.distiller import Distiller
 from kdkeras.models import build_model
+from kdkeras.reporting import markdown_table
 from kdkeras.training import TrainConfig, make_optimizer
 
 OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
@@ -166,9 +167,8 @@ def write_reports(rows: list[dict], out_dir: str, note: str, term_specs: list[di
     def cell(value):
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    lines = [f"{note}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(r.get(h, "")) for h in header) + " |" for r in rows]
-    artifacts.write_text(os.path.join(out_dir, "trials.md"), "\n".join(lines) + "\n")
+    table = markdown_table(header, [[cell(r.get(h, "")) for h in header] for r in rows], [True] * len(header))
+    artifacts.write_text(os.path.join(out_dir, "trials.md"), f"{note}\n\n{table}\n")
 
     import matplotlib
     import matplotlib.ticker

@@ -194,7 +194,7 @@ def test_a_second_interrupt_stops_a_process_whose_main_thread_does_not_return(tm
     script = tmp_path / "stuck.py"
     script.write_text(
         "import signal, sys, time\n"
-        "from kdkeras import cli_runtime\n"
+        "from kdkeras.cli import runtime as cli_runtime\n"
         "cli_runtime.stop_on_second_interrupt()\n"
         "signal.signal(signal.SIGINT, lambda *_: None)\n"
         "print('ready', flush=True)\n"

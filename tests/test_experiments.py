@@ -9,7 +9,8 @@ import yaml
 from conftest import write_idx_folder
 
 from kdkeras import cli
-from kdkeras.experiments import _summary, _table, load_config, paired_delta
+from kdkeras.experiments import load_config, paired_delta
+from kdkeras.experiments.report import _summary, _table
 
 
 def tiny_config(root, **overrides) -> dict:

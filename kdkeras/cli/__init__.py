@@ -1,0 +1,26 @@
+"""The `kdkeras` command line: train, distill, tune, evaluate, info, export, compress, benchmark, demo, experiment.
+
+Every failure the user can cause ends in one line on stderr, `kdkeras: error: …`, and exit status 2 (1 for an
+internal error, with `--debug` showing its traceback), never a bare traceback.
+
+Modules: `main` (entry point and error boundary), `parser` (one builder per command), `options` (shared option
+types and groups), `commands` (train, distill, evaluate, info, tune, demo, experiment), `deploy` (export, compress,
+benchmark), `runtime` (a quiet TensorFlow start and a second Ctrl-C that always stops). The library never imports
+from here.
+"""
+
+import os
+
+# Before TensorFlow is imported anywhere: keep its C++ start-up chatter off the user's terminal, unless the user
+# asked for a level (then `runtime.import_tensorflow_quietly` hides nothing either). The user's choice is passed on
+# in the environment, so that it survives this default.
+if "TF_CPP_MIN_LOG_LEVEL" in os.environ and "KDKERAS_TF_LOG_LEVEL_FROM_USER" not in os.environ:
+    os.environ["KDKERAS_TF_LOG_LEVEL_FROM_USER"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from kdkeras.cli.commands import parse_feature_pairs  # noqa: E402
+from kdkeras.cli.main import main  # noqa: E402
+from kdkeras.cli.options import BUILT_IN_TERMS  # noqa: E402
+from kdkeras.cli.parser import build_parser  # noqa: E402
+
+__all__ = ["BUILT_IN_TERMS", "build_parser", "main", "parse_feature_pairs"]

@@ -1,0 +1,31 @@
+"""Declarative, resumable experiments: a YAML config in, the paper-style comparison table and plots out.
+
+    python -m kdkeras.experiments experiments/fashion_mnist.yaml --budget quick
+    python -m kdkeras.experiments experiments/fashion_mnist.yaml --budget full --rows scratch,tskd
+
+The config holds plain data only (read with `yaml.safe_load`): the dataset, the teacher and the student
+architectures, the shared training settings, two budgets (`quick`, `full`) and the rows, each a method with its
+loss weights. The runner trains the teacher once (or loads it when the saved one was trained from the same
+settings), then every row for every seed. Each finished row writes its own JSON; a row whose JSON exists and holds
+the same settings is skipped, and a row interrupted mid-training resumes from its checkpoint folder (the run's
+callbacks come from `kdkeras.training.make_callbacks`), so re-running the same command continues where it stopped.
+The report step gathers the row JSONs into `RESULTS_DIR/NAME.md` / `.json` and draws the plots.
+
+Modules: `config` (the YAML schema, `load_config`), `runner` (`Experiment`: the teacher and the rows), `report`
+(the table, the paired differences and the plots).
+
+Row methods:
+    scratch: the student trained on the labels alone.
+    reference: another architecture (`model`, `options`) trained on the labels under the students' budget.
+    a preset (`kd`, `kd_std`, `dkd`, `dist`, `fitnets`, `attention`, `tskd`; see `kdkeras.presets`): the student
+        distilled with that term list; `temperature` and `pairs` override the preset's.
+    distill: the student distilled with an explicit `terms` list (`kdkeras.terms` specs).
+    Distillation rows also take `collaborative` and `teacher_lr`.
+The teacher itself is always the table's first row.
+"""
+
+from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, load_config
+from kdkeras.experiments.report import paired_delta, write_report
+from kdkeras.experiments.runner import Experiment
+
+__all__ = ["BUDGETS", "RESULTS_VERSION", "Experiment", "load_config", "paired_delta", "write_report"]

@@ -1,0 +1,247 @@
+"""The experiment config: YAML in, a validated plain-data dict out (every key known, every value checked).
+
+The format is described in `kdkeras.experiments`; `load_config` is the only entry point.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+BUDGETS = ("quick", "full")
+# Bumped when kdkeras' code changes what a row computes (initialization, data pipeline, losses): rows from older
+# code are then run again instead of being mixed with new ones. 2: He init, batch-norm warm start, pure
+# (seed, epoch, index) data order and augmentation, distillation terms.
+RESULTS_VERSION = 2
+
+# Every key a config may hold, with its default; a key not listed here is an error, so a typo never goes unnoticed.
+_TOP_DEFAULTS = {
+    "name": None,
+    "description": "",
+    "dataset": "fashion_mnist",
+    "data_dir": None,
+    "seeds": [0],
+    "results_dir": os.path.join("experiments", "results"),
+    "models_dir": os.path.join("saved_models", "experiments"),
+    "teacher": None,
+    "student": None,
+    "training": {},
+    "budgets": None,
+    "rows": None,
+}
+_MODEL_DEFAULTS = {"model": None, "options": {}}
+_TEACHER_DEFAULTS = {**_MODEL_DEFAULTS, "seed": 0, "lr": None, "training": {}}
+_TRAINING_DEFAULTS = {
+    "batch_size": 128,
+    "lr": 2e-3,
+    "optimizer": "adam",
+    "schedule": "cosine",
+    "warmup_epochs": 0.0,
+    "weight_decay": 0.0,
+    "augment": True,
+    "flip": None,
+    "validation_fraction": 0.1,
+}
+_BUDGET_DEFAULTS = {"epochs": None, "teacher_epochs": None, "max_train_examples": None, "seeds": None}
+_ROW_DEFAULTS = {
+    "name": None,
+    "label": None,
+    "method": None,
+    # reference
+    "model": None,
+    "options": {},
+    # distillation: a preset method, or method "distill" with an explicit term list
+    "terms": None,
+    "temperature": None,
+    "pairs": None,
+    "collaborative": False,
+    "teacher_lr": None,
+    # any row: train longer than the budget's epochs (e.g. 2 to check that scratch has converged)
+    "epochs_multiplier": 1,
+    # any row: run only these of the experiment's seeds (e.g. a costly check on one seed)
+    "seeds": None,
+}
+_DISTILL_KEYS = ("terms", "temperature", "pairs", "collaborative", "teacher_lr")
+
+
+def _fill(values, defaults: dict, where: str) -> dict:
+    """`values` with the defaults filled in; an unknown key or a non-mapping is an error naming `where`."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
+    return {**copy.deepcopy(defaults), **values}
+
+
+def _require(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{where}: {message}")
+
+
+def _number(value, where: str, minimum: float = 0.0, strict: bool = False, integer: bool = False):
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > minimum if strict else value >= minimum)
+    kind = "an integer" if integer else "a number"
+    _require(ok, where, f"must be {kind} {'>' if strict else '>='} {minimum}, got {value!r}")
+    return value
+
+
+def _model_spec(values, where: str, defaults: dict) -> dict:
+    from kdkeras.models import MODELS
+
+    spec = _fill(values, defaults, where)
+    _require(
+        spec["model"] in MODELS,
+        f"{where}.model",
+        f"unknown model {spec['model']!r}; choose one of: {', '.join(MODELS)}",
+    )
+    _require(isinstance(spec["options"], dict), f"{where}.options", "must be a mapping of builder options")
+    return spec
+
+
+def _feature_pairs(value, where: str):
+    if value in ("auto",):
+        return value
+    _require(
+        isinstance(value, list), where, f"must be 'auto' or a list of [teacher_layer, student_layer], got {value!r}"
+    )
+    for pair in value:
+        _require(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) for n in pair),
+            where,
+            f"each pair must be [teacher_layer, student_layer], got {pair!r}",
+        )
+    return [list(pair) for pair in value]
+
+
+def _row_spec(values, index: int, path: str) -> dict:
+    where = f"{path}: rows[{index}]"
+    row = _fill(values, _ROW_DEFAULTS, where)
+    name = row["name"]
+    _require(
+        isinstance(name, str) and name.replace("_", "").replace("-", "").isalnum(),
+        f"{where}.name",
+        f"must be a name of letters, digits, '-' or '_', got {name!r}",
+    )
+    where = f"{path}: row '{name}'"
+    from kdkeras.presets import PRESETS
+
+    methods = ("reference", "distill", *PRESETS)
+    _require(row["method"] in methods, f"{where}.method", f"must be one of {', '.join(methods)}, got {row['method']!r}")
+    row["label"] = row["label"] or name
+    if row["method"] == "reference":
+        row.update(_model_spec({"model": row["model"], "options": row["options"]}, where, _MODEL_DEFAULTS))
+    else:
+        _require(row["model"] is None, f"{where}.model", "only a 'reference' row names its own model")
+        _require(isinstance(row["options"], dict), f"{where}.options", "must be a mapping of student builder options")
+    _number(row["epochs_multiplier"], f"{where}.epochs_multiplier", 1, integer=True)
+    _require(row["seeds"] is None or _valid_seeds(row["seeds"]), f"{where}.seeds", "must be a list of integers")
+    if row["method"] in ("scratch", "reference"):
+        given = [k for k in _DISTILL_KEYS if values.get(k, _ROW_DEFAULTS[k]) != _ROW_DEFAULTS[k]]
+        _require(not given, where, f"{', '.join(given)} only apply to distillation rows")
+        return {k: row[k] for k in ("name", "label", "method", "model", "options", "epochs_multiplier", "seeds")}
+    from kdkeras import terms as terms_lib
+
+    if row["method"] == "distill":
+        _require(row["terms"] is not None, where, "method 'distill' needs a 'terms' list (or name a preset method)")
+    else:
+        _require(row["terms"] is None, f"{where}.terms", f"a preset method ({row['method']}) takes no term list")
+    if row["temperature"] is not None:
+        _number(row["temperature"], f"{where}.temperature", strict=True)
+    if row["teacher_lr"] is not None:
+        _number(row["teacher_lr"], f"{where}.teacher_lr", strict=True)
+    if row["pairs"] is not None:
+        row["pairs"] = _feature_pairs(row["pairs"], f"{where}.pairs")
+    _require(isinstance(row["collaborative"], bool), f"{where}.collaborative", "must be true or false")
+    try:
+        row["terms"] = terms_lib.from_options(
+            None if row["method"] == "distill" else row["method"], row["terms"],
+            temperature=row["temperature"], feature_pairs=row["pairs"],
+        )  # fmt: skip
+        terms_lib.get_list(row["terms"])
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    return row
+
+
+def load_config(path: str) -> dict:
+    """Reads and validates an experiment config.
+
+    Args:
+        path: a `.yaml`/`.yml` (or `.json`) file.
+
+    Returns:
+        The config with every default filled in.
+
+    Raises:
+        ValueError: naming the file and the key, for an unknown key or a bad value.
+    """
+    from kdkeras.config_files import read_mapping
+
+    config = _fill(read_mapping(path), _TOP_DEFAULTS, path)
+    config["name"] = config["name"] or os.path.splitext(os.path.basename(path))[0]
+    for key in ("teacher", "student", "budgets", "rows"):
+        _require(config[key] is not None, path, f"missing required key '{key}'")
+    config["teacher"] = _model_spec(config["teacher"], f"{path}: teacher", _TEACHER_DEFAULTS)
+    _number(config["teacher"]["seed"], f"{path}: teacher.seed", integer=True)
+    config["student"] = _model_spec(config["student"], f"{path}: student", _MODEL_DEFAULTS)
+    config["training"] = _training_spec(config["training"], _TRAINING_DEFAULTS, f"{path}: training")
+    # The teacher's own settings override the shared ones (a teacher often wants another optimizer and lr).
+    config["teacher"]["training"] = _training_spec(
+        config["teacher"]["training"], config["training"], f"{path}: teacher.training"
+    )
+    _require(
+        _valid_seeds(config["seeds"]),
+        f"{path}: seeds",
+        f"must be a non-empty list of integers, got {config['seeds']!r}",
+    )
+    budgets = _fill(config["budgets"], dict.fromkeys(BUDGETS), f"{path}: budgets")
+    for name in BUDGETS:
+        _require(budgets[name] is not None, f"{path}: budgets", f"missing budget '{name}'")
+        budget = budgets[name] = _fill(budgets[name], _BUDGET_DEFAULTS, f"{path}: budgets.{name}")
+        for key in ("epochs", "teacher_epochs"):
+            _require(budget[key] is not None, f"{path}: budgets.{name}", f"missing '{key}'")
+            _number(budget[key], f"{path}: budgets.{name}.{key}", 1, integer=True)
+        if budget["max_train_examples"] is not None:
+            _number(budget["max_train_examples"], f"{path}: budgets.{name}.max_train_examples", 1, integer=True)
+        if budget["seeds"] is not None:
+            _require(
+                _valid_seeds(budget["seeds"]), f"{path}: budgets.{name}.seeds", "must be a non-empty list of integers"
+            )
+    config["budgets"] = budgets
+    _require(isinstance(config["rows"], list) and config["rows"], f"{path}: rows", "must be a non-empty list")
+    config["rows"] = [_row_spec(row, i, path) for i, row in enumerate(config["rows"])]
+    names = [row["name"] for row in config["rows"]]
+    duplicates = sorted({n for n in names if names.count(n) > 1} | ({"teacher"} & set(names)))
+    _require(not duplicates, f"{path}: rows", f"duplicate or reserved row name(s) {', '.join(duplicates)}")
+    return config
+
+
+def _training_spec(values, defaults: dict, where: str) -> dict:
+    from kdkeras.training import OPTIMIZERS, SCHEDULES
+
+    training = _fill(values, defaults, where)
+    _number(training["batch_size"], f"{where}.batch_size", 1, integer=True)
+    _number(training["lr"], f"{where}.lr", strict=True)
+    _number(training["weight_decay"], f"{where}.weight_decay")
+    _number(training["warmup_epochs"], f"{where}.warmup_epochs")
+    _require(
+        training["optimizer"] in OPTIMIZERS,
+        f"{where}.optimizer",
+        f"must be one of {', '.join(OPTIMIZERS)}, got {training['optimizer']!r}",
+    )
+    _require(
+        training["schedule"] in SCHEDULES,
+        f"{where}.schedule",
+        f"must be one of {', '.join(SCHEDULES)}, got {training['schedule']!r}",
+    )
+    _require(isinstance(training["augment"], bool), f"{where}.augment", "must be true or false")
+    _require(0 < training["validation_fraction"] <= 0.5, f"{where}.validation_fraction", "must be in (0, 0.5]")
+    return training
+
+
+def _valid_seeds(seeds) -> bool:
+    return (
+        isinstance(seeds, list) and bool(seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    )

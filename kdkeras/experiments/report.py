@@ -1,0 +1,232 @@
+"""The experiment report: per row mean ± std over seeds, the paired difference to the same student from scratch
+with its t-interval, and the plots (accuracy vs. parameters and FLOPs, Δ per method, validation curves)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from kdkeras.reporting import machine_text, markdown_table
+
+
+def write_report(experiment, command: str) -> dict:
+    """Writes `NAME.md`, `NAME.json` and the PNG plots of an experiment from its finished rows.
+
+    Args:
+        experiment: a `kdkeras.experiments.Experiment`.
+        command: the command line to print above the table.
+
+    Returns:
+        The report as written to JSON, plus its Markdown `table`.
+    """
+    from kdkeras import artifacts
+
+    config = experiment.config
+    teacher, results = experiment.collect()
+    rows = []
+    if teacher is not None:
+        rows.append(_summary("teacher", f"teacher ({teacher['model']})", "teacher", [teacher]))
+    for row in experiment.config["rows"]:
+        if results[row["name"]]:
+            rows.append(_summary(row["name"], row["label"], row["method"], results[row["name"]]))
+    _compare_with_scratch(experiment, rows[1 if teacher else 0 :], results)
+    if teacher is not None:
+        rows[0].update(paired_delta([], []), baseline=None)
+    machines = {machine_text(r["machine"]) for r in [teacher, *sum(results.values(), [])] if r}
+    report = {
+        "name": experiment.config["name"],
+        "budget": experiment.budget,
+        "command": command,
+        "machine": sorted(machines),
+        "dataset": experiment.config["dataset"],
+        "budget_settings": experiment.plan,
+        "training": experiment.config["training"],
+        "rows": rows,
+        "missing": [r["name"] for r in config["rows"] if len(results[r["name"]]) < len(experiment.row_seeds(r))],
+    }
+    artifacts.write_json(f"{experiment.report_base}.json", report)
+    artifacts.write_text(
+        f"{experiment.report_base}.md", _markdown(report, experiment.config, os.path.basename(experiment.report_base))
+    )
+    report["table"] = _table(rows)
+    _plot(rows, teacher, results, experiment.config, experiment.report_base)
+    return report
+
+
+def _compare_with_scratch(experiment, rows: list[dict], results: dict) -> None:
+    """Adds to each row its paired Δ to the scratch row of the same architecture, seed by seed (the rows of one
+    seed share the initial weights' seed, the data order and the augmentation draws)."""
+    config_rows = [r for r in experiment.config["rows"] if results[r["name"]]]
+    scratch_rows = [r for r in experiment.config["rows"] if r["method"] == "scratch"]
+    for row, config_row in zip(rows, config_rows, strict=True):
+        model = experiment.row_model(config_row)
+        baseline = next((b for b in scratch_rows if experiment.row_model(b) == model), None)
+        if baseline is config_row:  # A baseline is not compared with itself.
+            baseline = None
+        row.update(paired_delta(results[config_row["name"]], results[baseline["name"]] if baseline else []))
+        row["baseline"] = baseline["name"] if baseline else None
+
+
+def paired_delta(records: list[dict], baseline: list[dict], confidence: float = 0.95) -> dict:
+    """Accuracy differences `records − baseline`, paired by seed, with a t-interval for their mean.
+
+    Returns:
+        `{"delta_per_seed": {seed: Δ}, "delta_mean": mean Δ or None, "delta_ci95": [low, high] or None}`; the
+        interval needs at least 2 paired seeds (Student's t with n − 1 degrees of freedom).
+    """
+    import numpy as np
+    from scipy import stats
+
+    base = {r["spec"]["train_config"]["seed"]: r["test_accuracy"] for r in baseline}
+    per_seed = {
+        r["spec"]["train_config"]["seed"]: r["test_accuracy"] - base[r["spec"]["train_config"]["seed"]]
+        for r in records
+        if r["spec"]["train_config"]["seed"] in base
+    }
+    deltas = np.array(list(per_seed.values()))
+    interval = None
+    if len(deltas) >= 2:
+        low, high = stats.t.interval(confidence, len(deltas) - 1, loc=deltas.mean(), scale=stats.sem(deltas))
+        interval = [float(low), float(high)] if np.isfinite(low) else [float(deltas.mean())] * 2
+    return {
+        "delta_per_seed": {str(k): float(v) for k, v in sorted(per_seed.items())},
+        "delta_mean": float(deltas.mean()) if len(deltas) else None,
+        "delta_ci95": interval,
+    }
+
+
+def _summary(name: str, label: str, method: str, records: list[dict]) -> dict:
+    import numpy as np
+
+    accuracies = np.array([r["test_accuracy"] for r in records])
+    return {
+        "name": name,
+        "label": label,
+        "method": method,
+        "model": records[0]["model"],
+        "params": records[0]["params"],
+        "flops": records[0]["flops"],
+        "seeds": [r["spec"]["train_config"]["seed"] for r in records],
+        "accuracy_mean": float(accuracies.mean()),
+        "accuracy_std": float(accuracies.std(ddof=1)) if len(records) > 1 else None,
+        "accuracies": accuracies.tolist(),
+        "train_seconds_mean": float(np.mean([r["train_seconds"] for r in records])),
+        "cpu_seconds_mean": float(np.mean([r["cpu_seconds"] for r in records])),
+        "epochs": len(records[0]["history"].get("loss", [])),
+        "machine": records[0]["machine"],
+    }
+
+
+def _markdown(report: dict, config: dict, title: str) -> str:
+    lines = [
+        f"# {title}: {config['description'] or config['name']}".rstrip(),
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {'; '.join(report['machine']) or 'n/a'}  ",
+        f"Dataset: {report['dataset']}; budget `{report['budget']}`: {json.dumps(report['budget_settings'])}; "
+        f"training: {json.dumps(report['training'])}",
+        "",
+        _table(report["rows"]),
+        "",
+        "Test accuracy on the full test split; mean ± sample standard deviation over the seeds (± omitted for one "
+        "seed). Train time is the wall time of `fit` (training and validation, no test), mean over seeds; CPU time "
+        "is the process' CPU seconds over the same span (all threads), which other jobs on the machine inflate less. "
+        "Δ vs scratch: the row's accuracy minus that of the scratch row with the same student, seed by seed (same "
+        "initial-weight seed, data order and augmentation draws); its mean, a 95 % Student-t interval over the "
+        "paired seeds (2 or more), and each seed's Δ.",
+    ]
+    if report["missing"]:
+        lines.append(f"Not finished for every seed yet: {', '.join(report['missing'])}.")
+    lines += [
+        "",
+        f"![accuracy vs parameters and FLOPs]({title}-accuracy_vs_params.png)",
+        "",
+        f"![difference to scratch]({title}-delta.png)",
+        "",
+        f"![validation accuracy]({title}-val_curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _table(rows: list[dict]) -> str:
+    """The comparison table in Markdown."""
+    header = ["method", "model", "params", "MFLOPs", "epochs", "test accuracy", "seeds", "Δ vs scratch (points)",
+              "95 % CI", "Δ per seed", "train time (s)", "CPU time (s)"]  # fmt: skip
+    numeric = [False, False, True, True, True, True, True, True, False, False, True, True]
+    cells = []
+    for row in rows:
+        spread = f" ± {row['accuracy_std']:.4f}" if row["accuracy_std"] is not None else ""
+        delta = "" if row.get("delta_mean") is None else f"{100 * row['delta_mean']:+.2f}"
+        interval = (
+            "" if not row.get("delta_ci95") else "[{:+.2f}, {:+.2f}]".format(*(100 * v for v in row["delta_ci95"]))
+        )
+        per_seed = " ".join(f"{100 * v:+.2f}" for v in row.get("delta_per_seed", {}).values())
+        cells.append([
+            row["label"], row["model"], f"{row['params']:,}", f"{row['flops'] / 1e6:.1f}", row["epochs"],
+            f"{row['accuracy_mean']:.4f}{spread}", len(row["seeds"]), delta, interval, per_seed,
+            f"{row['train_seconds_mean']:.0f}", f"{row['cpu_seconds_mean']:.0f}",
+        ])  # fmt: skip
+    return markdown_table(header, cells, numeric)
+
+
+def _plot(rows: list[dict], teacher: dict | None, results: dict, config: dict, base: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # Files only; no display needed.
+    import matplotlib.pyplot as plt
+
+    from kdkeras import artifacts
+
+    figure, panels = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for axes, key, label in ((panels[0], "params", "parameters"), (panels[1], "flops", "FLOPs per image")):
+        for row in rows:
+            # Students share one size: a legend names the points instead of labels that would overlap.
+            marker = "s" if row["method"] in ("teacher", "reference") else "o"
+            axes.errorbar(
+                row[key], row["accuracy_mean"], yerr=row["accuracy_std"] or 0, fmt=marker, capsize=3,
+                label=f"{row['label']} ({row['accuracy_mean']:.4f})",
+            )  # fmt: skip
+        axes.margins(x=0.25, y=0.15)
+        axes.set_xscale("log")
+        axes.set_xlabel(f"{label} (log scale)")
+        axes.grid(True, alpha=0.3)
+    panels[0].set_ylabel("test accuracy (mean ± std over seeds)")
+    panels[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    figure.suptitle(f"{config['name']}: accuracy vs. size")
+    figure.tight_layout()
+    artifacts.save_figure(figure, f"{base}-accuracy_vs_params.png")
+    plt.close(figure)
+
+    compared = [r for r in rows if r.get("delta_mean") is not None and r["method"] != "scratch"]
+    figure, axes = plt.subplots(figsize=(7, 0.5 * len(compared) + 1.5))
+    for i, row in enumerate(compared):
+        mean = row["delta_mean"]
+        low, high = row["delta_ci95"] or (mean, mean)
+        axes.errorbar(100 * mean, i, xerr=[[100 * (mean - low)], [100 * (high - mean)]], fmt="o", capsize=4)
+        seeds = [100 * v for v in row["delta_per_seed"].values()]
+        axes.scatter(seeds, [i] * len(seeds), marker="x", color="gray", zorder=3)
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_yticks(
+        range(len(compared)), [f"{r['label']} (n={len(r['delta_per_seed'])})" for r in compared], fontsize=8
+    )
+    axes.set_xlabel("Δ test accuracy vs. the same student from scratch (points): paired mean, 95 % CI, seeds (x)")
+    axes.grid(True, axis="x", alpha=0.3)
+    figure.tight_layout()
+    artifacts.save_figure(figure, f"{base}-delta.png")
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    curves = [("teacher", [teacher] if teacher else [])] + [(r["label"], results[r["name"]]) for r in config["rows"]]
+    for label, records in curves:
+        if records and "val_accuracy" in records[0]["history"]:
+            values = records[0]["history"]["val_accuracy"]  # The first seed's curve.
+            axes.plot(range(1, len(values) + 1), values, marker=".", label=label)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation accuracy (student; teacher for 'teacher')")
+    axes.set_title(f"{config['name']}: validation accuracy per epoch (first seed)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    artifacts.save_figure(figure, f"{base}-val_curves.png")
+    plt.close(figure)

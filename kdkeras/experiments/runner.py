@@ -1,0 +1,308 @@
+"""Runs an experiment's teacher and rows: each row × seed trains once, writes its JSON, and is skipped (or resumed
+from its checkpoint) when the same command runs again."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION
+from kdkeras.reporting import machine
+
+
+def _fingerprint(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Experiment:
+    """One experiment config under one budget: where its files go, and how each row runs.
+
+    Args:
+        config: a validated config (`load_config`).
+        budget: `"quick"` or `"full"`.
+        verbose: Keras progress output of the training runs (0, 1 or 2).
+    """
+
+    def __init__(self, config: dict, budget: str = "quick", verbose: int = 2):
+        if budget not in BUDGETS:
+            raise ValueError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
+        self.config, self.budget, self.verbose = config, budget, verbose
+        self.plan = config["budgets"][budget]
+        self.seeds = self.plan["seeds"] or config["seeds"]
+        self.rows_dir = os.path.join(config["results_dir"], config["name"], budget)
+        self.models_dir = os.path.join(config["models_dir"], config["name"], budget)
+        suffix = "" if budget == "full" else f"-{budget}"
+        self.report_base = os.path.join(config["results_dir"], f"{config['name']}{suffix}")
+
+    # -- paths and settings
+
+    @property
+    def teacher_path(self) -> str:
+        return os.path.join(self.models_dir, "teacher.keras")
+
+    def row_path(self, name: str, seed: int | None) -> str:
+        """The result JSON of a row and seed; of the teacher with `seed=None`."""
+        return os.path.join(self.rows_dir, f"{name}.json" if seed is None else f"{name}-seed{seed}.json")
+
+    def _train_config(self, epochs: int, seed: int, run: str, training: dict, lr: float | None = None):
+        from kdkeras.training import TrainConfig
+
+        return TrainConfig(
+            dataset=self.config["dataset"],
+            data_dir=self.config["data_dir"],
+            epochs=epochs,
+            seed=seed,
+            max_train_examples=self.plan["max_train_examples"],
+            **{**training, "lr": lr or training["lr"]},
+            # Beside the experiment's models (`models_dir`), not in the working directory's runs/.
+            logdir=os.path.join(self.models_dir, "logs", run),
+            backup_dir=os.path.join(self.models_dir, f"{run}.backup"),
+            verbose=self.verbose,
+        )
+
+    def _teacher_config(self):
+        teacher = self.config["teacher"]
+        return self._train_config(
+            self.plan["teacher_epochs"], teacher["seed"], "teacher", teacher["training"], teacher["lr"]
+        )
+
+    def _row_config(self, row: dict, seed: int):
+        epochs = self.plan["epochs"] * row["epochs_multiplier"]
+        return self._train_config(epochs, seed, f"{row['name']}-seed{seed}", self.config["training"])
+
+    def row_model(self, row: dict) -> dict:
+        """The architecture a row trains: its own for a reference row, else the student with the row's options."""
+        if row["method"] == "reference":
+            return {"model": row["model"], "options": row["options"]}
+        student = self.config["student"]
+        return {"model": student["model"], "options": {**student["options"], **row["options"]}}
+
+    def _cache_dir(self, row: dict) -> str | None:
+        """Rows whose terms read only the teacher's logits share one teacher-output cache per seed."""
+        from kdkeras import terms as terms_lib
+
+        if terms_lib.needs_live_teacher(row["terms"], row["collaborative"]):
+            return None
+        return os.path.join(self.models_dir, "teacher_cache")
+
+    def teacher_spec(self) -> dict:
+        """Everything the teacher's weights depend on; a saved teacher is reused only when this matches."""
+        teacher = self.config["teacher"]
+        config = self._teacher_config()
+        return {
+            "model": teacher["model"],
+            "options": teacher["options"],
+            "train_config": _settings(config),
+        }
+
+    def row_spec(self, row: dict, seed: int) -> dict:
+        """Everything a row's result depends on; a finished row is skipped only when this matches its JSON."""
+        config = self._row_config(row, seed)
+        # The label only names the row in the report: changing it does not make the result stale.
+        spec = {
+            "row": {k: v for k, v in row.items() if k != "label"},
+            "model": self.row_model(row),
+            "train_config": _settings(config),
+            "results_version": RESULTS_VERSION,
+        }
+        if _distills(row):
+            spec["teacher"] = _fingerprint(self.teacher_spec())
+            # Cached logits are float16: results may differ from live ones in the last digits.
+            spec["teacher_logits"] = "cache" if self._cache_dir(row) else "live"
+        return spec
+
+    # -- running
+
+    def _log(self, text: str) -> None:
+        print(f"[{self.config['name']}/{self.budget}] {text}", flush=True)
+
+    def ensure_teacher(self) -> dict:
+        """Trains and saves the teacher, unless a saved one was trained from the same settings.
+
+        Returns:
+            The teacher's record (spec, history, test accuracy, params, FLOPs, times).
+        """
+        from kdkeras import artifacts
+        from kdkeras.models import build_model
+        from kdkeras.training import remove_backup, set_seed, train_classifier
+
+        spec = self.teacher_spec()
+        record_path = self.row_path("teacher", None)
+        record = read_json(record_path)
+        if record is not None and record.get("spec") == spec and os.path.exists(self.teacher_path):
+            self._log(f"teacher: reusing {self.teacher_path} (test accuracy {record['test_accuracy']:.4f})")
+            return record
+        if record is not None:
+            self._log("teacher: the saved one was trained from other settings; training it again")
+        config = self._teacher_config()
+        set_seed(config.seed)
+        info = _dataset_info(config)
+        model = build_model(spec["model"], info.input_shape, info.num_classes, **spec["options"])
+        self._log(f"teacher: training {spec['model']} for {config.epochs} epoch(s)")
+        record = self._train_and_record(model, config, spec, lambda: train_classifier(model, config)[:2])
+        artifacts.save_model(model, self.teacher_path)
+        artifacts.write_json(record_path, record)
+        remove_backup(config)
+        return record
+
+    def run_row(self, row: dict, seed: int) -> tuple[dict, bool]:
+        """Runs one row for one seed, unless its JSON already holds a result for the same settings.
+
+        Returns:
+            `(record, ran)`: the row's record, and whether it was run now (False: skipped).
+        """
+        from kdkeras import artifacts
+
+        spec = self.row_spec(row, seed)
+        path = self.row_path(row["name"], seed)
+        record = read_json(path)
+        if record is not None and record.get("spec") == spec:
+            self._log(f"{row['name']} seed {seed}: done already ({record['test_accuracy']:.4f}), skipped")
+            return record, False
+        model_path = os.path.join(self.models_dir, f"{row['name']}-seed{seed}.keras")
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(artifacts.output_lock(model_path))
+            except OSError as error:  # Another process runs this row: leave it to that one.
+                self._log(f"{row['name']} seed {seed}: skipped, {error}")
+                return None, False
+            return self._run_row_locked(row, seed, spec, path, model_path), True
+
+    def _run_row_locked(self, row: dict, seed: int, spec: dict, path: str, model_path: str) -> dict:
+        from kdkeras import artifacts
+        from kdkeras.models import build_model
+        from kdkeras.training import distill, remove_backup, set_seed, train_classifier
+
+        config = self._row_config(row, seed)
+        set_seed(seed)
+        info = _dataset_info(config)
+        model = build_model(spec["model"]["model"], info.input_shape, info.num_classes, **spec["model"]["options"])
+        self._log(f"{row['name']} seed {seed}: {row['method']} {model.name}, {config.epochs} epoch(s)")
+        if not _distills(row):
+            run = lambda: train_classifier(model, config)[:2]  # noqa: E731
+        else:
+            teacher = artifacts.load_model(self.teacher_path)  # A fresh copy: collaborative rows change it.
+
+            def run():
+                _, history, seconds, _ = distill(
+                    teacher, model, config, teacher_lr=row["teacher_lr"], terms=row["terms"],
+                    collaborative=row["collaborative"], teacher_cache=self._cache_dir(row),
+                )  # fmt: skip
+                return history, seconds
+
+        record = self._train_and_record(model, config, spec, run)
+        artifacts.save_model(model, model_path)
+        artifacts.write_json(path, record)
+        remove_backup(config)  # Only now: a kill during the saves above resumes from the finished training.
+        self._log(
+            f"{row['name']} seed {seed}: test accuracy {record['test_accuracy']:.4f}, {record['train_seconds']:.0f} s"
+        )
+        return record
+
+    def _train_and_record(self, model, config, spec: dict, run) -> dict:
+        from kdkeras.data import load_dataset
+        from kdkeras.profiling import count_flops, count_params
+        from kdkeras.training import evaluate_classifier
+
+        cpu_start = time.process_time()
+        history, seconds = run()
+        cpu_seconds = time.process_time() - cpu_start
+        test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
+        result = evaluate_classifier(model, test, info)
+        return {
+            "spec": spec,
+            "model": model.name,
+            "params": count_params(model),
+            "flops": count_flops(model),
+            "test_accuracy": result["accuracy"],
+            "test_loss": result["loss"],
+            "test_examples": result["num_examples"],
+            "history": {key: [float(v) for v in values] for key, values in history.items()},
+            "train_seconds": seconds,
+            "cpu_seconds": cpu_seconds,
+            "machine": machine(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+    def run(self, rows: list[str] | None = None) -> None:
+        """The teacher, then every selected row for every seed; finished rows are skipped.
+
+        Args:
+            rows: names of the rows to run (default all); `"teacher"` alone trains only the teacher.
+        """
+        selected = self.select(rows)
+        if not rows or "teacher" in rows or any(_distills(row) for row in selected):
+            self.ensure_teacher()
+        for seed in self.seeds:
+            for row in selected:
+                if seed in self.row_seeds(row):
+                    self.run_row(row, seed)
+
+    def row_seeds(self, row: dict) -> list[int]:
+        """The seeds a row runs: the experiment's, or the subset the row names."""
+        return [s for s in self.seeds if row.get("seeds") is None or s in row["seeds"]]
+
+    def select(self, names: list[str] | None) -> list[dict]:
+        if not names:
+            return self.config["rows"]
+        known = {row["name"]: row for row in self.config["rows"]}
+        unknown = [n for n in names if n not in known and n != "teacher"]
+        if unknown:
+            raise ValueError(f"unknown row(s) {', '.join(unknown)}; the config has: teacher, {', '.join(known)}")
+        return [known[n] for n in names if n in known]
+
+    # -- the report
+
+    def collect(self) -> tuple[dict | None, dict[str, list[dict]]]:
+        """The teacher's record and, per row, the records of the seeds finished with the current settings."""
+        teacher = read_json(self.row_path("teacher", None))
+        if teacher is not None and teacher.get("spec") != self.teacher_spec():
+            teacher = None
+        results = {}
+        for row in self.config["rows"]:
+            records = []
+            for seed in self.row_seeds(row):
+                record = read_json(self.row_path(row["name"], seed))
+                if record is not None and record.get("spec") == self.row_spec(row, seed):
+                    records.append(record)
+            results[row["name"]] = records
+        return teacher, results
+
+    def report(self, command: str) -> dict:
+        """Writes `NAME.md`, `NAME.json` and the plots from the finished rows (`kdkeras.experiments.report`)."""
+        from kdkeras.experiments.report import write_report
+
+        return write_report(self, command)
+
+
+def _distills(row: dict) -> bool:
+    return row["method"] not in ("scratch", "reference")
+
+
+def _settings(config) -> dict:
+    """The parts of a `TrainConfig` that change the result (not where logs and checkpoints go), leaving out those
+    at their default: a field added to `TrainConfig` later does not make every finished row stale."""
+    from kdkeras.training import result_settings
+
+    defaults = {field.name: field.default for field in dataclasses.fields(config)}
+    return {k: v for k, v in result_settings(config).items() if k == "seed" or v != defaults[k]}
+
+
+def _dataset_info(config):
+    from kdkeras.data import load_dataset
+
+    return load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)[1]
+
+
+def read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable result file ({error}); delete it to run that row again") from None
