@@ -410,6 +410,9 @@ def load_dataset(
     do_flip = default_flip(spec) if flip is None else flip
     images, labels = tf.constant(x), tf.constant(y)
 
+    # Plain TensorFlow ops and Python-level branches: nothing for AutoGraph to convert (it tried, failed on the
+    # closure and warned once per epoch, then ran the function as is, which is what this says up front).
+    @tf.autograph.experimental.do_not_convert
     def example(index, epoch):
         image = images[index]
         if source.from_files:
