@@ -6,7 +6,9 @@ Dataset specs:
 - `fashion_mnist` — the offline default: Debian's `dataset-fashion-mnist` files in
   `/usr/share/datasets/fashion-mnist/`, else a prepared TFDS copy, else a TFDS download;
 - `tfds:NAME` — any TFDS image-classification dataset (`tfds:cifar10`, `tfds:mnist`, …);
-- `folder:PATH` — images in one sub-folder per class; `PATH/train/` and `PATH/test/` are the splits when present;
+- `folder:PATH` — images in one sub-folder per class; `PATH/train/` and `PATH/test/` are the splits when present,
+  else 20 % of the images are the test split, the same for every run (it does not follow `seed`: a model trained
+  with any seed is evaluated on images it never saw);
 - `idx:PATH` — a folder of MNIST-format IDX files (`train-images-idx3-ubyte.gz`, `t10k-labels-idx1-ubyte.gz`, …).
 
 Images come out as float32 pixel values in [0, 255] (the models rescale them), labels as int32. The validation
@@ -265,8 +267,13 @@ def _read_folder(path: str, test_fraction: float, seed: int) -> _Source:
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _load_source(spec: str, data_dir: str | None, seed: int) -> _Source:
+# The test split of a folder without train/ and test/ is a property of the dataset, not of a run: with the run's
+# seed, `kdkeras evaluate` (seed 0) would score a model trained with seed 3 partly on its own training images.
+FOLDER_TEST_SPLIT_SEED = 0
+
+
+@functools.lru_cache(maxsize=4)  # One read per dataset and process, however many splits a run loads.
+def _load_source(spec: str, data_dir: str | None) -> _Source:
     kind, _, arg = spec.partition(":")
     try:
         if spec == "fashion_mnist":
@@ -276,7 +283,7 @@ def _load_source(spec: str, data_dir: str | None, seed: int) -> _Source:
         if kind == "idx" and arg:
             return _read_idx_folder(arg)
         if kind == "folder" and arg:
-            return _read_folder(arg, test_fraction=0.2, seed=seed)
+            return _read_folder(arg, test_fraction=0.2, seed=FOLDER_TEST_SPLIT_SEED)
     except (IDXError, FileNotFoundError) as error:
         raise DatasetError(str(error)) from None
     raise DatasetError(
@@ -385,7 +392,7 @@ def load_dataset(
         raise DatasetError(f"batch_size must be >= 1, got {batch_size}")
     if max_examples is not None and max_examples < 1:
         raise DatasetError(f"max_examples must be >= 1, got {max_examples}")
-    source = _load_source(spec, data_dir, seed)
+    source = _load_source(spec, data_dir)
     x, y = _split_arrays(source, split, validation_fraction, seed)
     if max_examples is not None:
         if split == "test":  # The test files are ordered; subsample them without bias.
