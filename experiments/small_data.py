@@ -7,8 +7,7 @@
 The dataset is one kdkeras never saw while its defaults were chosen: scikit-learn's handwritten digits (1,797
 8×8 images, shipped with scikit-learn, so it works offline), upscaled to 32×32 grayscale PNGs in one folder per class
 and loaded as `folder:PATH` (a fixed 80/20 test split, the same for every seed, then a seeded 10 % of the rest for
-validation), the way a user's own
-image folder is. Every model is trained for the same epochs with its defaults:
+validation), the way a user's own image folder is. Every model is trained for the same epochs with its defaults:
 
 - keras-io's "Simple MNIST convnet" (keras-io examples/vision/mnist_convnet.py): two 3×3 convs (32, 64) with max
   pooling, dropout 0.5, softmax; Adam at its default rate, batch 128, no augmentation;
