@@ -338,6 +338,30 @@ def evaluate_classifier(model: keras.Model, dataset, info: DatasetInfo) -> dict:
     }
 
 
+def test_record(model: keras.Model, config: TrainConfig) -> dict:
+    """The part of every run record that describes the trained model: its size and its test-split result.
+
+    Used by `kdkeras train`/`distill` (the `.config.json` beside the model), the experiment rows and the demo, so
+    that they all evaluate the same way.
+
+    Returns:
+        `{"model", "params", "flops", "test_accuracy", "test_loss", "test_examples", "per_class"}`.
+    """
+    from kdkeras.profiling import count_flops, count_params
+
+    test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
+    result = evaluate_classifier(model, test, info)
+    return {
+        "model": model.name,
+        "params": count_params(model),
+        "flops": count_flops(model),
+        "test_accuracy": result["accuracy"],
+        "test_loss": result["loss"],
+        "test_examples": result["num_examples"],
+        "per_class": result["per_class"],
+    }
+
+
 def default_logdir(command: str, name: str) -> str:
     """`runs/{command}-{name}-{YYYYmmdd-HHMMSS}`; `runs` is `$KDKERAS_RUNS_DIR` when set (the test suite points it
     at a temporary folder so that tests never write into the working tree)."""

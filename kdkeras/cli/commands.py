@@ -104,7 +104,7 @@ def _train_config(args, strategy):
     )
 
 
-def _finish_run(model, args, config, extra: dict, strategy) -> dict | None:
+def _finish_run(model, args, config, info, extra: dict, strategy) -> dict | None:
     """Evaluates on the test split, saves the model and its resolved configuration beside it, prints a summary.
 
     Under a multi-worker strategy only the chief evaluates and saves; the other workers print the digest of the
@@ -116,10 +116,8 @@ def _finish_run(model, args, config, extra: dict, strategy) -> dict | None:
     import tensorflow as tf
 
     from kdkeras import artifacts
-    from kdkeras.data import load_dataset
     from kdkeras.distribute import num_replicas, worker_role
-    from kdkeras.profiling import count_flops, count_params
-    from kdkeras.training import evaluate_classifier
+    from kdkeras.training import test_record
 
     is_chief, index = worker_role(strategy)
     digest = artifacts.weights_digest(model)
@@ -127,15 +125,9 @@ def _finish_run(model, args, config, extra: dict, strategy) -> dict | None:
         print(f"worker {index}: trained weights digest {digest}; the chief saves the model")
         return None
 
-    test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
-    result = evaluate_classifier(model, test, info)
     record = {
         "command": args.command,
-        "model": model.name,
-        "params": count_params(model),
-        "flops": count_flops(model),
-        "test_accuracy": result["accuracy"],
-        "test_loss": result["loss"],
+        **test_record(model, config),
         "dataset": dataclasses.asdict(info),
         "train_config": dataclasses.asdict(config),
         **extra,
@@ -147,7 +139,10 @@ def _finish_run(model, args, config, extra: dict, strategy) -> dict | None:
     }
     artifacts.save_model(model, args.out)
     artifacts.write_json(artifacts.config_path(args.out), record)
-    print(f"{model.name}: test accuracy {result['accuracy']:.4f} on {result['num_examples']} images; saved {args.out}")
+    print(
+        f"{model.name}: test accuracy {record['test_accuracy']:.4f} on {record['test_examples']} images; "
+        f"saved {args.out}"
+    )
     return record
 
 
@@ -186,7 +181,7 @@ def cmd_train(args) -> int:
             model = build_model(args.model, info.input_shape, info.num_classes, **builder_options)
             history, seconds, _ = train_classifier(model, config)
         extra = {"builder": {"name": args.model, **builder_options}, "history": history, "train_seconds": seconds}
-        _finish_run(model, args, config, extra, strategy)
+        _finish_run(model, args, config, info, extra, strategy)
         remove_backup(config)  # Only now: a kill during the save above resumes from the finished training.
     return 0
 
@@ -227,7 +222,7 @@ def _distill_locked(args, strategy, config, info) -> None:
         "history": history,
         "train_seconds": seconds,
     }
-    _finish_run(distiller.student, args, config, extra, strategy)
+    _finish_run(distiller.student, args, config, info, extra, strategy)
     if args.collaborative and args.teacher_out and worker_role(strategy)[0]:
         artifacts.save_model(distiller.teacher, args.teacher_out)
         print(f"updated teacher saved to {args.teacher_out}")

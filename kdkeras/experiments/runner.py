@@ -204,23 +204,14 @@ class Experiment:
         return record
 
     def _train_and_record(self, model, config, spec: dict, run) -> dict:
-        from kdkeras.data import load_dataset
-        from kdkeras.profiling import count_flops, count_params
-        from kdkeras.training import evaluate_classifier
+        from kdkeras.training import test_record
 
         cpu_start = time.process_time()
         history, seconds = run()
         cpu_seconds = time.process_time() - cpu_start
-        test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
-        result = evaluate_classifier(model, test, info)
         return {
             "spec": spec,
-            "model": model.name,
-            "params": count_params(model),
-            "flops": count_flops(model),
-            "test_accuracy": result["accuracy"],
-            "test_loss": result["loss"],
-            "test_examples": result["num_examples"],
+            **test_record(model, config),
             "history": {key: [float(v) for v in values] for key, values in history.items()},
             "train_seconds": seconds,
             "cpu_seconds": cpu_seconds,
