@@ -115,6 +115,30 @@ def load_splits(config: TrainConfig, clock: EpochClock | None = None, teacher_lo
     return auto_shard_data(train), auto_shard_data(validation), info
 
 
+def load_cached_train(teacher, config: TrainConfig, clock: EpochClock, cache_root: str, terms,
+                      collaborative: bool = False):  # fmt: skip
+    """The training split with the teacher's logits read from a cache (computed first if needed,
+    `kdkeras.teacher_cache`), for `distill` and the tuner's trials alike.
+
+    Raises:
+        ValueError: before anything is computed, when the terms read teacher features or the teacher trains
+            (collaborative mode): a cache holds logits only.
+    """
+    if terms_lib.needs_live_teacher(terms, collaborative):
+        # Built terms (a Distiller's) know their layers: name them.
+        layers = [
+            name for term in terms for name in getattr(term, "teacher_layers", ()) if isinstance(term, terms_lib.Term)
+        ]
+        reason = "collaborative mode trains the teacher" if collaborative else "the terms read teacher features"
+        if layers and not collaborative:
+            reason += f" ({', '.join(dict.fromkeys(layers))})"
+        raise ValueError(f"a teacher cache holds logits only and {reason}: run without --teacher-cache")
+    from kdkeras.teacher_cache import TeacherCache
+
+    cache = TeacherCache.prepare(teacher, config, cache_root)
+    return load_splits(config, clock, cache.epoch_logits)[0]
+
+
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """The configured optimizer; by default Adam with a cosine decay of the learning rate from `lr` to 0 over the
     whole run, after `warmup_epochs` of linear warm-up from 0."""
@@ -277,14 +301,7 @@ def distill(
     check_classes(student, info, "student")
     distiller = Distiller(teacher, student, terms, collaborative=collaborative, synchronized_bn=synchronized_bn)
     if teacher_cache:
-        if distiller.collaborative or distiller.needs_teacher_features:
-            reason = "collaborative mode trains the teacher" if collaborative else (
-                f"the terms read teacher features ({', '.join(distiller.teacher_layers)})")  # fmt: skip
-            raise ValueError(f"a teacher cache holds logits only and {reason}: run without --teacher-cache")
-        from kdkeras.teacher_cache import TeacherCache
-
-        cache = TeacherCache.prepare(teacher, config, teacher_cache)
-        train, _, _ = load_splits(config, clock, cache.epoch_logits)
+        train = load_cached_train(teacher, config, clock, teacher_cache, distiller.terms, collaborative)
     teacher_optimizer = None
     if distiller.collaborative:
         teacher_config = dataclasses.replace(config, lr=teacher_lr or config.lr / 10)

@@ -290,7 +290,7 @@ def cmd_tune(args) -> int:
     from kdkeras.distiller import Distiller
     from kdkeras.distribute import num_replicas, scale_batch_and_lr
     from kdkeras.models import build_model
-    from kdkeras.training import TrainConfig, check_classes, load_splits, set_seed
+    from kdkeras.training import TrainConfig, check_classes, load_cached_train, load_splits, set_seed
 
     strategy = _start_strategy(args)
     set_seed(args.seed)
@@ -308,13 +308,7 @@ def cmd_tune(args) -> int:
     term_specs = args.term_specs
     if args.teacher_cache:
         # Every trial trains on the same images (same seed, epochs counted from 0): one cache serves them all.
-        if terms_lib.needs_live_teacher(term_specs):
-            raise ValueError("a teacher cache holds logits only and the terms read teacher features: run without "
-                             "--teacher-cache")  # fmt: skip
-        from kdkeras.teacher_cache import TeacherCache
-
-        cache = TeacherCache.prepare(teacher, config, args.teacher_cache)
-        train, _, _ = load_splits(config, clock, cache.epoch_logits)
+        train = load_cached_train(teacher, config, clock, args.teacher_cache, term_specs)
     probe = Distiller(teacher, build_model(args.student, info.input_shape, info.num_classes, **student_kwargs),
                       term_specs)  # fmt: skip
     # "auto" feature pairs resolved once, so every trial (and best_hparams.json) names the same layers.
