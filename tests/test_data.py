@@ -142,6 +142,7 @@ def test_folder_without_splits_is_split_deterministically(tmp_path, caplog):
     assert info.num_examples == 6  # 20 % of 30.
     train, train_info = load_dataset(f"folder:{tmp_path}", "train", 100, validation_fraction=0.25)
     assert train_info.num_examples == 18
+
     # The test split is the dataset's, not the run's: every seed trains on images outside the same test set.
     def image_set(dataset):
         return sorted(image.tobytes() for image in _all(dataset)[0])

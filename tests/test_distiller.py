@@ -263,3 +263,29 @@ def test_dkd_warmup_follows_the_epoch():
                                    rtol=1e-5)  # fmt: skip
     history = distiller.fit(X, Y, epochs=3, batch_size=16, verbose=0)
     assert int(distiller.epoch.numpy()) == 2 and len(history.history["dkd"]) == 3
+
+
+def test_distilling_with_the_labels_alone_is_training_from_scratch(tmp_path):
+    """The Distiller with only the `ce` term trains the student exactly as `train_classifier` does (same data
+    order, augmentation, optimizer, schedule and batch-norm warm start), so any gain or loss of a distillation row
+    comes from its terms, not from the distillation path itself."""
+    from conftest import write_idx_folder
+
+    from kdkeras.training import TrainConfig, distill, train_classifier
+
+    folder = write_idx_folder(str(tmp_path / "idx"), n_train=200, n_test=20, classes=3)
+    config = TrainConfig(dataset=f"idx:{folder}", epochs=2, batch_size=32, verbose=0, logdir=None, backup_dir=None)
+    keras.utils.set_random_seed(0)
+    teacher = build_model("alexnet", SHAPE, 3, width=0.25)
+    keras.utils.set_random_seed(1)
+    scratch = build_model("ds_alexnet", SHAPE, 3, width=0.25)
+    keras.utils.set_random_seed(1)
+    student = build_model("ds_alexnet", SHAPE, 3, width=0.25)
+    np.testing.assert_array_equal(values(scratch.weights)[0], values(student.weights)[0])
+    keras.utils.set_random_seed(2)
+    history, _, _ = train_classifier(scratch, config)
+    keras.utils.set_random_seed(2)
+    _, distilled_history, _, _ = distill(teacher, student, config, terms=[{"name": "ce"}])
+    np.testing.assert_allclose(distilled_history["loss"], history["loss"], rtol=1e-4)
+    for a, b in zip(values(scratch.weights), values(student.weights), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
