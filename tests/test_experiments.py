@@ -57,7 +57,7 @@ def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_pat
         assert 0.0 <= record["test_accuracy"] <= 1.0 and record["test_examples"] == 30
         assert record["params"] > 0 and record["flops"] > 0 and record["train_seconds"] > 0
         assert record["machine"]["cpu_cores"] == os.cpu_count()
-    assert [t["name"] for t in records["tskd-seed0"]["spec"]["row"]["terms"]] == ["ce", "kd", "hint"]
+    assert [t["name"] for t in records["tskd-seed0"]["spec"]["row"]["terms"]] == ["ce", "dist", "hint"]
     assert records["scratch-seed0"]["model"] == records["tskd-seed0"]["model"]
 
     # The saved student is the one the JSON describes: its test accuracy is recomputed here.
