@@ -27,7 +27,7 @@ def _distiller():
     keras.utils.set_random_seed(0)
     teacher = build_model("alexnet", (28, 28, 1), 10, width=0.25)
     student = build_model("ds_alexnet", (28, 28, 1), 10, width=0.25)
-    distiller = Distiller(teacher, student)
+    distiller = Distiller(teacher, student, [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}])
     distiller.compile("adam")
     return distiller
 

@@ -76,7 +76,8 @@ def test_search_leaves_the_teacher_file_and_weights_unchanged(setup, tmp_path):
 def test_cli_writes_reports_that_distill_accepts(setup, tmp_path, capsys):
     root, dataset, teacher_path, *_ = setup
     directory = str(tmp_path / "cli")
-    argv = ["tune", "--teacher", teacher_path, "--width", "0.25", "--dataset", dataset, "--max-trials", "3",
+    argv = ["tune", "--method", "kd", "--teacher", teacher_path, "--width", "0.25", "--dataset", dataset,
+            "--max-trials", "3",
             "--epochs-per-trial", "1", "--max-train-examples", "100", "--batch-size", "32", "--directory", directory,
             "--verbose", "0"]  # fmt: skip
     assert cli.main(argv) == 0
@@ -121,7 +122,7 @@ def test_cli_bad_input(setup, tmp_path, capsys):
     _, dataset, teacher_path, *_ = setup
     space = tmp_path / "space.yaml"
     space.write_text("kd.temperature: [8, 2]\n")
-    base = ["tune", "--dataset", dataset, "--directory", str(tmp_path / "d")]
+    base = ["tune", "--method", "kd", "--dataset", dataset, "--directory", str(tmp_path / "d")]
     assert cli.main([*base, "--teacher", str(tmp_path / "none.keras")]) == 2
     assert "model file not found" in capsys.readouterr().err
     assert cli.main([*base, "--teacher", teacher_path, "--space", str(space)]) == 2
