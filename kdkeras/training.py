@@ -125,10 +125,9 @@ def load_cached_train(teacher, config: TrainConfig, clock: EpochClock, cache_roo
             (collaborative mode): a cache holds logits only.
     """
     if terms_lib.needs_live_teacher(terms, collaborative):
-        # Built terms (a Distiller's) know their layers: name them.
-        layers = [
-            name for term in terms for name in getattr(term, "teacher_layers", ()) if isinstance(term, terms_lib.Term)
-        ]
+        # Built terms (a Distiller's) know their layers: name them. Specs (dicts) name none.
+        built = [term for term in terms if isinstance(term, terms_lib.Term) and term.reads_teacher_features]
+        layers = [name for term in built for name in term.teacher_layers]
         reason = "collaborative mode trains the teacher" if collaborative else "the terms read teacher features"
         if layers and not collaborative:
             reason += f" ({', '.join(dict.fromkeys(layers))})"

@@ -368,3 +368,22 @@ def test_unreadable_images_negative_labels_and_misnamed_models_are_named(tmp_pat
     for argv, message in cases:
         assert message in _error(argv, capsys), argv
     assert not os.path.exists(out)
+
+
+def test_a_user_set_tensorflow_log_level_shows_its_diagnostics(monkeypatch, tmp_path):
+    probe = "import kdkeras.cli as c; print(c.TF_LOG_LEVEL_FROM_USER)"
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    for level, expected in ((None, "False"), ("0", "True")):
+        run_env = env if level is None else {**env, "TF_CPP_MIN_LOG_LEVEL": level}
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=run_env, timeout=60)
+        assert result.stdout.strip() == expected, result.stderr
+    # And `main` passes that choice on: nothing is hidden.
+    main_module = sys.modules["kdkeras.cli.main"]  # `kdkeras.cli.main` the attribute is the function.
+
+    seen = []
+    monkeypatch.setattr(main_module, "TF_LOG_LEVEL_FROM_USER", True)
+    monkeypatch.setattr(
+        main_module.runtime, "import_tensorflow_quietly", lambda show_diagnostics: seen.append(show_diagnostics)
+    )
+    cli.main(["evaluate", "--model", str(tmp_path / "none.keras")])
+    assert seen == [True]

@@ -12,10 +12,8 @@ from here.
 import os
 
 # Before TensorFlow is imported anywhere: keep its C++ start-up chatter off the user's terminal, unless the user
-# asked for a level (then `runtime.import_tensorflow_quietly` hides nothing either). The user's choice is passed on
-# in the environment, so that it survives this default.
-if "TF_CPP_MIN_LOG_LEVEL" in os.environ and "KDKERAS_TF_LOG_LEVEL_FROM_USER" not in os.environ:
-    os.environ["KDKERAS_TF_LOG_LEVEL_FROM_USER"] = "1"
+# asked for a level (then `runtime.import_tensorflow_quietly` hides nothing either; `main` reads this).
+TF_LOG_LEVEL_FROM_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kdkeras.cli.commands import parse_feature_pairs  # noqa: E402

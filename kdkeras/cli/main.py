@@ -6,14 +6,10 @@ import argparse
 import os
 import sys
 
-from kdkeras.cli import runtime
+from kdkeras.cli import TF_LOG_LEVEL_FROM_USER, runtime  # Set by the package before it imports this module.
 from kdkeras.cli.commands import parse_feature_pairs
 from kdkeras.cli.parser import build_parser
 from kdkeras.config_files import read_mapping
-
-# Whether the user chose TensorFlow's log level (then nothing of its output is hidden); `kdkeras.cli` records it
-# before it sets its own default.
-TF_LOG_LEVEL_FROM_USER = os.environ.get("KDKERASTF_LOG_LEVEL_FROM_USER") == "1"
 
 
 def _apply_config_file(parser, args, argv):
