@@ -7,17 +7,13 @@ interrupted save leaves the previous file intact and never a truncated one.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import tempfile
 import zipfile
 
 import keras
-
-# Importing these registers kdkeras' serializable classes, so saved distillers and adapters load.
-import kdkeras.adapters  # noqa: F401
-import kdkeras.distiller  # noqa: F401
-import kdkeras.losses  # noqa: F401
 
 
 def _fsync_dir(folder: str) -> None:
@@ -167,6 +163,7 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     if not zipfile.is_zipfile(path):  # Keras' own message for this case is "File not found".
         raise ValueError(f"{path}: not a valid .keras file (a .keras model is a zip archive; this file is not)")
     try:
+        _import_defining_modules(path)
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:  # Keras raises zipfile, OS, value and type errors for broken files.
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -175,6 +172,34 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
                 f"{path}: refused: the model contains code (e.g. a Lambda layer), which kdkeras never loads"
             ) from None
         raise ValueError(f"{path}: not a valid .keras file ({type(error).__name__}: {message})") from None
+
+
+def _import_defining_modules(path: str) -> None:
+    """Imports the kdkeras modules that define the classes a saved model uses, so that their Keras registrations
+    exist before Keras deserializes them.
+
+    The saving layer stays below the models: it imports nothing of kdkeras up front, and reads the defining module
+    of each class from the file itself (Keras records it next to the class name). Only `kdkeras.*` modules are
+    imported: safe mode still means that no code named by a file runs, only kdkeras' own.
+    """
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    modules = set()
+
+    def visit(node):
+        if isinstance(node, dict):
+            module = node.get("module")
+            if isinstance(module, str) and module.startswith("kdkeras."):
+                modules.add(module)
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    for module in sorted(modules):
+        importlib.import_module(module)
 
 
 def weights_digest(model: keras.Model) -> str:

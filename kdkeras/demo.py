@@ -18,7 +18,7 @@ from kdkeras.export import export_model, representative_images
 from kdkeras.models import build_model
 from kdkeras.presets import DEFAULT_PRESET, PRESETS
 from kdkeras.reporting import machine_text, markdown_table
-from kdkeras.training import TrainConfig, distill, test_record, train_classifier
+from kdkeras.training import TrainConfig, run_training
 
 SEED = 0
 # The demo's teacher: a ResNet-20, trained with the students' own recipe (Adam, cosine decay).
@@ -75,32 +75,30 @@ def run_demo(
     test, info = load_dataset(dataset, "test", 256)  # For the export's verification.
     rows = []
 
-    def record(label: str, model: keras.Model, seconds: float, filename: str) -> None:
-        result = test_record(model, student_config)
+    def record(label: str, model: keras.Model, result, filename: str) -> None:
         path = os.path.join(out_dir, filename)
         artifacts.save_model(model, path)
-        rows.append({**result, "model": label, "train_seconds": seconds, "file": path,
-                     "file_kb": os.path.getsize(path) / 1024})  # fmt: skip
-        print(f"-> {label}: test accuracy {result['test_accuracy']:.4f}, saved {path}", flush=True)
+        summary = {key: value for key, value in result.record.items() if key != "history"}  # The table's row.
+        rows.append({**summary, "model": label, "file": path, "file_kb": os.path.getsize(path) / 1024})
+        print(f"-> {label}: test accuracy {summary['test_accuracy']:.4f}, saved {path}", flush=True)
 
     print(f"\n[1/3] teacher: {TEACHER['model']}{TEACHER['options'].get('depth', '')}", flush=True)
     keras.utils.set_random_seed(SEED)
     teacher = build_model(TEACHER["model"], info.input_shape, info.num_classes, **TEACHER["options"])
-    _, seconds, _ = train_classifier(teacher, teacher_config)
-    record(f"teacher ({teacher.name})", teacher, seconds, "teacher.keras")
+    record(f"teacher ({teacher.name})", teacher, run_training(teacher, teacher_config), "teacher.keras")
 
     print("\n[2/3] student from scratch: ds_alexnet, labels only", flush=True)
     keras.utils.set_random_seed(SEED)
     scratch = build_model("ds_alexnet", info.input_shape, info.num_classes, width=student_width)
-    _, seconds, _ = train_classifier(scratch, student_config)
-    record("student from scratch (ds_alexnet)", scratch, seconds, "student_scratch.keras")
+    result = run_training(scratch, student_config)
+    record("student from scratch (ds_alexnet)", scratch, result, "student_scratch.keras")
 
     print(f"\n[3/3] distilled student: ds_alexnet, method '{DEFAULT_PRESET}' ({PRESETS[DEFAULT_PRESET]['doc']})",
           flush=True)  # fmt: skip
     keras.utils.set_random_seed(SEED)  # The same initial weights as the student from scratch.
     student = build_model("ds_alexnet", info.input_shape, info.num_classes, width=student_width)
-    _, _, seconds, _ = distill(teacher, student, student_config)
-    record("distilled student (ds_alexnet)", student, seconds, "student_distilled.keras")
+    result = run_training(student, student_config, teacher)
+    record("distilled student (ds_alexnet)", student, result, "student_distilled.keras")
 
     print("\n[export] distilled student → TFLite int8, verified on the test set", flush=True)
     train, _ = load_dataset(dataset, "train", 256, shuffle=True, seed=SEED)

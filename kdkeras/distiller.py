@@ -199,10 +199,10 @@ class Distiller(keras.Model):
             raise ValueError("teacher_optimizer is only used with collaborative=True")
 
     def get_compile_config(self):
-        if self.optimizer is None:
+        if getattr(self, "optimizer", None) is None:  # Not compiled yet: Keras sets `optimizer` in compile().
             return None
         config = {"optimizer": keras.optimizers.serialize(self.optimizer)}
-        if self.teacher_optimizer is not None:
+        if getattr(self, "teacher_optimizer", None) is not None:
             config["teacher_optimizer"] = keras.optimizers.serialize(self.teacher_optimizer)
         return config
 

@@ -310,6 +310,61 @@ def distill(
     return distiller, history, seconds, info
 
 
+@dataclasses.dataclass
+class RunResult:
+    """What `run_training` returns: the run record, the dataset info, and the distiller when there was a teacher.
+
+    `record` holds `model`, `params`, `flops`, `test_accuracy`, `test_loss`, `test_examples`, `per_class` (when
+    evaluated), `history` (every epoch, resumed ones too), `train_seconds` (wall time of `fit`) and `cpu_seconds`
+    (the process' CPU time over the same span).
+    """
+
+    record: dict
+    info: DatasetInfo
+    distiller: Distiller | None = None
+
+
+def run_training(
+    model: keras.Model,
+    config: TrainConfig,
+    teacher: keras.Model | None = None,
+    *,
+    callbacks=(),
+    evaluate: bool = True,
+    **distill_options,
+) -> RunResult:
+    """One training run as every kdkeras entry point makes it: prepare the data, fit `model` (on the labels alone,
+    or from `teacher` through a `Distiller`), evaluate it on the test split, and return the record.
+
+    `kdkeras train` and `distill`, the experiment runner (teacher and rows) and the demo all go through here, so
+    they all fit, time and evaluate the same way; each adds what only it knows (paths, specs) to the record.
+
+    Args:
+        model: the model to train (in place): a classifier, or the student when `teacher` is given.
+        config: the run's configuration.
+        teacher: a trained teacher; None trains `model` from scratch.
+        callbacks: extra Keras callbacks.
+        evaluate: evaluate on the test split (under a multi-worker strategy only the chief does).
+        **distill_options: `distill`'s `terms`, `collaborative`, `teacher_lr`, `synchronized_bn`, `teacher_cache`.
+    """
+    cpu_start = time.process_time()
+    if teacher is None:
+        if distill_options:
+            raise ValueError(f"{', '.join(sorted(distill_options))}: only used when distilling from a teacher")
+        distiller = None
+        history, seconds, info = train_classifier(model, config, callbacks)
+    else:
+        distiller, history, seconds, info = distill(teacher, model, config, callbacks, **distill_options)
+    cpu_seconds = time.process_time() - cpu_start
+    record = test_record(model, config) if evaluate else {"model": model.name}
+    record.update(
+        history={key: [float(v) for v in values] for key, values in history.items()},
+        train_seconds=seconds,
+        cpu_seconds=cpu_seconds,
+    )
+    return RunResult(record, info, distiller)
+
+
 def check_classes(model: keras.Model, info: DatasetInfo, role: str = "model") -> None:
     """Raises a clear error when a model does not fit a dataset's images or classes."""
     classes = model.output.shape[-1]

@@ -106,3 +106,28 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         os.umask(umask)
     for name in ("a.json", "b.md"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+
+
+def test_the_saving_layer_imports_nothing_above_it_yet_loads_a_saved_distiller(tmp_path):
+    """`artifacts` imports no kdkeras module up front; loading a saved `Distiller` in a fresh process imports the
+    modules the file names (kdkeras' own only), so the distiller, its terms and adapters come back."""
+    import subprocess
+    import sys
+
+    from kdkeras.distiller import Distiller
+    from kdkeras.models import build_model
+
+    teacher = build_model("ds_alexnet", (28, 28, 1), 10, width=0.25)
+    student = build_model("ds_alexnet", (28, 28, 1), 10, width=0.25)
+    Distiller(teacher, student, [{"name": "ce"}, {"name": "hint", "pairs": [["stage5", "stage5"]]}]).save(
+        tmp_path / "d.keras"
+    )
+    probe = (
+        "import sys; from kdkeras import artifacts; "
+        "above = sorted(m for m in sys.modules if m.startswith('kdkeras.') and m != 'kdkeras.artifacts'); "
+        f"d = artifacts.load_model({str(tmp_path / 'd.keras')!r}); "
+        "print(above, type(d).__name__, [t.name for t in d.terms], len(d.adapters))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[] Distiller ['ce', 'hint'] 1"

@@ -104,11 +104,12 @@ def _train_config(args, strategy):
     )
 
 
-def _finish_run(model, args, config, info, extra: dict, strategy) -> dict | None:
-    """Evaluates on the test split, saves the model and its resolved configuration beside it, prints a summary.
+def _finish_run(model, args, config, result, extra: dict, strategy) -> dict | None:
+    """Saves the model and its run record (`kdkeras.training.run_training`'s, plus what the command knows) beside
+    it, and prints a summary.
 
-    Under a multi-worker strategy only the chief evaluates and saves; the other workers print the digest of the
-    weights they trained (equal to the chief's, as every update is all-reduced) and return None.
+    Under a multi-worker strategy only the chief saves; the other workers print the digest of the weights they
+    trained (equal to the chief's, as every update is all-reduced) and return None.
     """
     import dataclasses
 
@@ -117,7 +118,6 @@ def _finish_run(model, args, config, info, extra: dict, strategy) -> dict | None
 
     from kdkeras import artifacts
     from kdkeras.distribute import num_replicas, worker_role
-    from kdkeras.training import test_record
 
     is_chief, index = worker_role(strategy)
     digest = artifacts.weights_digest(model)
@@ -127,8 +127,8 @@ def _finish_run(model, args, config, info, extra: dict, strategy) -> dict | None
 
     record = {
         "command": args.command,
-        **test_record(model, config),
-        "dataset": dataclasses.asdict(info),
+        **result.record,
+        "dataset": dataclasses.asdict(result.info),
         "train_config": dataclasses.asdict(config),
         **extra,
         "weights_digest": digest,
@@ -171,17 +171,17 @@ def _output_lock(args, strategy):
 
 
 def cmd_train(args) -> int:
+    from kdkeras.distribute import worker_role
     from kdkeras.models import build_model
-    from kdkeras.training import remove_backup, train_classifier
+    from kdkeras.training import remove_backup, run_training
 
     strategy, config, info = _start_training(args)
     builder_options = _builder_options(args, strategy)
     with _output_lock(args, strategy):
         with strategy.scope():
             model = build_model(args.model, info.input_shape, info.num_classes, **builder_options)
-            history, seconds, _ = train_classifier(model, config)
-        extra = {"builder": {"name": args.model, **builder_options}, "history": history, "train_seconds": seconds}
-        _finish_run(model, args, config, info, extra, strategy)
+            result = run_training(model, config, evaluate=worker_role(strategy)[0])
+        _finish_run(model, args, config, result, {"builder": {"name": args.model, **builder_options}}, strategy)
         remove_backup(config)  # Only now: a kill during the save above resumes from the finished training.
     return 0
 
@@ -198,7 +198,7 @@ def _distill_locked(args, strategy, config, info) -> None:
     from kdkeras import terms as terms_lib
     from kdkeras.distribute import worker_role
     from kdkeras.models import build_model
-    from kdkeras.training import distill, remove_backup
+    from kdkeras.training import remove_backup, run_training
 
     builder_options = _builder_options(args, strategy)
     # Teacher, student, distiller, optimizers and metrics: all get the strategy's (mirrored) variables.
@@ -206,10 +206,12 @@ def _distill_locked(args, strategy, config, info) -> None:
         teacher = artifacts.load_model(args.teacher)
         student = build_model(args.student, info.input_shape, info.num_classes, **builder_options)
         synchronized = builder_options.get("synchronized_bn", False)
-        distiller, history, seconds, _ = distill(
-            teacher, student, config, teacher_lr=args.teacher_lr, terms=args.term_specs,
-            collaborative=args.collaborative, synchronized_bn=synchronized, teacher_cache=args.teacher_cache,
+        result = run_training(
+            student, config, teacher, evaluate=worker_role(strategy)[0], teacher_lr=args.teacher_lr,
+            terms=args.term_specs, collaborative=args.collaborative, synchronized_bn=synchronized,
+            teacher_cache=args.teacher_cache,
         )  # fmt: skip
+    distiller = result.distiller
     extra = {
         "teacher": os.path.abspath(args.teacher),
         "builder": {"name": args.student, **builder_options},
@@ -219,10 +221,8 @@ def _distill_locked(args, strategy, config, info) -> None:
             "synchronized_bn": synchronized,
             "teacher_cache": args.teacher_cache,
         },
-        "history": history,
-        "train_seconds": seconds,
     }
-    _finish_run(distiller.student, args, config, info, extra, strategy)
+    _finish_run(distiller.student, args, config, result, extra, strategy)
     if args.collaborative and args.teacher_out and worker_role(strategy)[0]:
         artifacts.save_model(distiller.teacher, args.teacher_out)
         print(f"updated teacher saved to {args.teacher_out}")

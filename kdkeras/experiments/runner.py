@@ -128,7 +128,7 @@ class Experiment:
         """
         from kdkeras import artifacts
         from kdkeras.models import build_model
-        from kdkeras.training import remove_backup, set_seed, train_classifier
+        from kdkeras.training import remove_backup, run_training, set_seed
 
         spec = self.teacher_spec()
         record_path = self.row_path("teacher", None)
@@ -143,7 +143,7 @@ class Experiment:
         info = _dataset_info(config)
         model = build_model(spec["model"], info.input_shape, info.num_classes, **spec["options"])
         self._log(f"teacher: training {spec['model']} for {config.epochs} epoch(s)")
-        record = self._train_and_record(model, config, spec, lambda: train_classifier(model, config)[:2])
+        record = self._record(spec, run_training(model, config))
         artifacts.save_model(model, self.teacher_path)
         artifacts.write_json(record_path, record)
         remove_backup(config)
@@ -175,7 +175,7 @@ class Experiment:
     def _run_row_locked(self, row: dict, seed: int, spec: dict, path: str, model_path: str) -> dict:
         from kdkeras import artifacts
         from kdkeras.models import build_model
-        from kdkeras.training import distill, remove_backup, set_seed, train_classifier
+        from kdkeras.training import remove_backup, run_training, set_seed
 
         config = self._row_config(row, seed)
         set_seed(seed)
@@ -183,18 +183,14 @@ class Experiment:
         model = build_model(spec["model"]["model"], info.input_shape, info.num_classes, **spec["model"]["options"])
         self._log(f"{row['name']} seed {seed}: {row['method']} {model.name}, {config.epochs} epoch(s)")
         if not _distills(row):
-            run = lambda: train_classifier(model, config)[:2]  # noqa: E731
+            result = run_training(model, config)
         else:
             teacher = artifacts.load_model(self.teacher_path)  # A fresh copy: collaborative rows change it.
-
-            def run():
-                _, history, seconds, _ = distill(
-                    teacher, model, config, teacher_lr=row["teacher_lr"], terms=row["terms"],
-                    collaborative=row["collaborative"], teacher_cache=self._cache_dir(row),
-                )  # fmt: skip
-                return history, seconds
-
-        record = self._train_and_record(model, config, spec, run)
+            result = run_training(
+                model, config, teacher, teacher_lr=row["teacher_lr"], terms=row["terms"],
+                collaborative=row["collaborative"], teacher_cache=self._cache_dir(row),
+            )  # fmt: skip
+        record = self._record(spec, result)
         artifacts.save_model(model, model_path)
         artifacts.write_json(path, record)
         remove_backup(config)  # Only now: a kill during the saves above resumes from the finished training.
@@ -203,21 +199,10 @@ class Experiment:
         )
         return record
 
-    def _train_and_record(self, model, config, spec: dict, run) -> dict:
-        from kdkeras.training import test_record
-
-        cpu_start = time.process_time()
-        history, seconds = run()
-        cpu_seconds = time.process_time() - cpu_start
-        return {
-            "spec": spec,
-            **test_record(model, config),
-            "history": {key: [float(v) for v in values] for key, values in history.items()},
-            "train_seconds": seconds,
-            "cpu_seconds": cpu_seconds,
-            "machine": machine(),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
+    @staticmethod
+    def _record(spec: dict, result) -> dict:
+        """A row's JSON: its spec (what a re-run compares), the run record, and where and when it ran."""
+        return {"spec": spec, **result.record, "machine": machine(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     def run(self, rows: list[str] | None = None) -> None:
         """The teacher, then every selected row for every seed; finished rows are skipped.
