@@ -1,4 +1,4 @@
-"""kdkeras.data: every dataset spec form on real or generated data, the splits, augmentation and bad input."""
+"""kdkeras.data and kdkeras.sources: every dataset spec on real or generated data, splits, augmentation, bad input."""
 
 import logging
 import os
@@ -9,7 +9,7 @@ import tensorflow as tf
 from conftest import requires_fashion_mnist, write_idx_folder
 from PIL import Image
 
-from kdkeras import data
+from kdkeras import data, sources
 from kdkeras.data import DatasetError, load_dataset
 
 
@@ -31,16 +31,16 @@ def test_fashion_mnist_default_reads_debian_files():
 
 
 def test_fashion_mnist_missing_says_what_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
 
     def offline(*args, **kwargs):
         raise DatasetError("could not load TFDS dataset 'fashion_mnist' (no internet access?)")
 
-    monkeypatch.setattr(data, "_load_tfds", offline)
-    data._load_source.cache_clear()
+    monkeypatch.setattr(sources, "_load_tfds", offline)
+    sources.load_source.cache_clear()
     with pytest.raises(DatasetError, match="apt-get install dataset-fashion-mnist.*tfds:fashion_mnist"):
         load_dataset("fashion_mnist", "train")
-    data._load_source.cache_clear()
+    sources.load_source.cache_clear()
 
 
 def test_idx_folder_splits_are_disjoint_and_seeded(idx_folder):
@@ -135,7 +135,7 @@ def test_folder_with_train_and_test(tmp_path, mode, channels):
 def test_folder_without_splits_is_split_deterministically(tmp_path, caplog):
     _write_images(str(tmp_path), ["a", "b", "c"], 10, 8, "L")
     (tmp_path / "a" / "notes.txt").write_text("not an image")
-    data._load_source.cache_clear()
+    sources.load_source.cache_clear()
     with caplog.at_level(logging.WARNING, logger="kdkeras"):
         test, info = load_dataset(f"folder:{tmp_path}", "test", 100)
     assert "skipped 1 non-image file" in caplog.text
@@ -178,12 +178,12 @@ def test_folder_errors(tmp_path):
 def test_tfds_spec_through_mocked_tfds(monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "_can_reach", lambda address: True)  # The mock stands in for the download.
-    data._load_source.cache_clear()
+    monkeypatch.setattr(sources, "_can_reach", lambda address: True)  # The mock stands in for the download.
+    sources.load_source.cache_clear()
     with tfds.testing.mock_data(num_examples=40):
         dataset, info = load_dataset("tfds:cifar10", "train", 8, validation_fraction=0.25)
         x, y = _all(dataset)
-    data._load_source.cache_clear()
+    sources.load_source.cache_clear()
     # The mock carries no label metadata files, so the class names are the label numbers.
     assert info.num_classes == 10 and info.input_shape == (32, 32, 3) and len(info.class_names) == 10
     assert x.shape == (30, 32, 32, 3) and y.max() < 10
@@ -196,11 +196,11 @@ def test_tfds_without_network_fails_at_once_without_trying_to_download(monkeypat
         raise AssertionError("a download was attempted although the host is unreachable")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download)
-    monkeypatch.setattr(data, "_can_reach", lambda address: False)
-    data._load_source.cache_clear()
+    monkeypatch.setattr(sources, "_can_reach", lambda address: False)
+    sources.load_source.cache_clear()
     with pytest.raises(DatasetError, match="'mnist': it is not prepared in .* storage.googleapis.com is unreachable"):
         load_dataset("tfds:mnist", data_dir=str(tmp_path))
-    data._load_source.cache_clear()
+    sources.load_source.cache_clear()
 
 
 def test_can_reach_is_false_for_a_closed_port_and_trusts_a_configured_proxy(monkeypatch):
@@ -211,9 +211,9 @@ def test_can_reach_is_false_for_a_closed_port_and_trusts_a_configured_proxy(monk
         port = listener.getsockname()[1]
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    assert not data._can_reach(("127.0.0.1", port), timeout=2)
+    assert not sources._can_reach(("127.0.0.1", port), timeout=2)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
-    assert data._can_reach(("127.0.0.1", port), timeout=2)
+    assert sources._can_reach(("127.0.0.1", port), timeout=2)
 
 
 def test_bad_specs_and_arguments(idx_folder):
