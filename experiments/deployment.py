@@ -2,7 +2,7 @@
 
 Run (after `make demo`, which trains the two models):
     .venv/bin/python experiments/deployment.py --teacher saved_models/demo/teacher.keras \\
-        --student saved_models/demo/student_tskd.keras
+        --student saved_models/demo/student_distilled.keras
 
 For each model: Keras; TFLite float32, float16, dynamic-range int8, full int8; magnitude-pruned to 50 % and 80 %
 (fine-tuned with distillation from the teacher, `--prune-epochs` on `--train-examples` images) then full int8.

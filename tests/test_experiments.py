@@ -141,6 +141,8 @@ def test_rows_option_runs_only_the_named_rows(tmp_path):
         (lambda c: c["rows"][1].update(pairs=[["stage5"]]), "each pair must be [teacher_layer, student_layer]"),
         (lambda c: c["training"].update(warmup_epochs=-1), "training.warmup_epochs: must be a number >= 0"),
         (lambda c: c["teacher"].update(training={"optimizer": "lion"}), "teacher.training.optimizer: must be one"),
+        (lambda c: c["rows"][1].update(teacher_row="later"), "row 'tskd'.teacher_row: 'later' is not the name of an"),
+        (lambda c: c["rows"][0].update(teacher_row="tskd"), "row 'scratch': teacher_row only apply to distillation"),
     ],
 )
 def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, capsys, change, message):
@@ -168,8 +170,33 @@ def test_shipped_config_is_valid():
     assert [name for name, row in rows.items() if row.get("collaborative")] == ["tskd_collab"]
     assert config["student"] == {"model": "ds_alexnet", "options": {"width": 0.5}}
     assert config["budgets"]["full"]["seeds"] == [0, 1, 2]
-    # The width-1.0 block compares like with like: its KD row's baseline is its own scratch row.
-    assert rows["scratch_w1"]["options"] == rows["kd_w1"]["options"] == {"width": 1.0}
+    # The width-1.0 block compares like with like: its DIST row's baseline is its own scratch row.
+    assert rows["scratch_w1"]["options"] == rows["dist_w1"]["options"] == {"width": 1.0}
+
+
+def test_a_row_taught_by_another_rows_model_trains_that_row_first(tmp_path, capsys):
+    """A teacher assistant: `teacher_row` names an earlier row whose model (same seed) is the teacher. Running the
+    assistant row alone trains its teacher row first; the distillation then sees exactly that model."""
+    config = tiny_config(str(tmp_path))
+    config["rows"] = [
+        {"name": "wide", "method": "scratch", "options": {"width": 0.5}},
+        {"name": "assisted", "method": "kd", "teacher_row": "wide"},
+    ]
+    path = write_config(str(tmp_path), config)
+    assert run(path, "--rows", "assisted") == 0
+    rows_dir = tmp_path / "results" / "tiny" / "quick"
+    assert sorted(p.name for p in rows_dir.iterdir()) == ["assisted-seed0.json", "wide-seed0.json"]
+    wide, assisted = (json.loads((rows_dir / f"{n}-seed0.json").read_text()) for n in ("wide", "assisted"))
+    # The frozen teacher's validation accuracy in the assisted run is the wide row's final one: the same model.
+    assert assisted["history"]["val_teacher_accuracy"][0] == pytest.approx(wide["history"]["val_accuracy"][-1])
+    capsys.readouterr()
+    assert run(path, "--rows", "assisted") == 0
+    assert "assisted seed 0: done already" in capsys.readouterr().out
+    config["rows"][0]["options"] = {"width": 0.75}  # Its teacher row changes: both run again.
+    write_config(str(tmp_path), config)
+    assert run(path, "--rows", "assisted") == 0
+    out = capsys.readouterr().out
+    assert "wide seed 0: scratch" in out and "assisted seed 0: kd" in out
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

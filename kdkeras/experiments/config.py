@@ -56,12 +56,14 @@ _ROW_DEFAULTS = {
     "pairs": None,
     "collaborative": False,
     "teacher_lr": None,
+    # distillation: the teacher is the model an earlier row trained with the same seed (a teacher assistant)
+    "teacher_row": None,
     # any row: train longer than the budget's epochs (e.g. 2 to check that scratch has converged)
     "epochs_multiplier": 1,
     # any row: run only these of the experiment's seeds (e.g. a costly check on one seed)
     "seeds": None,
 }
-_DISTILL_KEYS = ("terms", "temperature", "pairs", "collaborative", "teacher_lr")
+_DISTILL_KEYS = ("terms", "temperature", "pairs", "collaborative", "teacher_lr", "teacher_row")
 
 
 def _fill(values, defaults: dict, where: str) -> dict:
@@ -154,6 +156,11 @@ def _row_spec(values, index: int, path: str) -> dict:
     if row["pairs"] is not None:
         row["pairs"] = _feature_pairs(row["pairs"], f"{where}.pairs")
     _require(isinstance(row["collaborative"], bool), f"{where}.collaborative", "must be true or false")
+    _require(
+        row["teacher_row"] is None or isinstance(row["teacher_row"], str),
+        f"{where}.teacher_row",
+        f"must be the name of an earlier row, got {row['teacher_row']!r}",
+    )
     try:
         row["terms"] = terms_lib.from_options(
             None if row["method"] == "distill" else row["method"], row["terms"],
@@ -215,7 +222,21 @@ def load_config(path: str) -> dict:
     names = [row["name"] for row in config["rows"]]
     duplicates = sorted({n for n in names if names.count(n) > 1} | ({"teacher"} & set(names)))
     _require(not duplicates, f"{path}: rows", f"duplicate or reserved row name(s) {', '.join(duplicates)}")
+    for index, row in enumerate(config["rows"]):
+        if row.get("teacher_row") is not None:
+            _check_teacher_row(row, config["rows"][:index], path)
     return config
+
+
+def _check_teacher_row(row: dict, earlier: list[dict], path: str) -> None:
+    """A row taught by another row's model: that row comes earlier and trains every seed this one does."""
+    where = f"{path}: row '{row['name']}'.teacher_row"
+    teacher = next((r for r in earlier if r["name"] == row["teacher_row"]), None)
+    _require(teacher is not None, where, f"{row['teacher_row']!r} is not the name of an earlier row")
+    _require(teacher["method"] != "reference", where, "a reference row trains another architecture, not a teacher")
+    if teacher["seeds"] is not None:
+        missing = sorted(set(row["seeds"] or []) - set(teacher["seeds"])) if row["seeds"] else ["(all)"]
+        _require(not missing, where, f"row '{teacher['name']}' does not train seed(s) {missing} that this row needs")
 
 
 def _training_spec(values, defaults: dict, where: str) -> dict:

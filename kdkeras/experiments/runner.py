@@ -48,6 +48,10 @@ class Experiment:
         """The result JSON of a row and seed; of the teacher with `seed=None`."""
         return os.path.join(self.rows_dir, f"{name}.json" if seed is None else f"{name}-seed{seed}.json")
 
+    def model_path(self, name: str, seed: int) -> str:
+        """The trained model of a row and seed."""
+        return os.path.join(self.models_dir, f"{name}-seed{seed}.keras")
+
     def _train_config(self, epochs: int, seed: int, run: str, training: dict, lr: float | None = None):
         from kdkeras.training import TrainConfig
 
@@ -110,10 +114,25 @@ class Experiment:
             "results_version": RESULTS_VERSION,
         }
         if _distills(row):
-            spec["teacher"] = _fingerprint(self.teacher_spec())
+            teacher_row = self._teacher_row(row)
+            # A teacher assistant's spec includes its teacher row's: retraining that row makes this one stale.
+            teacher = self.teacher_spec() if teacher_row is None else self.row_spec(teacher_row, seed)
+            spec["teacher"] = _fingerprint(teacher)
             # Cached logits are float16: results may differ from live ones in the last digits.
             spec["teacher_logits"] = "cache" if self._cache_dir(row) else "live"
         return spec
+
+    def _needs_experiment_teacher(self, row: dict) -> bool:
+        """Whether `row`, or the teacher row it learns from, distills from the experiment's teacher."""
+        if not _distills(row):
+            return False
+        teacher_row = self._teacher_row(row)
+        return teacher_row is None or self._needs_experiment_teacher(teacher_row)
+
+    def _teacher_row(self, row: dict) -> dict | None:
+        """The earlier row whose model (same seed) teaches `row`, or None for the experiment's teacher."""
+        name = row.get("teacher_row")
+        return None if name is None else next(r for r in self.config["rows"] if r["name"] == name)
 
     # -- running
 
@@ -163,7 +182,7 @@ class Experiment:
         if record is not None and record.get("spec") == spec:
             self._log(f"{row['name']} seed {seed}: done already ({record['test_accuracy']:.4f}), skipped")
             return record, False
-        model_path = os.path.join(self.models_dir, f"{row['name']}-seed{seed}.keras")
+        model_path = self.model_path(row["name"], seed)
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(artifacts.output_lock(model_path))
@@ -177,6 +196,8 @@ class Experiment:
         from kdkeras.models import build_model
         from kdkeras.training import remove_backup, run_training, set_seed
 
+        # Before seeding: a teacher row that is not finished yet trains first, with its own seed.
+        teacher_path = self._teacher_path(row, seed) if _distills(row) else None
         config = self._row_config(row, seed)
         set_seed(seed)
         info = _dataset_info(config)
@@ -185,7 +206,7 @@ class Experiment:
         if not _distills(row):
             result = run_training(model, config)
         else:
-            teacher = artifacts.load_model(self.teacher_path)  # A fresh copy: collaborative rows change it.
+            teacher = artifacts.load_model(teacher_path)  # A fresh copy: collaborative rows change it.
             result = run_training(
                 model, config, teacher, teacher_lr=row["teacher_lr"], terms=row["terms"],
                 collaborative=row["collaborative"], teacher_cache=self._cache_dir(row),
@@ -199,6 +220,17 @@ class Experiment:
         )
         return record
 
+    def _teacher_path(self, row: dict, seed: int) -> str:
+        """The teacher of a distillation row: the experiment's, or its teacher row's model of the same seed, which is
+        trained first when it is not finished yet (skipped when it is)."""
+        teacher_row = self._teacher_row(row)
+        if teacher_row is None:
+            return self.teacher_path
+        record, _ = self.run_row(teacher_row, seed)
+        if record is None:  # Another process is training it right now.
+            raise RuntimeError(f"row '{teacher_row['name']}' seed {seed} is running elsewhere; run this row after it")
+        return self.model_path(teacher_row["name"], seed)
+
     @staticmethod
     def _record(spec: dict, result) -> dict:
         """A row's JSON: its spec (what a re-run compares), the run record, and where and when it ran."""
@@ -211,7 +243,7 @@ class Experiment:
             rows: names of the rows to run (default all); `"teacher"` alone trains only the teacher.
         """
         selected = self.select(rows)
-        if not rows or "teacher" in rows or any(_distills(row) for row in selected):
+        if not rows or "teacher" in rows or any(self._needs_experiment_teacher(row) for row in selected):
             self.ensure_teacher()
         for seed in self.seeds:
             for row in selected:
