@@ -1,28 +1,31 @@
 """`make demo` / `kdkeras demo`: teacher, student from scratch, distilled student (the default method) and its
 int8 TFLite export on Fashion-MNIST, in minutes.
 
-The budget is deliberately reduced (a subset of the training data, a few epochs) so the whole demo runs in well
-under 10 minutes on 2 CPU cores; the numbers it prints are for that budget, not the method's best.
+The demo is an experiment (`demo_config`) run by the experiment runner, so a killed demo continues where it stopped
+when it is run again, and it writes the runner's report and plots beside its own table. The budget is deliberately
+reduced (a subset of the training data, a few epochs) so the whole demo runs in well under 10 minutes on 2 CPU
+cores; the numbers it prints are for that budget, not the method's best.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
-
-import keras
 
 from kdkeras import artifacts
 from kdkeras.data import load_dataset
+from kdkeras.experiments import Experiment, check_config
+from kdkeras.experiments.runner import read_json
 from kdkeras.export import export_model, representative_images
-from kdkeras.models import build_model
 from kdkeras.presets import DEFAULT_PRESET, PRESETS
 from kdkeras.reporting import machine_text, markdown_table
-from kdkeras.training import TrainConfig, run_training
 
 SEED = 0
 # The demo's teacher: a ResNet-20, trained with the students' own recipe (Adam, cosine decay).
 TEACHER = {"model": "resnet", "options": {"depth": 20}}
+# The runner's row names, and the stable file names the demo gives their models in its output folder.
+OUTPUTS = {"teacher": "teacher.keras", "scratch": "student_scratch.keras", "distilled": "student_distilled.keras"}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -38,6 +41,32 @@ def format_table(rows: list[dict]) -> str:
     return markdown_table(header, cells, numeric=[False] + [True] * 5)
 
 
+def demo_config(
+    out_dir: str, train_examples: int, teacher_epochs: int, student_epochs: int, student_width: float, dataset: str
+) -> dict:
+    """The demo as an experiment config: the teacher, then two rows of the same student from the same initial
+    weights and data order: labels only, and the default distillation method."""
+    budget = {"epochs": student_epochs, "teacher_epochs": teacher_epochs, "max_train_examples": train_examples}
+    return check_config(
+        {
+            "name": "demo",
+            "description": "the demo: does the default distillation method beat the same student trained alone?",
+            "dataset": dataset,
+            "seeds": [SEED],
+            "results_dir": out_dir,
+            "models_dir": os.path.join(out_dir, "runs"),
+            "teacher": {**TEACHER, "seed": SEED},
+            "student": {"model": "ds_alexnet", "options": {"width": student_width}},
+            "budgets": {"quick": budget, "full": budget},
+            "rows": [
+                {"name": "scratch", "label": "student from scratch (ds_alexnet)", "method": "scratch"},
+                {"name": "distilled", "label": "distilled student (ds_alexnet)", "method": DEFAULT_PRESET},
+            ],
+        },
+        "the demo",
+    )
+
+
 def run_demo(
     out_dir: str = os.path.join("saved_models", "demo"),
     train_examples: int = 10000,
@@ -50,7 +79,9 @@ def run_demo(
     from the same initial weights); evaluates all three on the full test set.
 
     Args:
-        out_dir: where the three models, `results.md` and `results.json` are written.
+        out_dir: where the three models (`teacher.keras`, `student_scratch.keras`, `student_distilled.keras`), the
+            int8 export, `results.md` and `results.json` are written; the runner's rows go to `runs/`, its report
+            and plots to `demo.md`, `demo.json`, `demo-*.png`.
         train_examples: training examples used (a subset, for speed).
         teacher_epochs: epochs of the teacher, a ResNet-20 (273 k parameters): on this CPU it trains about twice
             as fast per image as the 2.2 M-parameter `alexnet` and ends more accurate in less time
@@ -66,45 +97,32 @@ def run_demo(
     start = time.perf_counter()
     print(
         f"kdkeras demo on {dataset}: reduced budget ({train_examples} training images, teacher {teacher_epochs} "
-        f"epochs, students {student_epochs} epochs) so that it runs in minutes on a CPU.",
+        f"epochs, students {student_epochs} epochs) so that it runs in minutes on a CPU; method "
+        f"'{DEFAULT_PRESET}' ({PRESETS[DEFAULT_PRESET]['doc']}).",
         flush=True,
     )
-    base = dict(dataset=dataset, max_train_examples=train_examples, seed=SEED, verbose=2, batch_size=128)
-    teacher_config = TrainConfig(epochs=teacher_epochs, **base)
-    student_config = TrainConfig(epochs=student_epochs, **base)
-    test, info = load_dataset(dataset, "test", 256)  # For the export's verification.
+    config = demo_config(out_dir, train_examples, teacher_epochs, student_epochs, student_width, dataset)
+    experiment = Experiment(config, "full", verbose=2)
+    experiment.run()
+    experiment.report("kdkeras demo")
+
     rows = []
-
-    def record(label: str, model: keras.Model, result, filename: str) -> None:
+    for name, filename in OUTPUTS.items():
+        record = read_json(experiment.row_path(name, None if name == "teacher" else SEED))
+        source = experiment.teacher_path if name == "teacher" else experiment.model_path(name, SEED)
         path = os.path.join(out_dir, filename)
-        artifacts.save_model(model, path)
-        summary = {key: value for key, value in result.record.items() if key != "history"}  # The table's row.
-        rows.append({**summary, "model": label, "file": path, "file_kb": os.path.getsize(path) / 1024})
-        print(f"-> {label}: test accuracy {summary['test_accuracy']:.4f}, saved {path}", flush=True)
-
-    print(f"\n[1/3] teacher: {TEACHER['model']}{TEACHER['options'].get('depth', '')}", flush=True)
-    keras.utils.set_random_seed(SEED)
-    teacher = build_model(TEACHER["model"], info.input_shape, info.num_classes, **TEACHER["options"])
-    record(f"teacher ({teacher.name})", teacher, run_training(teacher, teacher_config), "teacher.keras")
-
-    print("\n[2/3] student from scratch: ds_alexnet, labels only", flush=True)
-    keras.utils.set_random_seed(SEED)
-    scratch = build_model("ds_alexnet", info.input_shape, info.num_classes, width=student_width)
-    result = run_training(scratch, student_config)
-    record("student from scratch (ds_alexnet)", scratch, result, "student_scratch.keras")
-
-    print(f"\n[3/3] distilled student: ds_alexnet, method '{DEFAULT_PRESET}' ({PRESETS[DEFAULT_PRESET]['doc']})",
-          flush=True)  # fmt: skip
-    keras.utils.set_random_seed(SEED)  # The same initial weights as the student from scratch.
-    student = build_model("ds_alexnet", info.input_shape, info.num_classes, width=student_width)
-    result = run_training(student, student_config, teacher)
-    record("distilled student (ds_alexnet)", student, result, "student_distilled.keras")
+        with artifacts.atomic_path(path, ".keras") as tmp:  # Under the stable name the README uses.
+            shutil.copyfile(source, tmp)
+        label = f"teacher ({record['model']})" if name == "teacher" else _row_label(config, name)
+        rows.append({**{key: value for key, value in record.items() if key not in ("history", "spec")},
+                     "model": label, "file": path, "file_kb": os.path.getsize(path) / 1024})  # fmt: skip
 
     print("\n[export] distilled student → TFLite int8, verified on the test set", flush=True)
+    test, info = load_dataset(dataset, "test", 256)
     train, _ = load_dataset(dataset, "train", 256, shuffle=True, seed=SEED)
     tflite_path = os.path.join(out_dir, "student_distilled_int8.tflite")
     verified = export_model(
-        student,
+        artifacts.load_model(os.path.join(out_dir, OUTPUTS["distilled"])),
         tflite_path,
         "tflite",
         test,
@@ -125,13 +143,17 @@ def run_demo(
 
     table = format_table(rows)
     wall = time.perf_counter() - start
-    machine = machine_text()
     note = (
         f"kdkeras demo, {dataset}, {train_examples} training images, teacher {teacher_epochs} epochs, students "
-        f"{student_epochs} epochs; test accuracy on the full test set ({info.num_examples} images); {machine}; "
-        f"total wall time {wall:.0f} s."
+        f"{student_epochs} epochs; test accuracy on the full test set ({info.num_examples} images); "
+        f"{machine_text()}; total wall time {wall:.0f} s (this run; finished steps of an earlier run are reused). "
+        f"Runs, curves and the paired comparison: {experiment.report_base}.md."
     )
     artifacts.write_text(os.path.join(out_dir, "results.md"), f"{table}\n\n{note}\n")
     artifacts.write_json(os.path.join(out_dir, "results.json"), {"rows": rows, "note": note, "wall_seconds": wall})
     print(f"\n{table}\n\n{note}")
     return rows
+
+
+def _row_label(config: dict, name: str) -> str:
+    return next(row["label"] for row in config["rows"] if row["name"] == name)

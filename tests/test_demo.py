@@ -21,7 +21,7 @@ def test_format_table():
 
 @pytest.mark.slow
 @requires_fashion_mnist
-def test_tiny_demo_writes_everything(tmp_path):
+def test_tiny_demo_writes_everything_and_a_second_run_reuses_it(tmp_path, capsys):
     rows = run_demo(str(tmp_path), train_examples=600, teacher_epochs=1, student_epochs=1)
     assert [row["model"].split(" (")[0] for row in rows] == [
         "teacher",
@@ -35,3 +35,13 @@ def test_tiny_demo_writes_everything(tmp_path):
     assert len(results["rows"]) == 4 and "total wall time" in results["note"]
     assert "| distilled student, TFLite int8 |" in (tmp_path / "results.md").read_text()
     assert rows[0]["params"] > 8 * rows[2]["params"]
+    # The demo is an experiment: the runner's paired report is written too, and a second run trains nothing.
+    report = json.loads((tmp_path / "demo.json").read_text())
+    assert [row["name"] for row in report["rows"]] == ["teacher", "scratch", "distilled"]
+    distilled = next(row for row in report["rows"] if row["name"] == "distilled")
+    assert distilled["delta_mean"] == pytest.approx(rows[2]["test_accuracy"] - rows[1]["test_accuracy"])
+    capsys.readouterr()
+    again = run_demo(str(tmp_path), train_examples=600, teacher_epochs=1, student_epochs=1)
+    out = capsys.readouterr().out
+    assert "teacher: reusing" in out and out.count("done already") == 2
+    assert [row["test_accuracy"] for row in again] == [row["test_accuracy"] for row in rows]

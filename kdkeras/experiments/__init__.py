@@ -26,8 +26,8 @@ Row methods:
 The teacher itself is always the table's first row.
 """
 
-from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, load_config
+from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, check_config, load_config
 from kdkeras.experiments.report import paired_delta, write_report
 from kdkeras.experiments.runner import Experiment
 
-__all__ = ["BUDGETS", "RESULTS_VERSION", "Experiment", "load_config", "paired_delta", "write_report"]
+__all__ = ["BUDGETS", "RESULTS_VERSION", "Experiment", "check_config", "load_config", "paired_delta", "write_report"]

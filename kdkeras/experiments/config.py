@@ -1,6 +1,6 @@
 """The experiment config: YAML in, a validated plain-data dict out (every key known, every value checked).
 
-The format is described in `kdkeras.experiments`; `load_config` is the only entry point.
+The format is described in `kdkeras.experiments`; `load_config` reads a file, `check_config` a mapping.
 """
 
 from __future__ import annotations
@@ -186,7 +186,17 @@ def load_config(path: str) -> dict:
     """
     from kdkeras.config_files import read_mapping
 
-    config = _fill(read_mapping(path), _TOP_DEFAULTS, path)
+    return check_config(read_mapping(path), path)
+
+
+def check_config(mapping: dict, path: str) -> dict:
+    """Validates an experiment config given as a mapping (what `load_config` reads from a file; the demo builds
+    one in code); `path` names it in error messages.
+
+    Returns:
+        The config with every default filled in.
+    """
+    config = _fill(mapping, _TOP_DEFAULTS, path)
     config["name"] = config["name"] or os.path.splitext(os.path.basename(path))[0]
     for key in ("teacher", "student", "budgets", "rows"):
         _require(config[key] is not None, path, f"missing required key '{key}'")
