@@ -108,6 +108,20 @@ def test_changing_a_row_reruns_only_that_row(tmp_path, capsys):
     assert record["spec"]["row"]["terms"][1]["temperature"] == 3.0
 
 
+def test_rows_recorded_with_a_later_schema_key_at_its_default_still_count(tmp_path, capsys):
+    """`teacher_row` came after rows were recorded: a spec with or without `teacher_row: null` is the same spec."""
+    path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
+    assert run(path, "--rows", "tskd") == 0
+    json_path = tmp_path / "results" / "tiny" / "quick" / "tskd-seed0.json"
+    record = json.loads(json_path.read_text())
+    assert "teacher_row" not in record["spec"]["row"]
+    record["spec"]["row"]["teacher_row"] = None
+    json_path.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert run(path, "--rows", "tskd") == 0
+    assert "tskd seed 0: done already" in capsys.readouterr().out
+
+
 def test_rows_option_runs_only_the_named_rows(tmp_path):
     path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
     assert run(path, "--rows", "scratch") == 0

@@ -13,6 +13,19 @@ import time
 from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION
 from kdkeras.reporting import machine
 
+# Row keys added after results were recorded (left out of a row's spec while unset).
+_LATER_KEYS = ("teacher_row",)
+
+
+def _recorded_spec(record: dict) -> dict | None:
+    """A row JSON's spec, with the later keys left out at their default as `Experiment.row_spec` leaves them out
+    (a row recorded while they were written out still matches)."""
+    spec = record.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("row"), dict):
+        return spec
+    row = {k: v for k, v in spec["row"].items() if not (k in _LATER_KEYS and v is None)}
+    return {**spec, "row": row}
+
 
 def _fingerprint(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -106,9 +119,11 @@ class Experiment:
     def row_spec(self, row: dict, seed: int) -> dict:
         """Everything a row's result depends on; a finished row is skipped only when this matches its JSON."""
         config = self._row_config(row, seed)
-        # The label only names the row in the report: changing it does not make the result stale.
+        # The label only names the row; a key added to the schema later is left out at its default, so rows finished
+        # before it existed still match.
+        settings = {k: v for k, v in row.items() if k != "label" and not (k in _LATER_KEYS and v is None)}
         spec = {
-            "row": {k: v for k, v in row.items() if k != "label"},
+            "row": settings,
             "model": self.row_model(row),
             "train_config": _settings(config),
             "results_version": RESULTS_VERSION,
@@ -179,7 +194,7 @@ class Experiment:
         spec = self.row_spec(row, seed)
         path = self.row_path(row["name"], seed)
         record = read_json(path)
-        if record is not None and record.get("spec") == spec:
+        if record is not None and _recorded_spec(record) == spec:
             self._log(f"{row['name']} seed {seed}: done already ({record['test_accuracy']:.4f}), skipped")
             return record, False
         model_path = self.model_path(row["name"], seed)
@@ -275,7 +290,7 @@ class Experiment:
             records = []
             for seed in self.row_seeds(row):
                 record = read_json(self.row_path(row["name"], seed))
-                if record is not None and record.get("spec") == self.row_spec(row, seed):
+                if record is not None and _recorded_spec(record) == self.row_spec(row, seed):
                     records.append(record)
             results[row["name"]] = records
         return teacher, results
