@@ -123,26 +123,8 @@ def load_dataset(
         >>> info.input_shape, info.num_classes
         ((28, 28, 1), 10)
     """
-    if split not in SPLITS:
-        raise DatasetError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
-    if not 0.0 <= validation_fraction <= 0.5:
-        raise DatasetError(f"validation_fraction must be in [0, 0.5], got {validation_fraction}")
-    if batch_size < 1:
-        raise DatasetError(f"batch_size must be >= 1, got {batch_size}")
-    if max_examples is not None and max_examples < 1:
-        raise DatasetError(f"max_examples must be >= 1, got {max_examples}")
     source = load_source(spec, data_dir)
-    x, y = _split_arrays(source, split, validation_fraction, seed)
-    if max_examples is not None:
-        if split == "test":  # The test files are ordered; subsample them without bias.
-            keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:max_examples])
-            x, y = x[keep], y[keep]
-        else:
-            x, y = x[:max_examples], y[:max_examples]
-    if len(x) == 0:
-        raise DatasetError(f"the {split} split of {spec} is empty")
-    if len(source.class_names) < 2:
-        raise DatasetError(f"{spec} has {len(source.class_names)} class: a classifier needs at least 2")
+    x, y = _select(source, spec, split, validation_fraction, seed, max_examples, batch_size)
     info = DatasetInfo(
         name=spec,
         num_classes=len(source.class_names),
@@ -150,41 +132,12 @@ def load_dataset(
         input_shape=source.input_shape,
         num_examples=len(x),
     )
-
     shuffle = split == "train" if shuffle is None else shuffle
-    pad = max(2, min(source.input_shape[:2]) // 8)
-    do_flip = default_flip(spec) if flip is None else flip
-    images, labels = tf.constant(x), tf.constant(y)
-
-    # Plain TensorFlow ops and Python-level branches: nothing for AutoGraph to convert (it tried, failed on the
-    # closure and warned once per epoch, then ran the function as is, which is what this says up front).
-    @tf.autograph.experimental.do_not_convert
-    def example(index, epoch):
-        image = images[index]
-        if source.from_files:
-            image, _ = _decode_file(image, None, source.input_shape)
-        image = tf.cast(image, tf.float32)
-        if augment_images:
-            image = augment(image, example_seed(seed, epoch, index), pad, do_flip)
-        return image, tf.cast(labels[index], tf.int32), index
-
-    def epoch_examples(epoch):
-        order = epoch_order(len(x), seed, epoch) if shuffle else tf.range(len(x), dtype=tf.int32)
-        examples = tf.data.Dataset.from_tensor_slices(order).map(
-            lambda index: example(index, epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
-        if teacher_logits is None:
-            return examples
-        # One epoch of cached logits, `(num_examples, classes)`, read (memory-mapped) once per pass.
-        logits = tf.numpy_function(lambda e: teacher_logits(int(e)), [epoch], tf.float16, stateful=False)
-        logits = tf.ensure_shape(logits, [len(x), len(source.class_names)])
-        return examples.map(
-            lambda image, label, index: (
-                image,
-                {"labels": label, "teacher_logits": tf.cast(tf.gather(logits, index), tf.float32)},
-            )
-        )
-
+    augmentation = None
+    if augment_images:
+        pad = max(2, min(source.input_shape[:2]) // 8)
+        augmentation = {"pad": pad, "flip": default_flip(spec) if flip is None else flip}
+    epoch_examples = _epoch_examples(source, x, y, seed, shuffle, augmentation, teacher_logits)
     if epoch is not None:
         dataset = epoch_examples(tf.constant(epoch, tf.int64))
     else:
@@ -199,6 +152,68 @@ def load_dataset(
     batches = len(x) // batch_size if drop_remainder else -(-len(x) // batch_size)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     return dataset.prefetch(tf.data.AUTOTUNE), info
+
+
+def _select(source: Source, spec: str, split: str, validation_fraction: float, seed: int, max_examples, batch_size):
+    """The (x, y) arrays of one split after `max_examples`; every argument checked first."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+    if not 0.0 <= validation_fraction <= 0.5:
+        raise DatasetError(f"validation_fraction must be in [0, 0.5], got {validation_fraction}")
+    if batch_size < 1:
+        raise DatasetError(f"batch_size must be >= 1, got {batch_size}")
+    if max_examples is not None and max_examples < 1:
+        raise DatasetError(f"max_examples must be >= 1, got {max_examples}")
+    x, y = _split_arrays(source, split, validation_fraction, seed)
+    if max_examples is not None:
+        if split == "test":  # The test files are ordered; subsample them without bias.
+            keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:max_examples])
+            x, y = x[keep], y[keep]
+        else:
+            x, y = x[:max_examples], y[:max_examples]
+    if len(x) == 0:
+        raise DatasetError(f"the {split} split of {spec} is empty")
+    if len(source.class_names) < 2:
+        raise DatasetError(f"{spec} has {len(source.class_names)} class: a classifier needs at least 2")
+    return x, y
+
+
+def _epoch_examples(source: Source, x, y, seed: int, shuffle: bool, augmentation: dict | None, teacher_logits):
+    """`epoch -> tf.data.Dataset` of one pass: `(image, label, index)`, or `(image, {"labels", "teacher_logits"})`
+    with cached teacher logits; order and augmentation are a pure function of (seed, epoch, example index)."""
+    images, labels = tf.constant(x), tf.constant(y)
+    num_classes = len(source.class_names)
+
+    # Plain TensorFlow ops and Python-level branches: nothing for AutoGraph to convert (it tried, failed on the
+    # closure and warned once per epoch, then ran the function as is, which is what this says up front).
+    @tf.autograph.experimental.do_not_convert
+    def example(index, epoch):
+        image = images[index]
+        if source.from_files:
+            image, _ = _decode_file(image, None, source.input_shape)
+        image = tf.cast(image, tf.float32)
+        if augmentation is not None:
+            image = augment(image, example_seed(seed, epoch, index), augmentation["pad"], augmentation["flip"])
+        return image, tf.cast(labels[index], tf.int32), index
+
+    def epoch_examples(epoch):
+        order = epoch_order(len(x), seed, epoch) if shuffle else tf.range(len(x), dtype=tf.int32)
+        examples = tf.data.Dataset.from_tensor_slices(order).map(
+            lambda index: example(index, epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        if teacher_logits is None:
+            return examples
+        # One epoch of cached logits, `(num_examples, classes)`, read (memory-mapped) once per pass.
+        logits = tf.numpy_function(lambda e: teacher_logits(int(e)), [epoch], tf.float16, stateful=False)
+        logits = tf.ensure_shape(logits, [len(x), num_classes])
+        return examples.map(
+            lambda image, label, index: (
+                image,
+                {"labels": label, "teacher_logits": tf.cast(tf.gather(logits, index), tf.float32)},
+            )
+        )
+
+    return epoch_examples
 
 
 class EpochClock:
