@@ -77,8 +77,9 @@ def run_one(name: str, dataset: str, seed: int, epochs: int, teacher_path: str) 
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
     from kdkeras.models import build_model
+    from kdkeras.presets import DEFAULT_PRESET
     from kdkeras.profiling import count_params
-    from kdkeras.training import TrainConfig, distill, evaluate_classifier, set_seed, train_classifier
+    from kdkeras.training import TrainConfig, evaluate_classifier, run_training, set_seed
 
     set_seed(seed)
     config = TrainConfig(dataset=dataset, epochs=epochs, seed=seed, verbose=0)
@@ -92,19 +93,16 @@ def run_one(name: str, dataset: str, seed: int, epochs: int, teacher_path: str) 
         history = model.fit(train, validation_data=validation, epochs=epochs, verbose=0).history
         logits_model = keras.Model(model.inputs, model.layers[-1].output)  # Softmax output: argmax is the same.
         result = evaluate_classifier(logits_model, test, info)
-    elif name == "distilled":
-        teacher = artifacts.load_model(teacher_path)
-        model = build_model("ds_alexnet", info.input_shape, info.num_classes)
-        _, history, _, _ = distill(teacher, model, config)
-        result = evaluate_classifier(model, test, info)
-    else:
-        model = build_model(name, info.input_shape, info.num_classes)
-        history, _, _ = train_classifier(model, config)
-        result = evaluate_classifier(model, test, info)
+    else:  # kdkeras' models through its one training path, as `kdkeras train` / `distill` run them.
+        teacher = artifacts.load_model(teacher_path) if name == "distilled" else None
+        model = build_model("ds_alexnet" if teacher else name, info.input_shape, info.num_classes)
+        run = run_training(model, config, teacher)
+        history, result = run.record["history"], {"accuracy": run.record["test_accuracy"]}
         if name == "alexnet":
             artifacts.save_model(model, teacher_path)
     return {
         "model": name,
+        "method": DEFAULT_PRESET if name == "distilled" else None,
         "seed": seed,
         "params": count_params(model),
         "test_accuracy": result["accuracy"],
@@ -134,6 +132,10 @@ def main(argv=None) -> int:
         state = {"epochs": args.epochs, "runs": []}
     if not args.report_only:
         state.update(command=command.strip(), machine=machine_text(machine()), dataset="scikit-learn digits, 32x32")
+    from kdkeras.presets import DEFAULT_PRESET
+
+    # A distilled run counts only when made with today's default method (the default changed from kd to dist).
+    state["runs"] = [r for r in state["runs"] if r["model"] != "distilled" or r.get("method") == DEFAULT_PRESET]
     done = {(r["model"], r["seed"]) for r in state["runs"]}
     for seed in () if args.report_only else (int(s) for s in args.seeds.split(",")):
         teacher_path = os.path.join(args.work_dir, f"alexnet-seed{seed}.keras")
@@ -177,6 +179,7 @@ def write_report(state: dict, base: str) -> None:
         lines.append(f"| {name} | {runs[0]['params']:,} | {accuracies.mean():.4f}{spread} | {len(runs)} | {per_seed} |")
         curve = np.mean([r["val_accuracy"] for r in runs], axis=0)
         axes.plot(range(1, len(curve) + 1), curve, marker=".", label=name)
+    lines += _distilled_vs_scratch(state["runs"])
     lines += ["", f"![validation accuracy per epoch]({os.path.basename(base)}.png)", ""]
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation accuracy (mean over seeds)")
@@ -186,6 +189,29 @@ def write_report(state: dict, base: str) -> None:
     artifacts.save_figure(figure, f"{base}.png")
     plt.close(figure)
     artifacts.write_text(f"{base}.md", "\n".join(lines))
+
+
+def _distilled_vs_scratch(runs: list[dict]) -> list[str]:
+    """The distilled student minus the same student from scratch, paired by seed, with a 95 % t interval."""
+    from kdkeras.experiments import paired_delta
+
+    def records(name):  # In the shape paired_delta reads: the seed where an experiment row keeps it.
+        return {r["seed"]: {"spec": {"train_config": {"seed": r["seed"]}}, **r} for r in runs if r["model"] == name}
+
+    scratch, distilled = records("ds_alexnet"), records("distilled")
+    seeds = sorted(set(scratch) & set(distilled))
+    if not seeds:
+        return []
+    delta = paired_delta([distilled[s] for s in seeds], [scratch[s] for s in seeds])
+    interval = delta["delta_ci95"]
+    ci = f", 95 % CI [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else ""
+    per_seed = ", ".join(f"{100 * d:+.2f} (s{s})" for s, d in delta["delta_per_seed"].items())
+    method = next(r.get("method") for r in runs if r["model"] == "distilled")
+    return [
+        "",
+        f"Distilled (default method `{method}`, alexnet teacher) minus ds_alexnet from scratch, paired by seed: "
+        f"{100 * delta['delta_mean']:+.2f} points{ci}; per seed {per_seed}.",
+    ]
 
 
 if __name__ == "__main__":
