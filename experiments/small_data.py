@@ -76,10 +76,11 @@ def run_one(name: str, dataset: str, seed: int, epochs: int, teacher_path: str) 
 
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
+    from kdkeras.evaluation import evaluate_classifier
     from kdkeras.models import build_model
     from kdkeras.presets import DEFAULT_PRESET
     from kdkeras.profiling import count_params
-    from kdkeras.training import TrainConfig, evaluate_classifier, run_training, set_seed
+    from kdkeras.training import TrainConfig, run_training, set_seed
 
     set_seed(seed)
     config = TrainConfig(dataset=dataset, epochs=epochs, seed=seed, verbose=0)

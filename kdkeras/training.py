@@ -9,7 +9,6 @@ import time
 from collections.abc import Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from kdkeras import terms as terms_lib
@@ -17,6 +16,7 @@ from kdkeras.callbacks import ResumableBackup, SetEpoch, StopOnNonFinite, StopOn
 from kdkeras.data import DatasetInfo, EpochClock, load_dataset
 from kdkeras.distiller import Distiller
 from kdkeras.distribute import auto_shard_data
+from kdkeras.evaluation import check_classes, test_record
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -363,74 +363,6 @@ def run_training(
         cpu_seconds=cpu_seconds,
     )
     return RunResult(record, info, distiller)
-
-
-def check_classes(model: keras.Model, info: DatasetInfo, role: str = "model") -> None:
-    """Raises a clear error when a model does not fit a dataset's images or classes."""
-    classes = model.output.shape[-1]
-    if classes != info.num_classes:
-        raise ValueError(
-            f"the {role} '{model.name}' predicts {classes} classes, the dataset {info.name} has {info.num_classes}"
-        )
-    expected = tuple(model.inputs[0].shape[1:])
-    if expected != tuple(info.input_shape):
-        raise ValueError(
-            f"the {role} '{model.name}' takes images of shape {expected}, the dataset {info.name} has "
-            f"{tuple(info.input_shape)}"
-        )
-
-
-def evaluate_classifier(model: keras.Model, dataset, info: DatasetInfo) -> dict:
-    """Accuracy, mean cross-entropy and per-class accuracy of a logits model on a dataset.
-
-    Returns:
-        `{"accuracy", "loss", "num_examples", "per_class": {class name: accuracy}}`.
-    """
-    check_classes(model, info)
-    # A plain compiled call, not `predict`: under a multi-worker strategy `predict` is a collective op that needs
-    # every worker, while the chief evaluates alone.
-    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
-    labels, logits = [], []
-    for images, batch_labels in dataset:
-        logits.append(np.asarray(forward(images), np.float32))
-        labels.append(np.asarray(batch_labels))
-    labels, logits = np.concatenate(labels), np.concatenate(logits)
-    loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    correct = np.argmax(logits, axis=-1) == labels
-    per_class = {
-        name: float(correct[labels == k].mean()) if np.any(labels == k) else None
-        for k, name in enumerate(info.class_names)
-    }
-    return {
-        "accuracy": float(correct.mean()),
-        "loss": float(np.mean(keras.ops.convert_to_numpy(loss))),
-        "num_examples": int(len(labels)),
-        "per_class": per_class,
-    }
-
-
-def test_record(model: keras.Model, config: TrainConfig) -> dict:
-    """The part of every run record that describes the trained model: its size and its test-split result.
-
-    Used by `kdkeras train`/`distill` (the `.config.json` beside the model), the experiment rows and the demo, so
-    that they all evaluate the same way.
-
-    Returns:
-        `{"model", "params", "flops", "test_accuracy", "test_loss", "test_examples", "per_class"}`.
-    """
-    from kdkeras.profiling import count_flops, count_params
-
-    test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
-    result = evaluate_classifier(model, test, info)
-    return {
-        "model": model.name,
-        "params": count_params(model),
-        "flops": count_flops(model),
-        "test_accuracy": result["accuracy"],
-        "test_loss": result["loss"],
-        "test_examples": result["num_examples"],
-        "per_class": result["per_class"],
-    }
 
 
 def default_logdir(command: str, name: str) -> str:

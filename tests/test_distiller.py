@@ -199,7 +199,8 @@ def test_weights_and_whole_distiller_round_trip(tmp_path):
 @pytest.mark.slow
 @requires_fashion_mnist
 def test_short_distillation_on_fashion_mnist_beats_chance():
-    from kdkeras.training import TrainConfig, distill, evaluate_classifier, train_classifier
+    from kdkeras.evaluation import evaluate_classifier
+    from kdkeras.training import TrainConfig, distill, train_classifier
 
     config = TrainConfig(epochs=2, max_train_examples=3000, batch_size=64, verbose=0)
     keras.utils.set_random_seed(0)

@@ -63,7 +63,7 @@ def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_pat
     # The saved student is the one the JSON describes: its test accuracy is recomputed here.
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
-    from kdkeras.training import evaluate_classifier
+    from kdkeras.evaluation import evaluate_classifier
 
     student = artifacts.load_model(tmp_path / "models" / "tiny" / "quick" / "tskd-seed0.keras")
     test, info = load_dataset(tiny_config(str(tmp_path))["dataset"], "test", 256)

@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 
 from kdkeras.data import DatasetInfo
+from kdkeras.evaluation import check_classes, evaluate_classifier
 from kdkeras.models import build_model
-from kdkeras.training import TrainConfig, check_classes, evaluate_classifier, make_optimizer
+from kdkeras.training import TrainConfig, make_optimizer
 
 INFO = DatasetInfo("toy", 3, ("a", "b", "c"), (28, 28, 1), 6)
 

@@ -232,7 +232,7 @@ def _distill_locked(args, strategy, config, info) -> None:
 def cmd_evaluate(args) -> int:
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
-    from kdkeras.training import evaluate_classifier
+    from kdkeras.evaluation import evaluate_classifier
 
     model = artifacts.load_model(args.model)
     dataset, info = load_dataset(
@@ -289,8 +289,9 @@ def cmd_tune(args) -> int:
     from kdkeras.data import EpochClock
     from kdkeras.distiller import Distiller
     from kdkeras.distribute import num_replicas, scale_batch_and_lr
+    from kdkeras.evaluation import check_classes
     from kdkeras.models import build_model
-    from kdkeras.training import TrainConfig, check_classes, load_cached_train, load_splits, set_seed
+    from kdkeras.training import TrainConfig, load_cached_train, load_splits, set_seed
 
     strategy = _start_strategy(args)
     set_seed(args.seed)

@@ -9,8 +9,8 @@ import sys
 def cmd_export(args) -> int:
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
+    from kdkeras.evaluation import check_classes
     from kdkeras.export import export_model, representative_images
-    from kdkeras.training import check_classes
 
     model = artifacts.load_model(args.model)
     test, info = load_dataset(args.dataset, "test", 256, data_dir=args.data_dir, max_examples=args.max_test_examples)
@@ -39,8 +39,9 @@ def cmd_export(args) -> int:
 def cmd_compress(args) -> int:
     from kdkeras import artifacts, compression
     from kdkeras.data import load_dataset
+    from kdkeras.evaluation import check_classes
     from kdkeras.export import publish, representative_images, tflite_predict, verify_path
-    from kdkeras.training import check_classes, set_seed
+    from kdkeras.training import set_seed
 
     set_seed(args.seed)
     student, teacher = artifacts.load_model(args.model), artifacts.load_model(args.teacher)
