@@ -189,14 +189,7 @@ def fine_tune(
     Returns:
         `(stripped tf_keras model, report dict)`; the report has per-kernel sparsity and distinct values.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown compression '{method}'; choose one of: {', '.join(METHODS)}")
-    if method == "prune" and not (sparsity is not None and 0 < sparsity < 1):
-        raise ValueError(f"pruning sparsity must be in (0, 1), got {sparsity}")
-    if method == "cluster" and not (clusters is not None and clusters >= 2):
-        raise ValueError(f"the number of clusters must be >= 2, got {clusters}")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    _check_arguments(method, epochs, sparsity, clusters)
     tf_keras = _tf_keras()
     steps_per_epoch = int(train_dataset.cardinality())
     wrapped, callbacks = _wrap(to_tf_keras(student), method, epochs * steps_per_epoch, sparsity, clusters)
@@ -213,6 +206,37 @@ def fine_tune(
         optimizer.apply_gradients(zip(grads, wrapped.trainable_variables, strict=True))
         return loss
 
+    losses = _train_epochs(train_step, wrapped, optimizer, callbacks, train_dataset, epochs, backup_dir)
+    losses = losses or [float("nan")]  # Resumed after the last epoch: nothing left to train.
+    stripped = _strip(wrapped, method)
+    report = {
+        "method": method,
+        "epochs": epochs,
+        "lr": lr,
+        "sparsity_target": sparsity,
+        "clusters": clusters,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "kernel_sparsity": kernel_sparsity(stripped) if method != "qat" else None,
+        "kernel_unique_values": kernel_unique_values(stripped) if method == "cluster" else None,
+    }
+    return stripped, report
+
+
+def _check_arguments(method: str, epochs: int, sparsity: float | None, clusters: int | None) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown compression '{method}'; choose one of: {', '.join(METHODS)}")
+    if method == "prune" and not (sparsity is not None and 0 < sparsity < 1):
+        raise ValueError(f"pruning sparsity must be in (0, 1), got {sparsity}")
+    if method == "cluster" and not (clusters is not None and clusters >= 2):
+        raise ValueError(f"the number of clusters must be >= 2, got {clusters}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+
+
+def _train_epochs(train_step, wrapped, optimizer, callbacks, train_dataset, epochs: int, backup_dir) -> list[float]:
+    """The fine-tuning loop: resumes from `backup_dir`'s checkpoint, drives tfmot's callbacks, stops cleanly on a
+    non-finite loss or a signal; returns the loss of every step it ran."""
     # The Keras callbacks cannot drive this custom tf_keras loop, so it checkpoints itself; the pruning step lives in
     # the wrappers' variables and resumes with the weights and the optimizer.
     checkpoint = tf.train.Checkpoint(model=wrapped, optimizer=optimizer, epoch=tf.Variable(0, dtype=tf.int64))
@@ -243,20 +267,7 @@ def fine_tune(
         stop.on_train_end()
     if saver:
         shutil.rmtree(backup_dir, ignore_errors=True)
-    losses = losses or [float("nan")]  # Resumed after the last epoch: nothing left to train.
-    stripped = _strip(wrapped, method)
-    report = {
-        "method": method,
-        "epochs": epochs,
-        "lr": lr,
-        "sparsity_target": sparsity,
-        "clusters": clusters,
-        "first_loss": losses[0],
-        "last_loss": losses[-1],
-        "kernel_sparsity": kernel_sparsity(stripped) if method != "qat" else None,
-        "kernel_unique_values": kernel_unique_values(stripped) if method == "cluster" else None,
-    }
-    return stripped, report
+    return losses
 
 
 class _CheckpointSaver:
