@@ -117,6 +117,9 @@ def test_rows_recorded_with_a_later_schema_key_at_its_default_still_count(tmp_pa
     assert "teacher_row" not in record["spec"]["row"]
     record["spec"]["row"]["teacher_row"] = None
     json_path.write_text(json.dumps(record))
+    config = tiny_config(str(tmp_path))
+    config["rows"][1]["seeds"] = [0]  # Which seeds a row runs does not change its seed-0 result either.
+    write_config(str(tmp_path), config)
     capsys.readouterr()
     assert run(path, "--rows", "tskd") == 0
     assert "tskd seed 0: done already" in capsys.readouterr().out
@@ -211,6 +214,24 @@ def test_a_row_taught_by_another_rows_model_trains_that_row_first(tmp_path, caps
     assert run(path, "--rows", "assisted") == 0
     out = capsys.readouterr().out
     assert "wide seed 0: scratch" in out and "assisted seed 0: kd" in out
+
+
+def test_rows_are_compared_with_the_scratch_row_of_their_own_length(tmp_path):
+    """A 2x-epochs method row pairs with the 2x scratch row; the 2x scratch row with the standard one (the
+    convergence check); the standard rows with the standard scratch row."""
+    config = tiny_config(str(tmp_path))
+    config["rows"] = [
+        {"name": "scratch", "method": "scratch"},
+        {"name": "kd", "method": "kd"},
+        {"name": "scratch_2x", "method": "scratch", "epochs_multiplier": 2},
+        {"name": "kd_2x", "method": "kd", "epochs_multiplier": 2},
+    ]
+    path = write_config(str(tmp_path), config)
+    assert run(path) == 0
+    report = json.loads((tmp_path / "results" / "tiny-quick.json").read_text())
+    baselines = {row["name"]: row["baseline"] for row in report["rows"]}
+    expected = {"teacher": None, "scratch": None, "kd": "scratch", "scratch_2x": "scratch", "kd_2x": "scratch_2x"}
+    assert baselines == expected
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

@@ -54,17 +54,27 @@ def write_report(experiment, command: str) -> dict:
 
 
 def _compare_with_scratch(experiment, rows: list[dict], results: dict) -> None:
-    """Adds to each row its paired Δ to the scratch row of the same architecture, seed by seed (the rows of one
-    seed share the initial weights' seed, the data order and the augmentation draws)."""
+    """Adds to each row its paired Δ to the scratch row of the same architecture and the same number of epochs,
+    seed by seed (the rows of one seed share the initial weights' seed, the data order and the augmentation
+    draws). A longer scratch run with no scratch row of its length is compared with the standard-length one: how
+    far from converged the standard budget is."""
     config_rows = [r for r in experiment.config["rows"] if results[r["name"]]]
     scratch_rows = [r for r in experiment.config["rows"] if r["method"] == "scratch"]
     for row, config_row in zip(rows, config_rows, strict=True):
-        model = experiment.row_model(config_row)
-        baseline = next((b for b in scratch_rows if experiment.row_model(b) == model), None)
-        if baseline is config_row:  # A baseline is not compared with itself.
-            baseline = None
+        baseline = _baseline(experiment, config_row, scratch_rows)
         row.update(paired_delta(results[config_row["name"]], results[baseline["name"]] if baseline else []))
         row["baseline"] = baseline["name"] if baseline else None
+
+
+def _baseline(experiment, row: dict, scratch_rows: list[dict]) -> dict | None:
+    model = experiment.row_model(row)
+    candidates = [b for b in scratch_rows if b is not row and experiment.row_model(b) == model]
+    same_budget = [b for b in candidates if b["epochs_multiplier"] == row["epochs_multiplier"]]
+    if same_budget:
+        return same_budget[0]
+    if row["method"] == "scratch":
+        return next((b for b in candidates if b["epochs_multiplier"] == 1), None)
+    return None
 
 
 def paired_delta(records: list[dict], baseline: list[dict], confidence: float = 0.95) -> dict:

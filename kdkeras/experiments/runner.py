@@ -15,6 +15,8 @@ from kdkeras.reporting import machine
 
 # Row keys added after results were recorded (left out of a row's spec while unset).
 _LATER_KEYS = ("teacher_row",)
+# Row keys that do not change what a row computes for one seed: its label, and which other seeds it runs.
+_NOT_SETTINGS = ("label", "seeds")
 
 
 def _recorded_spec(record: dict) -> dict | None:
@@ -23,7 +25,7 @@ def _recorded_spec(record: dict) -> dict | None:
     spec = record.get("spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("row"), dict):
         return spec
-    row = {k: v for k, v in spec["row"].items() if not (k in _LATER_KEYS and v is None)}
+    row = {k: v for k, v in spec["row"].items() if k not in _NOT_SETTINGS and not (k in _LATER_KEYS and v is None)}
     return {**spec, "row": row}
 
 
@@ -119,9 +121,9 @@ class Experiment:
     def row_spec(self, row: dict, seed: int) -> dict:
         """Everything a row's result depends on; a finished row is skipped only when this matches its JSON."""
         config = self._row_config(row, seed)
-        # The label only names the row; a key added to the schema later is left out at its default, so rows finished
-        # before it existed still match.
-        settings = {k: v for k, v in row.items() if k != "label" and not (k in _LATER_KEYS and v is None)}
+        # Label and seed list do not change one seed's result; a key added to the schema later is left out at its
+        # default, so rows finished before it existed still match.
+        settings = {k: v for k, v in row.items() if k not in _NOT_SETTINGS and not (k in _LATER_KEYS and v is None)}
         spec = {
             "row": settings,
             "model": self.row_model(row),
