@@ -34,9 +34,37 @@ _DATA_FIELDS = ("dataset", "data_dir", "seed", "max_train_examples", "validation
 
 def fingerprint(teacher, config) -> str:
     """A digest of everything the cached logits depend on: teacher weights, data, seed, augmentation, epochs."""
+    return _key(_data_spec(teacher, config), config.epochs)
+
+
+def _data_spec(teacher, config) -> dict:
     spec = {field: getattr(config, field) for field in _DATA_FIELDS}
-    spec.update(epochs=config.epochs, teacher=artifacts.weights_digest(teacher), version=1)
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+    spec.update(teacher=artifacts.weights_digest(teacher), version=1)
+    return spec
+
+
+def _key(data_spec: dict, epochs: int) -> str:
+    return hashlib.sha256(json.dumps({**data_spec, "epochs": epochs}, sort_keys=True).encode()).hexdigest()[:20]
+
+
+# How many epochs a sibling cache may hold for `prepare` to find it (a key per count is hashed: microseconds each).
+_MAX_SIBLING_EPOCHS = 1000
+
+
+def _siblings(root: str, data_spec: dict) -> dict[int, str]:
+    """Complete caches in `root` of the same teacher and data for any number of epochs: `{epochs: path}`.
+
+    Epoch e's images are a pure function of (seed, epoch, example), whatever the run's length, so these hold the
+    same logits for the epochs they share."""
+    if not os.path.isdir(root):
+        return {}
+    present = set(os.listdir(root))
+    keys = {_key(data_spec, epochs): epochs for epochs in range(1, _MAX_SIBLING_EPOCHS + 1)}
+    return {
+        keys[name]: os.path.join(root, name)
+        for name in present & set(keys)
+        if os.path.exists(os.path.join(root, name, "meta.json"))
+    }
 
 
 class TeacherCache:
@@ -71,11 +99,17 @@ class TeacherCache:
             batch_size: teacher inference batch size.
             log: where progress lines go.
         """
-        key = fingerprint(teacher, config)
-        path = os.path.join(root, key)
+        data_spec = _data_spec(teacher, config)
+        path = os.path.join(root, _key(data_spec, config.epochs))
         if os.path.exists(os.path.join(path, "meta.json")):
             log(f"teacher cache: reusing {path}")
             return cls(path)
+        siblings = _siblings(root, data_spec)
+        longer = min((epochs for epochs in siblings if epochs > config.epochs), default=None)
+        if longer is not None:  # A longer run's cache holds this run's epochs.
+            log(f"teacher cache: reusing the first {config.epochs} of {longer} epochs in {siblings[longer]}")
+            return cls(siblings[longer])
+        shorter = max(siblings, default=None)  # Its epochs are copied, only the rest is computed.
         partial = f"{path}.partial"
         os.makedirs(partial, exist_ok=True)
         start = time.perf_counter()
@@ -96,6 +130,12 @@ class TeacherCache:
                 else:
                     done = 0
                     logits = np.lib.format.open_memmap(logits_path, mode="w+", dtype=np.float16, shape=shape)
+                    if shorter is not None:
+                        logits[:shorter] = cls(siblings[shorter])._logits
+                        logits.flush()
+                        done = shorter
+                        artifacts.write_json(progress_path, {"epochs_done": done})
+                        log(f"teacher cache: epochs 1–{done} copied from {siblings[shorter]}")
             if epoch < done:
                 continue
             for images, _, indices in data:
@@ -104,7 +144,7 @@ class TeacherCache:
             artifacts.write_json(progress_path, {"epochs_done": epoch + 1})  # Atomic: after the data is flushed.
             log(f"teacher cache: epoch {epoch + 1}/{config.epochs} computed")
         meta = {
-            "fingerprint": key,
+            "fingerprint": os.path.basename(path),
             "shape": list(logits.shape),
             "dtype": "float16",
             "seconds": time.perf_counter() - start,

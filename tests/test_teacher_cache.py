@@ -90,6 +90,26 @@ def test_the_cache_is_reused_and_any_change_makes_a_new_one(setup, tmp_path):
     assert same_images == teacher_cache.fingerprint(teacher, config)  # The optimizer does not change the images.
 
 
+def test_a_longer_run_extends_a_shorter_cache_and_a_shorter_run_reads_a_longer_one(setup, tmp_path):
+    """Epoch e's images do not depend on the run's length: a 3-epoch cache copies the 2 epochs of a 2-epoch one and
+    computes only the third (the result equals a cache computed from scratch); a 1-epoch run reads the 3-epoch
+    cache instead of computing its own."""
+    _, teacher, config = setup
+    lines, log = _messages()
+    two = TeacherCache.prepare(teacher, config, str(tmp_path / "a"), log=log)
+    three = TeacherCache.prepare(teacher, dataclasses.replace(config, epochs=3), str(tmp_path / "a"), log=log)
+    assert any("epochs 1–2 copied" in line for line in lines)
+    assert sum("computed" in line for line in lines) == 2 + 1  # Two epochs for the first cache, one for the second.
+    fresh = TeacherCache.prepare(teacher, dataclasses.replace(config, epochs=3), str(tmp_path / "b"), log=log)
+    for epoch in range(3):
+        np.testing.assert_array_equal(three.epoch_logits(epoch), fresh.epoch_logits(epoch))
+    np.testing.assert_array_equal(three.epoch_logits(1), two.epoch_logits(1))
+    lines.clear()
+    one = TeacherCache.prepare(teacher, dataclasses.replace(config, epochs=1), str(tmp_path / "a"), log=log)
+    assert one.path == two.path and any("reusing the first 1 of 2 epochs" in line for line in lines)
+    assert not any("computed" in line for line in lines)
+
+
 def test_a_killed_precompute_is_not_taken_for_a_cache_and_resumes(setup, tmp_path, monkeypatch):
     _, teacher, config = setup
     calls = []
