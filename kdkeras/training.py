@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import time
@@ -20,6 +21,41 @@ from kdkeras.evaluation import check_classes, test_record
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What a valid value of each training setting is: one table for `TrainConfig` and the experiment configs
+# (`kdkeras.experiments.config`), so that both accept and refuse the same values with the same words.
+SETTING_RULES = {
+    "epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "lr": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "warmup_epochs": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "seed": (_integer, "an integer"),
+    "max_train_examples": (lambda v: v is None or (_integer(v) and v >= 1), "an integer >= 1"),
+    "validation_fraction": (lambda v: _number(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
+    "augment": (lambda v: isinstance(v, bool), "true or false"),
+    "flip": (lambda v: v is None or isinstance(v, bool), "true, false or unset"),
+    "checkpoint_steps": (lambda v: v is None or (_integer(v) and v >= 1), "an integer >= 1"),
+}
+
+
+def check_settings(settings, where: str = "") -> None:
+    """Raises `ValueError("{where}{key}: must be …, got …")` for the first invalid training setting."""
+    for key, value in settings.items():
+        valid, expected = SETTING_RULES.get(key, (None, None))
+        if valid is not None and not valid(value):
+            raise ValueError(f"{where}{key}: must be {expected}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -69,21 +105,9 @@ class TrainConfig:
     checkpoint_steps: int | None = None
 
     def __post_init__(self):
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "optimizer": self.optimizer in OPTIMIZERS,
-            "schedule": self.schedule in SCHEDULES,
-            "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
-            "weight_decay": self.weight_decay >= 0,
-            "max_train_examples": self.max_train_examples is None or self.max_train_examples >= 1,
-            "validation_fraction": 0 < self.validation_fraction <= 0.5,
-            "checkpoint_steps": self.checkpoint_steps is None or self.checkpoint_steps >= 1,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{key} out of range: {getattr(self, key)}")
+        check_settings(dataclasses.asdict(self))
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs: must be fewer than the {self.epochs} epochs, got {self.warmup_epochs!r}")
 
 
 def load_splits(config: TrainConfig, clock: EpochClock | None = None, teacher_logits=None):

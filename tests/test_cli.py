@@ -156,7 +156,7 @@ def test_bad_input_gives_one_line_errors(trained, capsys, tmp_path):
         (["train", "--model", "vgg", "--dataset", dataset, "--out", str(tmp_path / "v.keras"), *FAST],
          "unknown model 'vgg'"),
         (["train", "--dataset", dataset, "--validation-fraction", "0.9", "--out", str(tmp_path / "v.keras"),
-          *FAST], "validation_fraction out of range"),
+          *FAST], "validation_fraction: must be a number in (0, 0.5], got 0.9"),
     ]  # fmt: skip
     for argv, message in cases:
         assert message in _error(argv, capsys), argv

@@ -18,10 +18,12 @@ INFO = DatasetInfo("toy", 3, ("a", "b", "c"), (28, 28, 1), 6)
 @pytest.mark.parametrize(
     "kwargs, key",
     [({"epochs": 0}, "epochs"), ({"lr": 0}, "lr"), ({"validation_fraction": 0.6}, "validation_fraction"),
-     ({"max_train_examples": 0}, "max_train_examples"), ({"checkpoint_steps": 0}, "checkpoint_steps")],
+     ({"max_train_examples": 0}, "max_train_examples"), ({"checkpoint_steps": 0}, "checkpoint_steps"),
+     ({"lr": float("inf")}, "lr"), ({"batch_size": 1.5}, "batch_size"), ({"augment": "yes"}, "augment"),
+     ({"epochs": 2, "warmup_epochs": 2}, "warmup_epochs")],
 )  # fmt: skip
 def test_config_ranges(kwargs, key):
-    with pytest.raises(ValueError, match=f"{key} out of range"):
+    with pytest.raises(ValueError, match=f"{key}: must be"):
         TrainConfig(**kwargs)
 
 
@@ -79,7 +81,7 @@ def test_constant_schedule_keeps_the_rate():
 
 @pytest.mark.parametrize("key, value", [("optimizer", "lion"), ("schedule", "step"), ("weight_decay", -1.0)])
 def test_bad_optimizer_settings_are_rejected(key, value):
-    with pytest.raises(ValueError, match=f"{key} out of range"):
+    with pytest.raises(ValueError, match=f"{key}: must be"):
         TrainConfig(**{key: value})
 
 

@@ -250,25 +250,11 @@ def _check_teacher_row(row: dict, earlier: list[dict], path: str) -> None:
 
 
 def _training_spec(values, defaults: dict, where: str) -> dict:
-    from kdkeras.training import OPTIMIZERS, SCHEDULES
+    """The training settings with defaults filled in, checked by the rules `TrainConfig` itself uses."""
+    from kdkeras.training import check_settings
 
     training = _fill(values, defaults, where)
-    _number(training["batch_size"], f"{where}.batch_size", 1, integer=True)
-    _number(training["lr"], f"{where}.lr", strict=True)
-    _number(training["weight_decay"], f"{where}.weight_decay")
-    _number(training["warmup_epochs"], f"{where}.warmup_epochs")
-    _require(
-        training["optimizer"] in OPTIMIZERS,
-        f"{where}.optimizer",
-        f"must be one of {', '.join(OPTIMIZERS)}, got {training['optimizer']!r}",
-    )
-    _require(
-        training["schedule"] in SCHEDULES,
-        f"{where}.schedule",
-        f"must be one of {', '.join(SCHEDULES)}, got {training['schedule']!r}",
-    )
-    _require(isinstance(training["augment"], bool), f"{where}.augment", "must be true or false")
-    _require(0 < training["validation_fraction"] <= 0.5, f"{where}.validation_fraction", "must be in (0, 0.5]")
+    check_settings(training, f"{where}.")
     return training
 
 
