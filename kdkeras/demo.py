@@ -117,35 +117,12 @@ def run_demo(
         rows.append({**{key: value for key, value in record.items() if key not in ("history", "spec")},
                      "model": label, "file": path, "file_kb": os.path.getsize(path) / 1024})  # fmt: skip
 
-    print("\n[export] distilled student → TFLite int8, verified on the test set", flush=True)
-    test, info = load_dataset(dataset, "test", 256)
-    train, _ = load_dataset(dataset, "train", 256, shuffle=True, seed=SEED)
-    tflite_path = os.path.join(out_dir, "student_distilled_int8.tflite")
-    verified = export_model(
-        artifacts.load_model(os.path.join(out_dir, OUTPUTS["distilled"])),
-        tflite_path,
-        "tflite",
-        test,
-        info.class_names,
-        quantize="int8",
-        representative=representative_images(train, 200, info.input_shape),
-    )
-    rows.append(
-        {
-            **{key: rows[-1][key] for key in ("params", "flops")},
-            "model": "distilled student, TFLite int8",
-            "test_accuracy": verified["exported_accuracy"],
-            "train_seconds": None,
-            "file": tflite_path,
-            "file_kb": verified["bytes"] / 1024,
-        }
-    )
-
+    rows.append(_export_int8(os.path.join(out_dir, OUTPUTS["distilled"]), dataset, rows[-1]))
     table = format_table(rows)
     wall = time.perf_counter() - start
     note = (
         f"kdkeras demo, {dataset}, {train_examples} training images, teacher {teacher_epochs} epochs, students "
-        f"{student_epochs} epochs; test accuracy on the full test set ({info.num_examples} images); "
+        f"{student_epochs} epochs; test accuracy on the full test set ({rows[0]['test_examples']} images); "
         f"{machine_text()}; total wall time {wall:.0f} s (this run; finished steps of an earlier run are reused). "
         f"Runs, curves and the paired comparison: {experiment.report_base}.md."
     )
@@ -153,6 +130,33 @@ def run_demo(
     artifacts.write_json(os.path.join(out_dir, "results.json"), {"rows": rows, "note": note, "wall_seconds": wall})
     print(f"\n{table}\n\n{note}")
     return rows
+
+
+def _export_int8(model_path: str, dataset: str, distilled: dict) -> dict:
+    """The distilled student as full-integer TFLite, its accuracy verified on the test set: the table's last row."""
+    print("\n[export] distilled student → TFLite int8, verified on the test set", flush=True)
+    test, info = load_dataset(dataset, "test", 256)
+    train, _ = load_dataset(dataset, "train", 256, shuffle=True, seed=SEED)
+    tflite_path = os.path.join(os.path.dirname(model_path), "student_distilled_int8.tflite")
+    verified = export_model(
+        artifacts.load_model(model_path),
+        tflite_path,
+        "tflite",
+        test,
+        info.class_names,
+        quantize="int8",
+        representative=representative_images(train, 200, info.input_shape),
+    )
+    return {
+        "params": distilled["params"],
+        "flops": distilled["flops"],
+        "model": "distilled student, TFLite int8",
+        "test_accuracy": verified["exported_accuracy"],
+        "test_examples": info.num_examples,
+        "train_seconds": None,
+        "file": tflite_path,
+        "file_kb": verified["bytes"] / 1024,
+    }
 
 
 def _row_label(config: dict, name: str) -> str:
