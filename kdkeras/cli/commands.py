@@ -105,8 +105,8 @@ def _train_config(args, strategy):
 
 
 def _finish_run(model, args, config, result, extra: dict, strategy) -> dict | None:
-    """Saves the model and its run record (`kdkeras.training.run_training`'s, plus what the command knows) beside
-    it, and prints a summary.
+    """Evaluates on the test split, saves the model and its run record (`kdkeras.training.run_training`'s, the
+    test result, and what the command knows) beside it, and prints a summary.
 
     Under a multi-worker strategy only the chief saves; the other workers print the digest of the weights they
     trained (equal to the chief's, as every update is all-reduced) and return None.
@@ -118,6 +118,7 @@ def _finish_run(model, args, config, result, extra: dict, strategy) -> dict | No
 
     from kdkeras import artifacts
     from kdkeras.distribute import num_replicas, worker_role
+    from kdkeras.evaluation import test_record
 
     is_chief, index = worker_role(strategy)
     digest = artifacts.weights_digest(model)
@@ -125,8 +126,11 @@ def _finish_run(model, args, config, result, extra: dict, strategy) -> dict | No
         print(f"worker {index}: trained weights digest {digest}; the chief saves the model")
         return None
 
+    # Here, outside the strategy's scope: the chief evaluates alone, and inside the scope a multi-worker strategy
+    # turns its model calls into collective ops that wait for workers which have finished.
     record = {
         "command": args.command,
+        **test_record(model, config),
         **result.record,
         "dataset": dataclasses.asdict(result.info),
         "train_config": dataclasses.asdict(config),
@@ -171,7 +175,6 @@ def _output_lock(args, strategy):
 
 
 def cmd_train(args) -> int:
-    from kdkeras.distribute import worker_role
     from kdkeras.models import build_model
     from kdkeras.training import remove_backup, run_training
 
@@ -180,7 +183,7 @@ def cmd_train(args) -> int:
     with _output_lock(args, strategy):
         with strategy.scope():
             model = build_model(args.model, info.input_shape, info.num_classes, **builder_options)
-            result = run_training(model, config, evaluate=worker_role(strategy)[0])
+            result = run_training(model, config, evaluate=False)  # _finish_run evaluates, outside the scope.
         _finish_run(model, args, config, result, {"builder": {"name": args.model, **builder_options}}, strategy)
         remove_backup(config)  # Only now: a kill during the save above resumes from the finished training.
     return 0
@@ -206,8 +209,8 @@ def _distill_locked(args, strategy, config, info) -> None:
         teacher = artifacts.load_model(args.teacher)
         student = build_model(args.student, info.input_shape, info.num_classes, **builder_options)
         synchronized = builder_options.get("synchronized_bn", False)
-        result = run_training(
-            student, config, teacher, evaluate=worker_role(strategy)[0], teacher_lr=args.teacher_lr,
+        result = run_training(  # _finish_run evaluates, outside the scope.
+            student, config, teacher, evaluate=False, teacher_lr=args.teacher_lr,
             terms=args.term_specs, collaborative=args.collaborative, synchronized_bn=synchronized,
             teacher_cache=args.teacher_cache,
         )  # fmt: skip
