@@ -19,14 +19,19 @@ _LATER_KEYS = ("teacher_row",)
 _NOT_SETTINGS = ("label", "seeds")
 
 
+def _row_settings(row: dict) -> dict:
+    """The row keys that decide one seed's result: not the label or seed list, and not a later key at its default
+    (so rows finished before that key existed still match)."""
+    return {k: v for k, v in row.items() if k not in _NOT_SETTINGS and not (k in _LATER_KEYS and v is None)}
+
+
 def _recorded_spec(record: dict) -> dict | None:
-    """A row JSON's spec, with the later keys left out at their default as `Experiment.row_spec` leaves them out
-    (a row recorded while they were written out still matches)."""
+    """A row JSON's spec with its row settings filtered as `Experiment.row_spec` filters them (a row recorded
+    while the label, seeds or a later key were still written out still matches)."""
     spec = record.get("spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("row"), dict):
         return spec
-    row = {k: v for k, v in spec["row"].items() if k not in _NOT_SETTINGS and not (k in _LATER_KEYS and v is None)}
-    return {**spec, "row": row}
+    return {**spec, "row": _row_settings(spec["row"])}
 
 
 def _fingerprint(spec: dict) -> str:
@@ -121,11 +126,8 @@ class Experiment:
     def row_spec(self, row: dict, seed: int) -> dict:
         """Everything a row's result depends on; a finished row is skipped only when this matches its JSON."""
         config = self._row_config(row, seed)
-        # Label and seed list do not change one seed's result; a key added to the schema later is left out at its
-        # default, so rows finished before it existed still match.
-        settings = {k: v for k, v in row.items() if k not in _NOT_SETTINGS and not (k in _LATER_KEYS and v is None)}
         spec = {
-            "row": settings,
+            "row": _row_settings(row),
             "model": self.row_model(row),
             "train_config": _settings(config),
             "results_version": RESULTS_VERSION,
