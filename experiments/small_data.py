@@ -2,6 +2,7 @@
 
     python experiments/small_data.py                  # 3 seeds; writes experiments/results/small_data.{json,md,png}
     python experiments/small_data.py --seeds 0 --epochs 10
+    python experiments/small_data.py --method kd_t1   # the distilled row with another preset (kept beside the others)
     python experiments/small_data.py --report-only     # the report from the runs finished so far
 
 The dataset is one kdkeras never saw while its defaults were chosen: scikit-learn's handwritten digits (1,797
@@ -12,7 +13,7 @@ validation), the way a user's own image folder is. Every model is trained for th
 - keras-io's "Simple MNIST convnet" (keras-io examples/vision/mnist_convnet.py): two 3×3 convs (32, 64) with max
   pooling, dropout 0.5, softmax; Adam at its default rate, batch 128, no augmentation;
 - `kdkeras train --model alexnet` (the default teacher) and `--model ds_alexnet` (the student);
-- `kdkeras distill` with no method options (the default preset) from that alexnet teacher.
+- `kdkeras distill` with no method options (the default preset) from that alexnet teacher, or with `--method NAME`.
 
 Each finished (model, seed) is kept in the JSON, so an interrupted run continues where it stopped.
 """
@@ -70,16 +71,16 @@ def keras_io_convnet(input_shape, num_classes):
     )
 
 
-def run_one(name: str, dataset: str, seed: int, epochs: int, teacher_path: str) -> dict:
-    """Trains one model with its defaults and returns its test accuracy."""
+def run_one(name: str, dataset: str, seed: int, epochs: int, teacher_path: str, method: str) -> dict:
+    """Trains one model with its defaults (the distilled one with the preset `method`) and returns its record."""
     import keras
 
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
     from kdkeras.evaluation import evaluate_classifier
     from kdkeras.models import build_model
-    from kdkeras.presets import DEFAULT_PRESET
     from kdkeras.profiling import count_params
+    from kdkeras.terms import preset
     from kdkeras.training import TrainConfig, run_training, set_seed
 
     set_seed(seed)
@@ -97,13 +98,13 @@ def run_one(name: str, dataset: str, seed: int, epochs: int, teacher_path: str) 
     else:  # kdkeras' models through its one training path, as `kdkeras train` / `distill` run them.
         teacher = artifacts.load_model(teacher_path) if name == "distilled" else None
         model = build_model("ds_alexnet" if teacher else name, info.input_shape, info.num_classes)
-        run = run_training(model, config, teacher)
+        run = run_training(model, config, teacher, terms=preset(method)) if teacher else run_training(model, config)
         history, result = run.record["history"], {"accuracy": run.record["test_accuracy"]}
         if name == "alexnet":
             artifacts.save_model(model, teacher_path)
     return {
         "model": name,
-        "method": DEFAULT_PRESET if name == "distilled" else None,
+        "method": method if name == "distilled" else None,
         "seed": seed,
         "params": count_params(model),
         "test_accuracy": result["accuracy"],
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--work-dir", default=os.path.join("runs", "small_data"))
     parser.add_argument("--name", default="small_data", help="result file name under experiments/results/")
+    parser.add_argument("--method", default=None, help="the distilled row's preset (default: kdkeras' default)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the finished runs")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -133,19 +135,25 @@ def main(argv=None) -> int:
         state = {"epochs": args.epochs, "runs": []}
     if not args.report_only:
         state.update(command=command.strip(), machine=machine_text(machine()), dataset="scikit-learn digits, 32x32")
-    from kdkeras.presets import DEFAULT_PRESET
+    from kdkeras.presets import DEFAULT_PRESET, PRESETS
 
-    # A distilled run counts only when made with today's default method (the default changed from kd to dist).
-    state["runs"] = [r for r in state["runs"] if r["model"] != "distilled" or r.get("method") == DEFAULT_PRESET]
-    done = {(r["model"], r["seed"]) for r in state["runs"]}
+    method = args.method or DEFAULT_PRESET
+    if method not in PRESETS:
+        parser.error(f"--method: unknown preset {method!r}; choose from {', '.join(PRESETS)}")
+    # Each distilled run is kept under the method that made it; one row per method in the report.
+    done = {(r["model"], r.get("method"), r["seed"]) for r in state["runs"]}
     for seed in () if args.report_only else (int(s) for s in args.seeds.split(",")):
         teacher_path = os.path.join(args.work_dir, f"alexnet-seed{seed}.keras")
         for name in ("keras_io_convnet", "alexnet", "ds_alexnet", "distilled"):
-            if (name, seed) in done and (name != "alexnet" or os.path.exists(teacher_path)):
+            key = (name, method if name == "distilled" else None, seed)
+            if key in done and (name != "alexnet" or os.path.exists(teacher_path)):
                 continue
-            record = run_one(name, dataset, seed, args.epochs, teacher_path)
+            record = run_one(name, dataset, seed, args.epochs, teacher_path, method)
             print(f"{name} seed {seed}: test accuracy {record['test_accuracy']:.4f} ({record['seconds']:.0f} s)")
-            state["runs"] = [r for r in state["runs"] if (r["model"], r["seed"]) != (name, seed)] + [record]
+            state["runs"] = [r for r in state["runs"] if (r["model"], r.get("method"), r["seed"]) != key] + [record]
+            if name == "alexnet":  # A new teacher: the students distilled from the old one no longer count.
+                state["runs"] = [r for r in state["runs"] if (r["model"], r["seed"]) != ("distilled", seed)]
+                done = {d for d in done if d[::2] != ("distilled", seed)}
             artifacts.write_json(path, state)
             write_report(state, os.path.join(RESULTS, args.name))
     write_report(state, os.path.join(RESULTS, args.name))
@@ -170,10 +178,7 @@ def write_report(state: dict, base: str) -> None:
         "|---|---:|---:|---:|---|",
     ]
     figure, axes = plt.subplots(figsize=(6.5, 4))
-    for name in ("keras_io_convnet", "alexnet", "ds_alexnet", "distilled"):
-        runs = sorted((r for r in state["runs"] if r["model"] == name), key=lambda r: r["seed"])
-        if not runs:
-            continue
+    for name, runs in _rows(state["runs"]).items():
         accuracies = np.array([r["test_accuracy"] for r in runs])
         spread = f" ± {accuracies.std(ddof=1):.4f}" if len(runs) > 1 else ""
         per_seed = " ".join(f"{a:.4f}" for a in accuracies)
@@ -192,27 +197,46 @@ def write_report(state: dict, base: str) -> None:
     artifacts.write_text(f"{base}.md", "\n".join(lines))
 
 
+def _rows(runs: list[dict]) -> dict[str, list[dict]]:
+    """The report's rows in order, each sorted by seed: the three models, then one row per distillation method."""
+    methods = sorted({r["method"] for r in runs if r["model"] == "distilled"})
+    keys = [("keras_io_convnet", None), ("alexnet", None), ("ds_alexnet", None)] + [("distilled", m) for m in methods]
+    rows = {}
+    for model, method in keys:
+        selected = sorted((r for r in runs if (r["model"], r.get("method")) == (model, method)), key=lambda r: r["seed"])
+        if selected:
+            rows[f"distilled ({method})" if method else model] = selected
+    return rows
+
+
 def _distilled_vs_scratch(runs: list[dict]) -> list[str]:
-    """The distilled student minus the same student from scratch, paired by seed, with a 95 % t interval."""
+    """Each distilled row minus the same student from scratch, paired by seed, with a 95 % t interval."""
     from kdkeras.experiments import paired_delta
+    from kdkeras.presets import DEFAULT_PRESET
 
-    def records(name):  # In the shape paired_delta reads: the seed where an experiment row keeps it.
-        return {r["seed"]: {"spec": {"train_config": {"seed": r["seed"]}}, **r} for r in runs if r["model"] == name}
+    def by_seed(selected):  # In the shape paired_delta reads: the seed where an experiment row keeps it.
+        return {r["seed"]: {"spec": {"train_config": {"seed": r["seed"]}}, **r} for r in selected}
 
-    scratch, distilled = records("ds_alexnet"), records("distilled")
-    seeds = sorted(set(scratch) & set(distilled))
-    if not seeds:
-        return []
-    delta = paired_delta([distilled[s] for s in seeds], [scratch[s] for s in seeds])
-    interval = delta["delta_ci95"]
-    ci = f", 95 % CI [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else ""
-    per_seed = ", ".join(f"{100 * d:+.2f} (s{s})" for s, d in delta["delta_per_seed"].items())
-    method = next(r.get("method") for r in runs if r["model"] == "distilled")
-    return [
-        "",
-        f"Distilled (default method `{method}`, alexnet teacher) minus ds_alexnet from scratch, paired by seed: "
-        f"{100 * delta['delta_mean']:+.2f} points{ci}; per seed {per_seed}.",
-    ]
+    rows = _rows(runs)
+    scratch = by_seed(rows.get("ds_alexnet", []))
+    lines = []
+    for name, selected in rows.items():
+        distilled = by_seed(selected)
+        seeds = sorted(set(scratch) & set(distilled))
+        if not name.startswith("distilled") or not seeds:
+            continue
+        delta = paired_delta([distilled[s] for s in seeds], [scratch[s] for s in seeds])
+        interval = delta["delta_ci95"]
+        ci = f", 95 % CI [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else ""
+        per_seed = ", ".join(f"{100 * d:+.2f} (s{s})" for s, d in delta["delta_per_seed"].items())
+        method = selected[0]["method"]
+        default = " (the default)" if method == DEFAULT_PRESET else ""
+        lines += [
+            "",
+            f"Distilled with `{method}`{default}, alexnet teacher, minus ds_alexnet from scratch, paired by seed: "
+            f"{100 * delta['delta_mean']:+.2f} points{ci}; per seed {per_seed}.",
+        ]
+    return lines
 
 
 if __name__ == "__main__":

@@ -32,6 +32,12 @@ PRESETS: dict[str, dict] = {
         "doc": "DIST (Huang et al., NeurIPS 2022), CIFAR setting: CE 1, β 2, γ 2, τ 4",
         "terms": [{"name": "ce"}, {"name": "dist", "temperature": 4.0, "beta": 2.0, "gamma": 2.0}],
     },
+    "kd_t1": {
+        "doc": "KD at T 1 beside full-weight labels: CE 1 + KD 1 (the teacher's probabilities as they are)",
+        # At T 1 the student matches the teacher's probabilities, not their high-temperature tail, which a small
+        # student cannot reproduce; the labels keep their full weight, so a weak teacher costs little.
+        "terms": [{"name": "ce", "weight": 1.0}, {"name": "kd", "weight": 1.0, "temperature": 1.0}],
+    },
     "fitnets": {
         "doc": "FitNets hints (Romero et al., 2015) beside the labels",
         "terms": [{"name": "ce"}, {"name": "hint", "weight": 1.0}],

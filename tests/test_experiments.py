@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import write_idx_folder
 
-from kdkeras import cli
+from kdkeras import cli, terms
 from kdkeras.experiments import load_config, paired_delta
 from kdkeras.experiments.report import _summary, _table
 
@@ -189,6 +189,9 @@ def test_shipped_config_is_valid():
     assert config["budgets"]["full"]["seeds"] == [0, 1, 2]
     # The width-1.0 block compares like with like: its DIST row's baseline is its own scratch row.
     assert rows["scratch_w1"]["options"] == rows["dist_w1"]["options"] == {"width": 1.0}
+    # The kd_t1 rows measure the kd_t1 preset that `--method kd_t1` runs, term for term.
+    assert rows["kd_t1"]["terms"] == rows["kd_t1_2x"]["terms"] == terms.preset("kd_t1")
+    assert rows["dist_2x"]["epochs_multiplier"] == rows["kd_t1_2x"]["epochs_multiplier"] == 2
 
 
 def test_a_row_taught_by_another_rows_model_trains_that_row_first(tmp_path, capsys):
