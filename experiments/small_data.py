@@ -203,7 +203,9 @@ def _rows(runs: list[dict]) -> dict[str, list[dict]]:
     keys = [("keras_io_convnet", None), ("alexnet", None), ("ds_alexnet", None)] + [("distilled", m) for m in methods]
     rows = {}
     for model, method in keys:
-        selected = sorted((r for r in runs if (r["model"], r.get("method")) == (model, method)), key=lambda r: r["seed"])
+        selected = sorted(
+            (r for r in runs if (r["model"], r.get("method")) == (model, method)), key=lambda r: r["seed"]
+        )
         if selected:
             rows[f"distilled ({method})" if method else model] = selected
     return rows
