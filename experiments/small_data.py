@@ -148,7 +148,7 @@ def main(argv=None) -> int:
             key = (name, method if name == "distilled" else None, seed)
             if key in done and (name != "alexnet" or os.path.exists(teacher_path)):
                 continue
-            record = run_one(name, dataset, seed, args.epochs, teacher_path, method)
+            record = {**run_one(name, dataset, seed, args.epochs, teacher_path, method), "command": command.strip()}
             print(f"{name} seed {seed}: test accuracy {record['test_accuracy']:.4f} ({record['seconds']:.0f} s)")
             state["runs"] = [r for r in state["runs"] if (r["model"], r.get("method"), r["seed"]) != key] + [record]
             if name == "alexnet":  # A new teacher: the students distilled from the old one no longer count.
@@ -171,7 +171,9 @@ def write_report(state: dict, base: str) -> None:
     lines = [
         f"# Small unseen data: {state['dataset']}, {state['epochs']} epochs, default settings",
         "",
-        f"Command: `{state['command']}`  ",
+        # Rows may come from different commands (--method, --seeds): each one that made a row is listed.
+        "Commands: " + ", ".join(f"`{c}`" for c in sorted({r.get("command", state["command"]) for r in state["runs"]})),
+        "",
         f"Machine: {state['machine']}",
         "",
         "| model | params | test accuracy (mean ± std) | seeds | per seed |",
