@@ -135,6 +135,17 @@ def test_rows_option_runs_only_the_named_rows(tmp_path):
     assert report["missing"] == ["tskd"]
 
 
+def test_seeds_option_narrows_what_runs_not_what_the_report_covers(tmp_path):
+    path = write_config(str(tmp_path), tiny_config(str(tmp_path), seeds=[0, 1]))
+    assert run(path, "--rows", "scratch", "--seeds", "0") == 0
+    assert run(path, "--rows", "scratch", "--seeds", "1") == 0
+    rows_dir = tmp_path / "results" / "tiny" / "quick"
+    assert sorted(p.name for p in rows_dir.iterdir()) == ["scratch-seed0.json", "scratch-seed1.json"]
+    # The second command's report is the whole table: both seeds, not only the one it ran.
+    report = json.loads((tmp_path / "results" / "tiny-quick.json").read_text())
+    assert [row["seeds"] for row in report["rows"] if row["name"] == "scratch"] == [[0, 1]]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

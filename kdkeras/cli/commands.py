@@ -361,11 +361,11 @@ def cmd_experiment(args) -> int:
 
     experiment = Experiment(load_config(args.path), args.budget, verbose=args.verbose)
     rows = [n.strip() for n in args.rows.split(",") if n.strip()] if args.rows else None
-    if args.seeds:
-        experiment.seeds = args.seeds
     experiment.select(rows)  # Fails on an unknown row name before anything trains.
+    # --seeds picks the seeds to run; the report covers the budget's seeds and these.
+    experiment.seeds += [seed for seed in args.seeds or () if seed not in experiment.seeds]
     if not args.report_only:
-        experiment.run(rows)
+        experiment.run(rows, args.seeds)
     report = experiment.report(f"python -m kdkeras.experiments {args.path} --budget {args.budget}")
     print(f"\n{report['table']}\n\nreport: {experiment.report_base}.md")
     return 0

@@ -194,7 +194,12 @@ def _experiment_parser(sub) -> argparse.ArgumentParser:
     experiment.add_argument("path", metavar="CONFIG", help="experiment YAML, e.g. experiments/fashion_mnist.yaml")
     experiment.add_argument("--budget", choices=("quick", "full"), default="quick", help="the config's budget to run")
     experiment.add_argument("--rows", default=None, help="comma-separated row names to run (default all)")
-    experiment.add_argument("--seeds", type=seeds, default=None, help="comma-separated seeds (default: the config's)")
+    experiment.add_argument(
+        "--seeds",
+        type=seeds,
+        default=None,
+        help="comma-separated seeds to run (default: the config's); the report covers the config's and these",
+    )
     experiment.add_argument("--report-only", action="store_true", help="only rebuild the table and plots")
     experiment.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
     experiment.set_defaults(func=commands.cmd_experiment)

@@ -255,16 +255,18 @@ class Experiment:
         """A row's JSON: its spec (what a re-run compares), the run record, and where and when it ran."""
         return {"spec": spec, **result.record, "machine": machine(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
-    def run(self, rows: list[str] | None = None) -> None:
-        """The teacher, then every selected row for every seed; finished rows are skipped.
+    def run(self, rows: list[str] | None = None, seeds: list[int] | None = None) -> None:
+        """The teacher, then every selected row for every selected seed; finished rows are skipped.
 
         Args:
             rows: names of the rows to run (default all); `"teacher"` alone trains only the teacher.
+            seeds: the seeds to run (default `self.seeds`, the budget's). The report covers `self.seeds` whichever
+                ran, so runs split over several commands (`--seeds 1`, `--seeds 2`) each leave the whole table.
         """
         selected = self.select(rows)
         if not rows or "teacher" in rows or any(self._needs_experiment_teacher(row) for row in selected):
             self.ensure_teacher()
-        for seed in self.seeds:
+        for seed in seeds or self.seeds:
             for row in selected:
                 if seed in self.row_seeds(row):
                     self.run_row(row, seed)
