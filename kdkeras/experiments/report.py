@@ -209,7 +209,7 @@ def _plot(rows: list[dict], teacher: dict | None, results: dict, config: dict, b
     plt.close(figure)
 
     compared = [r for r in rows if r.get("delta_mean") is not None and r["method"] != "scratch"]
-    figure, axes = plt.subplots(figsize=(7, 0.5 * len(compared) + 1.5))
+    figure, axes = plt.subplots(figsize=(9, 0.5 * len(compared) + 1.5))
     for i, row in enumerate(compared):
         mean = row["delta_mean"]
         low, high = row["delta_ci95"] or (mean, mean)
@@ -220,7 +220,7 @@ def _plot(rows: list[dict], teacher: dict | None, results: dict, config: dict, b
     axes.set_yticks(
         range(len(compared)), [f"{r['label']} (n={len(r['delta_per_seed'])})" for r in compared], fontsize=8
     )
-    axes.set_xlabel("Δ test accuracy vs. the same student from scratch (points): paired mean, 95 % CI, seeds (x)")
+    axes.set_xlabel("Δ test accuracy vs. the same student from scratch (points)\npaired mean, 95 % CI, each seed (x)")
     axes.grid(True, axis="x", alpha=0.3)
     figure.tight_layout()
     artifacts.save_figure(figure, f"{base}-delta.png")
