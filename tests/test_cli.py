@@ -51,10 +51,10 @@ def test_distill_evaluate_and_info(trained, capsys):
     assert code == 0, err
     assert "test accuracy" in out
     config = json.loads(open(student.replace(".keras", ".config.json")).read())
-    # The default method (dist) with T 3 and, since feature pairs were given, FitNets hints on them.
+    # The default method (kd_t1) with T 3 and, since feature pairs were given, FitNets hints on them.
     terms = {t["name"]: t for t in config["distillation"]["terms"]}
     assert terms["hint"]["pairs"] == [["stage3", "stage3"], ["stage5", "stage5"]]
-    assert terms["dist"]["temperature"] == 3.0 and set(terms) == {"ce", "dist", "hint"}
+    assert terms["kd"]["temperature"] == 3.0 and set(terms) == {"ce", "kd", "hint"}
 
     code, out, _ = run(["evaluate", "--model", student, "--dataset", dataset, "--json"], capsys)
     result = json.loads(out)
