@@ -140,20 +140,23 @@ def main(argv=None) -> int:
     method = args.method or DEFAULT_PRESET
     if method not in PRESETS:
         parser.error(f"--method: unknown preset {method!r}; choose from {', '.join(PRESETS)}")
-    # Each distilled run is kept under the method that made it; one row per method in the report.
-    done = {(r["model"], r.get("method"), r["seed"]) for r in state["runs"]}
+
+    # Each run is kept under (model, method, seed): one distilled row per method in the report.
+    def key_of(run):
+        return run["model"], run.get("method"), run["seed"]
+
     for seed in () if args.report_only else (int(s) for s in args.seeds.split(",")):
         teacher_path = os.path.join(args.work_dir, f"alexnet-seed{seed}.keras")
         for name in ("keras_io_convnet", "alexnet", "ds_alexnet", "distilled"):
             key = (name, method if name == "distilled" else None, seed)
-            if key in done and (name != "alexnet" or os.path.exists(teacher_path)):
+            done = key in {key_of(r) for r in state["runs"]}
+            if done and (name != "alexnet" or os.path.exists(teacher_path)):
                 continue
             record = {**run_one(name, dataset, seed, args.epochs, teacher_path, method), "command": command.strip()}
             print(f"{name} seed {seed}: test accuracy {record['test_accuracy']:.4f} ({record['seconds']:.0f} s)")
-            state["runs"] = [r for r in state["runs"] if (r["model"], r.get("method"), r["seed"]) != key] + [record]
+            state["runs"] = [r for r in state["runs"] if key_of(r) != key] + [record]
             if name == "alexnet":  # A new teacher: the students distilled from the old one no longer count.
                 state["runs"] = [r for r in state["runs"] if (r["model"], r["seed"]) != ("distilled", seed)]
-                done = {d for d in done if d[::2] != ("distilled", seed)}
             artifacts.write_json(path, state)
             write_report(state, os.path.join(RESULTS, args.name))
     write_report(state, os.path.join(RESULTS, args.name))
@@ -224,10 +227,12 @@ def _distilled_vs_scratch(runs: list[dict]) -> list[str]:
     rows = _rows(runs)
     scratch = by_seed(rows.get("ds_alexnet", []))
     lines = []
-    for name, selected in rows.items():
+    for selected in rows.values():
+        if selected[0]["model"] != "distilled":
+            continue
         distilled = by_seed(selected)
         seeds = sorted(set(scratch) & set(distilled))
-        if not name.startswith("distilled") or not seeds:
+        if not seeds:
             continue
         delta = paired_delta([distilled[s] for s in seeds], [scratch[s] for s in seeds])
         interval = delta["delta_ci95"]
