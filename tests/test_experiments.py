@@ -201,7 +201,7 @@ def test_shipped_config_is_valid():
     # The width-1.0 block compares like with like: its DIST row's baseline is its own scratch row.
     assert rows["scratch_w1"]["options"] == rows["dist_w1"]["options"] == {"width": 1.0}
     # The kd_t1 rows measure the kd_t1 preset that `--method kd_t1` runs, term for term.
-    assert rows["kd_t1"]["terms"] == rows["kd_t1_2x"]["terms"] == terms.preset("kd_t1")
+    assert rows["kd_t1"]["terms"] == rows["kd_t1_2x"]["terms"] == rows["kd_t1_4x"]["terms"] == terms.preset("kd_t1")
     assert rows["dist_2x"]["epochs_multiplier"] == rows["kd_t1_2x"]["epochs_multiplier"] == 2
 
 
@@ -231,20 +231,22 @@ def test_a_row_taught_by_another_rows_model_trains_that_row_first(tmp_path, caps
 
 
 def test_rows_are_compared_with_the_scratch_row_of_their_own_length(tmp_path):
-    """A 2x-epochs method row pairs with the 2x scratch row; the 2x scratch row with the standard one (the
-    convergence check); the standard rows with the standard scratch row."""
+    """A 2x-epochs method row pairs with the 2x scratch row; a longer scratch row with the longest shorter one (the
+    convergence check: 4x with 2x, 2x with 1x); the standard rows with the standard scratch row."""
     config = tiny_config(str(tmp_path))
     config["rows"] = [
         {"name": "scratch", "method": "scratch"},
         {"name": "kd", "method": "kd"},
         {"name": "scratch_2x", "method": "scratch", "epochs_multiplier": 2},
         {"name": "kd_2x", "method": "kd", "epochs_multiplier": 2},
+        {"name": "scratch_4x", "method": "scratch", "epochs_multiplier": 4},
     ]
     path = write_config(str(tmp_path), config)
     assert run(path) == 0
     report = json.loads((tmp_path / "results" / "tiny-quick.json").read_text())
     baselines = {row["name"]: row["baseline"] for row in report["rows"]}
     expected = {"teacher": None, "scratch": None, "kd": "scratch", "scratch_2x": "scratch", "kd_2x": "scratch_2x"}
+    expected["scratch_4x"] = "scratch_2x"
     assert baselines == expected
 
 

@@ -56,8 +56,7 @@ def write_report(experiment, command: str) -> dict:
 def _compare_with_scratch(experiment, rows: list[dict], results: dict) -> None:
     """Adds to each row its paired Δ to the scratch row of the same architecture and the same number of epochs,
     seed by seed (the rows of one seed share the initial weights' seed, the data order and the augmentation
-    draws). A longer scratch run with no scratch row of its length is compared with the standard-length one: how
-    far from converged the standard budget is."""
+    draws). A longer scratch run is compared with the longest shorter one: how far from converged that budget is."""
     config_rows = [r for r in experiment.config["rows"] if results[r["name"]]]
     scratch_rows = [r for r in experiment.config["rows"] if r["method"] == "scratch"]
     for row, config_row in zip(rows, config_rows, strict=True):
@@ -73,7 +72,9 @@ def _baseline(experiment, row: dict, scratch_rows: list[dict]) -> dict | None:
     if same_budget:
         return same_budget[0]
     if row["method"] == "scratch":
-        return next((b for b in candidates if b["epochs_multiplier"] == 1), None)
+        # The convergence check: against the longest shorter scratch run, so each doubling shows what it added.
+        shorter = [b for b in candidates if b["epochs_multiplier"] < row["epochs_multiplier"]]
+        return max(shorter, key=lambda b: b["epochs_multiplier"], default=None)
     return None
 
 
