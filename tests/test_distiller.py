@@ -68,12 +68,16 @@ def test_collaborative_mode_trains_the_teacher_with_its_own_optimizer():
     assert "teacher_loss" in logs and np.isfinite(logs["teacher_loss"])
 
 
-def test_collaborative_teacher_gradient_is_its_own_loss_only():
-    """One SGD step of the teacher equals −lr · ∇[CE(y, t) + β·KL(s ‖ t)] computed independently."""
+@pytest.mark.parametrize("pairs", [(), [("stage2", "stage1"), ("stage3", "stage4")]], ids=["logits", "with_hints"])
+def test_collaborative_teacher_gradient_is_its_own_loss_only(pairs):
+    """One SGD step of the teacher equals −lr · ∇[CE(y, t) + β·KL(s ‖ t)] computed independently; feature hints,
+    when present, train the student and its adapters only, never the teacher."""
     keras.utils.set_random_seed(0)  # No dropout in either network, so both passes see the same function.
     teacher = build_model("resnet", SHAPE, 10, depth=8, width=0.25)
     student = build_model("ds_alexnet", SHAPE, 10, width=0.25, dropout=0.0)
-    distiller = Distiller(teacher, student, classic(temperature=3.0, beta=0.7), collaborative=True)
+    gamma = 5.0 if pairs else None
+    distiller = Distiller(teacher, student, classic(temperature=3.0, beta=0.7, gamma=gamma, pairs=pairs),
+                          collaborative=True)  # fmt: skip
     distiller.compile(keras.optimizers.SGD(0.0), teacher_optimizer=keras.optimizers.SGD(0.5))
     import tensorflow as tf
 
