@@ -305,8 +305,10 @@ def distill(
         student: student to train (its weights are updated in place).
         config: the shared training configuration.
         callbacks: extra Keras callbacks.
-        teacher_lr: peak learning rate of the teacher in collaborative mode; default `config.lr / 10`, so the
-            trained teacher is refined rather than re-learned.
+        teacher_lr: peak learning rate of the teacher in collaborative mode; default `config.lr / 100`, so the
+            trained teacher is refined rather than re-learned (at lr/10 the mirrored logit terms, which pull it
+            toward a student that has just started, took a ResNet-20 from 0.88 to 0.46 validation accuracy in one
+            epoch; at lr/100 to 0.83: experiments/results/demo_scale.md).
         terms: the distillation terms (see `kdkeras.terms`); default the default preset.
         collaborative: also train the teacher.
         synchronized_bn: adapters synchronize batch statistics across replicas.
@@ -327,7 +329,7 @@ def distill(
         train = load_cached_train(teacher, config, clock, teacher_cache, distiller.terms, collaborative)
     teacher_optimizer = None
     if distiller.collaborative:
-        teacher_config = dataclasses.replace(config, lr=teacher_lr or config.lr / 10)
+        teacher_config = dataclasses.replace(config, lr=teacher_lr or config.lr / 100)
         teacher_optimizer = make_optimizer(teacher_config, len(train))
     distiller.compile(optimizer=make_optimizer(config, len(train)), teacher_optimizer=teacher_optimizer)
     history, seconds = _fit(distiller, train, validation, config, callbacks, clock)

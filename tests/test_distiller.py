@@ -294,3 +294,22 @@ def test_distilling_with_the_labels_alone_is_training_from_scratch(tmp_path):
     np.testing.assert_allclose(distilled_history["loss"], history["loss"], rtol=1e-4)
     for a, b in zip(values(scratch.weights), values(student.weights), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_collaborative_teacher_is_refined_at_a_hundredth_of_the_student_lr_by_default(tmp_path):
+    """At lr/10 a trained teacher that imitates a fresh student through the mirrored terms collapses (ResNet-20:
+    0.88 to 0.46 validation accuracy in one epoch, experiments/results/demo_scale.md); the default is lr/100."""
+    from conftest import write_idx_folder
+
+    from kdkeras.training import TrainConfig, distill
+
+    folder = write_idx_folder(str(tmp_path / "idx"), n_train=64, n_test=8, classes=3)
+    config = TrainConfig(dataset=f"idx:{folder}", epochs=1, batch_size=32, lr=2e-3, verbose=0, logdir=None,
+                         backup_dir=None)  # fmt: skip
+    teacher = build_model("alexnet", SHAPE, 3, width=0.25)
+    student = build_model("ds_alexnet", SHAPE, 3, width=0.25)
+    distiller, _, _, _ = distill(teacher, student, config, collaborative=True)
+    assert float(distiller.teacher_optimizer._learning_rate(0)) == pytest.approx(2e-5)
+    assert float(distiller.optimizer._learning_rate(0)) == pytest.approx(2e-3)
+    distiller, _, _, _ = distill(teacher, student, config, collaborative=True, teacher_lr=1e-4)
+    assert float(distiller.teacher_optimizer._learning_rate(0)) == pytest.approx(1e-4)

@@ -45,7 +45,7 @@ def _distill_parser(sub) -> argparse.ArgumentParser:
         "--teacher-lr",
         type=positive_float,
         default=None,
-        help="teacher learning rate in collaborative mode (default lr/10)",
+        help="teacher learning rate in collaborative mode (default lr/100: the trained teacher is refined)",
     )
     dist.add_argument(
         "--teacher-cache",
