@@ -3,6 +3,7 @@ teacher's softened logits, its intermediate features, …) and optionally update
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import keras
@@ -60,8 +61,8 @@ class Distiller(keras.Model):
     In the classic mode (default) the teacher is frozen. With `collaborative=True` the teacher is trained as well,
     by its own optimizer, on CE(labels, teacher) + Σ over the *mirrored* terms (the logit terms: kd, dkd, dist) of
     weight · term with the roles swapped, learning from the student's output as in deep mutual learning (Zhang,
-    Xiang, Hospedales & Lu, "Deep Mutual Learning", 2018). Feature terms train only the student. Each network's
-    targets from the other are constants (no gradient flows across).
+    Xiang, Hospedales & Lu, "Deep Mutual Learning", 2018), scaled by `teacher_mimicry`. Feature terms train only
+    the student. Each network's targets from the other are constants (no gradient flows across).
 
     Teacher logits can come with the data instead of from a forward pass (a teacher-output cache, see
     `kdkeras.teacher_cache`): a batch `(images, {"labels": y, "teacher_logits": t})` skips the teacher. Terms that
@@ -75,6 +76,10 @@ class Distiller(keras.Model):
         student: a built functional `keras.Model` returning logits, same input shape and number of classes.
         terms: `Term`s, registered names or dicts (`kdkeras.terms.get`); default the `kd` preset.
         collaborative: also train the teacher (mutual learning).
+        teacher_mimicry: in collaborative mode, the factor on the mirrored terms in the teacher's loss: 1 is deep
+            mutual learning's symmetric loss, 0 a teacher that keeps learning from the labels alone. Mutual
+            learning starts both networks together; a trained teacher that imitates a student that has just
+            started loses what it knows (see `kdkeras.training.distill`).
         synchronized_bn: adapters synchronize their batch statistics across replicas.
         name: model name.
 
@@ -93,6 +98,7 @@ class Distiller(keras.Model):
         terms: Sequence[Term | str | dict] | None = None,
         collaborative: bool = False,
         synchronized_bn: bool = False,
+        teacher_mimicry: float = 1.0,
         name: str = "distiller",
         **kwargs,
     ):
@@ -102,6 +108,9 @@ class Distiller(keras.Model):
         self.student = student
         self.collaborative = bool(collaborative)
         self.synchronized_bn = bool(synchronized_bn)
+        if not (math.isfinite(teacher_mimicry) and teacher_mimicry >= 0):
+            raise ValueError(f"teacher_mimicry must be a finite number >= 0, got {teacher_mimicry}")
+        self.teacher_mimicry = float(teacher_mimicry)
         # Frozen teacher: its variables leave `trainable_variables`, and its BN layers run in inference mode.
         self.teacher.trainable = self.collaborative
 
@@ -254,12 +263,14 @@ class Distiller(keras.Model):
         return values
 
     def _teacher_loss(self, labels, teacher: Outputs, student: Outputs):
-        """Per-example loss of the teacher in collaborative mode: its CE plus the mirrored terms, roles swapped."""
+        """Per-example loss of the teacher in collaborative mode: its CE plus the mirrored terms, roles swapped,
+        scaled by `teacher_mimicry`."""
         target = Outputs(ops.stop_gradient(student.logits))
         loss = _per_example_ce(labels, teacher.logits)
         for term in self.terms:
-            if term.mirrored:
-                loss = loss + term.weight * term(labels, target, Outputs(teacher.logits), training=True)
+            if term.mirrored and self.teacher_mimicry:
+                mimicry = self.teacher_mimicry * term.weight
+                loss = loss + mimicry * term(labels, target, Outputs(teacher.logits), training=True)
         return loss
 
     def _update_metrics(self, labels, values, teacher_logits, student_logits, sample_weight, teacher_loss=None):
@@ -340,6 +351,7 @@ class Distiller(keras.Model):
             "terms": [terms_lib.serialize(term) for term in self.terms],
             "collaborative": self.collaborative,
             "synchronized_bn": self.synchronized_bn,
+            "teacher_mimicry": self.teacher_mimicry,
         }
 
     @classmethod

@@ -297,6 +297,7 @@ def distill(
     collaborative: bool = False,
     synchronized_bn: bool = False,
     teacher_cache: str | None = None,
+    teacher_mimicry: float | None = None,
 ):
     """Trains `student` from `teacher` with a `Distiller`.
 
@@ -312,6 +313,8 @@ def distill(
         terms: the distillation terms (see `kdkeras.terms`); default the default preset.
         collaborative: also train the teacher.
         synchronized_bn: adapters synchronize batch statistics across replicas.
+        teacher_mimicry: collaborative mode: the factor on the mirrored terms in the teacher's loss (`Distiller`;
+            default 1, deep mutual learning).
         teacher_cache: a folder of teacher-output caches (`kdkeras.teacher_cache`): the teacher's training logits
             are computed once for every epoch and read from there, so training runs at the student's own speed.
             Validation still runs the teacher live. Not possible with collaborative mode or terms that read
@@ -324,7 +327,10 @@ def distill(
     train, validation, info = load_splits(config, clock)
     check_classes(teacher, info, "teacher")
     check_classes(student, info, "student")
-    distiller = Distiller(teacher, student, terms, collaborative=collaborative, synchronized_bn=synchronized_bn)
+    mimicry = {} if teacher_mimicry is None else {"teacher_mimicry": teacher_mimicry}
+    distiller = Distiller(
+        teacher, student, terms, collaborative=collaborative, synchronized_bn=synchronized_bn, **mimicry
+    )
     if teacher_cache:
         train = load_cached_train(teacher, config, clock, teacher_cache, distiller.terms, collaborative)
     teacher_optimizer = None
@@ -371,7 +377,8 @@ def run_training(
         teacher: a trained teacher; None trains `model` from scratch.
         callbacks: extra Keras callbacks.
         evaluate: evaluate on the test split (under a multi-worker strategy only the chief does).
-        **distill_options: `distill`'s `terms`, `collaborative`, `teacher_lr`, `synchronized_bn`, `teacher_cache`.
+        **distill_options: `distill`'s `terms`, `collaborative`, `teacher_lr`, `teacher_mimicry`,
+            `synchronized_bn`, `teacher_cache`.
     """
     cpu_start = time.process_time()
     if teacher is None:

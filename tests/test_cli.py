@@ -73,11 +73,13 @@ def test_distill_collaborative_saves_updated_teacher(trained, capsys):
     updated = str(root / "teacher_updated.keras")
     code, out, err = run(
         ["distill", "--teacher", teacher, "--width", "0.25", "--dataset", dataset, "--collaborative",
-         "--teacher-out", updated, "--out", str(root / "s2.keras"), *FAST],
+         "--teacher-mimicry", "0.5", "--teacher-out", updated, "--out", str(root / "s2.keras"), *FAST],
         capsys,
     )  # fmt: skip
     assert code == 0, err
     assert os.path.exists(updated)
+    with open(root / "s2.config.json") as f:
+        assert json.load(f)["distillation"]["teacher_mimicry"] == 0.5
 
 
 def test_distill_config_file_sets_defaults_and_flags_win(trained, capsys, tmp_path):
@@ -319,7 +321,7 @@ def test_stale_temporary_files_of_an_output_are_cleaned_up(tmp_path):
 def test_numbers_must_be_finite_and_well_typed_from_flags_and_config_files(trained, capsys, tmp_path):
     root, dataset, teacher = trained
     base = ["distill", "--teacher", teacher, "--dataset", dataset, "--out", str(tmp_path / "s.keras"), *FAST]
-    for flag in ("--temperature", "--alpha", "--lr", "--width"):
+    for flag in ("--temperature", "--alpha", "--lr", "--width", "--teacher-mimicry"):
         with pytest.raises(SystemExit) as exit_info:
             cli.main([*base, flag, "inf"])
         assert exit_info.value.code == 2 and "must be a finite number" in capsys.readouterr().err

@@ -181,7 +181,7 @@ def test_mismatched_models_are_refused():
 def test_weights_and_whole_distiller_round_trip(tmp_path):
     teacher, student = small_pair()
     specs = classic(temperature=3.0, pairs=[("stage5", "stage5")])
-    distiller = Distiller(teacher, student, specs)
+    distiller = Distiller(teacher, student, specs, teacher_mimicry=0.5)
     distiller.compile("adam")
     distiller.train_on_batch(X, Y)
     distiller.save_weights(tmp_path / "d.weights.h5")
@@ -196,6 +196,7 @@ def test_weights_and_whole_distiller_round_trip(tmp_path):
     reloaded = keras.saving.load_model(tmp_path / "d.keras")
     assert [terms.serialize(t) for t in reloaded.terms] == [terms.serialize(t) for t in distiller.terms]
     assert reloaded.terms[1].temperature == 3.0 and reloaded.terms[2].pairs == [("stage5", "stage5")]
+    assert reloaded.teacher_mimicry == 0.5
     assert reloaded.optimizer is not None  # Compiled again from its compile config.
     np.testing.assert_allclose(reloaded.predict(X, verbose=0), distiller.predict(X, verbose=0), rtol=1e-5)
 
@@ -243,16 +244,27 @@ def test_cached_teacher_logits_are_refused_where_features_or_collaboration_need_
         distiller.test_on_batch(X, {"labels": Y, "teacher_logits": np.zeros((16, 10), np.float32)})
 
 
-def test_collaborative_teacher_learns_from_mirrored_terms_only():
+@pytest.mark.parametrize("mimicry", [None, 0.25, 0.0])
+def test_collaborative_teacher_learns_from_mirrored_terms_only(mimicry):
+    """The teacher's loss: its CE + teacher_mimicry (default 1) · the kd term with the roles swapped; no hint."""
     teacher, student = small_pair()
-    distiller = Distiller(teacher, student, ["ce", "kd", {"name": "hint", "pairs": [["stage5", "stage5"]]}],
-                          collaborative=True)  # fmt: skip
+    options = {} if mimicry is None else {"teacher_mimicry": mimicry}
+    specs = ["ce", {"name": "kd", "weight": 0.8}, {"name": "hint", "pairs": [["stage5", "stage5"]]}]
+    distiller = Distiller(teacher, student, specs, collaborative=True, **options)
     distiller.compile("adam")
     logs = distiller.test_on_batch(X, Y, return_dict=True)
     t_logits, s_logits = np.array(teacher(X)), np.array(student(X))
     ce = np.array(keras.losses.sparse_categorical_crossentropy(Y, t_logits, from_logits=True))
-    expected = ce + np.array(soft_target_kl(s_logits, t_logits, 4.0))  # kd with the roles swapped; no hint.
+    factor = 1.0 if mimicry is None else mimicry
+    expected = ce + factor * 0.8 * np.array(soft_target_kl(s_logits, t_logits, 4.0))
     np.testing.assert_allclose(logs["teacher_loss"], expected.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mimicry", [-0.1, float("nan"), float("inf")])
+def test_teacher_mimicry_must_be_a_finite_non_negative_number(mimicry):
+    teacher, student = small_pair()
+    with pytest.raises(ValueError, match="teacher_mimicry must be a finite number >= 0"):
+        Distiller(teacher, student, ["ce", "kd"], collaborative=True, teacher_mimicry=mimicry)
 
 
 def test_dkd_warmup_follows_the_epoch():

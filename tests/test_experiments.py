@@ -171,6 +171,7 @@ def test_seeds_option_narrows_what_runs_not_what_the_report_covers(tmp_path):
         (lambda c: c["teacher"].update(training={"optimizer": "lion"}), "teacher.training.optimizer: must be one"),
         (lambda c: c["rows"][1].update(teacher_row="later"), "row 'tskd'.teacher_row: 'later' is not the name of an"),
         (lambda c: c["rows"][0].update(teacher_row="tskd"), "row 'scratch': teacher_row only apply to distillation"),
+        (lambda c: c["rows"][1].update(teacher_mimicry=-1), "row 'tskd'.teacher_mimicry: must be a number >= 0"),
     ],
 )
 def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, capsys, change, message):

@@ -211,7 +211,8 @@ def _distill_locked(args, strategy, config, info) -> None:
         synchronized = builder_options.get("synchronized_bn", False)
         result = run_training(  # _finish_run evaluates, outside the scope.
             student, config, teacher, evaluate=False, teacher_lr=args.teacher_lr,
-            terms=args.term_specs, collaborative=args.collaborative, synchronized_bn=synchronized,
+            teacher_mimicry=args.teacher_mimicry, terms=args.term_specs, collaborative=args.collaborative,
+            synchronized_bn=synchronized,
             teacher_cache=args.teacher_cache,
         )  # fmt: skip
     distiller = result.distiller
@@ -221,6 +222,7 @@ def _distill_locked(args, strategy, config, info) -> None:
         "distillation": {
             "terms": [terms_lib.serialize(term) for term in distiller.terms],  # "auto" pairs resolved
             "collaborative": args.collaborative,
+            "teacher_mimicry": distiller.teacher_mimicry,
             "synchronized_bn": synchronized,
             "teacher_cache": args.teacher_cache,
         },

@@ -48,6 +48,13 @@ def _distill_parser(sub) -> argparse.ArgumentParser:
         help="teacher learning rate in collaborative mode (default lr/100: the trained teacher is refined)",
     )
     dist.add_argument(
+        "--teacher-mimicry",
+        type=non_negative_float,
+        default=None,
+        help="collaborative mode: factor on the teacher's imitation of the student (default 1, mutual learning; "
+        "0: the teacher learns from the labels only)",
+    )
+    dist.add_argument(
         "--teacher-cache",
         default=None,
         metavar="DIR|auto",

@@ -20,9 +20,9 @@ Row methods:
     a preset (`kd`, `kd_std`, `dkd`, `dist`, `fitnets`, `attention`, `tskd`; see `kdkeras.presets`): the student
         distilled with that term list; `temperature` and `pairs` override the preset's.
     distill: the student distilled with an explicit `terms` list (`kdkeras.terms` specs).
-    Distillation rows also take `collaborative`, `teacher_lr`, and `teacher_row`: the name of an earlier row whose
-    model (same seed) is the teacher instead of the experiment's, e.g. a teacher assistant (Mirzadeh et al., AAAI
-    2020); it is trained first when it has not run yet.
+    Distillation rows also take `collaborative`, `teacher_lr`, `teacher_mimicry`, and `teacher_row`: the name of
+    an earlier row whose model (same seed) is the teacher instead of the experiment's, e.g. a teacher assistant
+    (Mirzadeh et al., AAAI 2020); it is trained first when it has not run yet.
 The teacher itself is always the table's first row.
 """
 

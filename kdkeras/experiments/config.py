@@ -56,6 +56,7 @@ _ROW_DEFAULTS = {
     "pairs": None,
     "collaborative": False,
     "teacher_lr": None,
+    "teacher_mimicry": None,
     # distillation: the teacher is the model an earlier row trained with the same seed (a teacher assistant)
     "teacher_row": None,
     # any row: train longer than the budget's epochs (e.g. 2 to check that scratch has converged)
@@ -63,7 +64,7 @@ _ROW_DEFAULTS = {
     # any row: run only these of the experiment's seeds (e.g. a costly check on one seed)
     "seeds": None,
 }
-_DISTILL_KEYS = ("terms", "temperature", "pairs", "collaborative", "teacher_lr", "teacher_row")
+_DISTILL_KEYS = ("terms", "temperature", "pairs", "collaborative", "teacher_lr", "teacher_mimicry", "teacher_row")
 
 
 def _fill(values, defaults: dict, where: str) -> dict:
@@ -153,6 +154,8 @@ def _row_spec(values, index: int, path: str) -> dict:
         _number(row["temperature"], f"{where}.temperature", strict=True)
     if row["teacher_lr"] is not None:
         _number(row["teacher_lr"], f"{where}.teacher_lr", strict=True)
+    if row["teacher_mimicry"] is not None:
+        _number(row["teacher_mimicry"], f"{where}.teacher_mimicry")
     if row["pairs"] is not None:
         row["pairs"] = _feature_pairs(row["pairs"], f"{where}.pairs")
     _require(isinstance(row["collaborative"], bool), f"{where}.collaborative", "must be true or false")

@@ -14,7 +14,7 @@ from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION
 from kdkeras.reporting import machine
 
 # Row keys added after results were recorded (left out of a row's spec while unset).
-_LATER_KEYS = ("teacher_row",)
+_LATER_KEYS = ("teacher_row", "teacher_mimicry")
 # Row keys that do not change what a row computes for one seed: its label, and which other seeds it runs.
 _NOT_SETTINGS = ("label", "seeds")
 
@@ -227,8 +227,9 @@ class Experiment:
         else:
             teacher = artifacts.load_model(teacher_path)  # A fresh copy: collaborative rows change it.
             result = run_training(
-                model, config, teacher, teacher_lr=row["teacher_lr"], terms=row["terms"],
-                collaborative=row["collaborative"], teacher_cache=self._cache_dir(row),
+                model, config, teacher, terms=row["terms"], collaborative=row["collaborative"],
+                teacher_lr=row["teacher_lr"], teacher_mimicry=row["teacher_mimicry"],
+                teacher_cache=self._cache_dir(row),
             )  # fmt: skip
         record = self._record(spec, result)
         artifacts.save_model(model, model_path)
