@@ -314,7 +314,7 @@ def distill(
         collaborative: also train the teacher.
         synchronized_bn: adapters synchronize batch statistics across replicas.
         teacher_mimicry: collaborative mode: the factor on the mirrored terms in the teacher's loss (`Distiller`;
-            default 1, deep mutual learning).
+            default 0, the teacher learns from the labels alone; 1 is deep mutual learning).
         teacher_cache: a folder of teacher-output caches (`kdkeras.teacher_cache`): the teacher's training logits
             are computed once for every epoch and read from there, so training runs at the student's own speed.
             Validation still runs the teacher live. Not possible with collaborative mode or terms that read

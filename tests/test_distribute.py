@@ -195,7 +195,7 @@ def test_mixed_precision_keeps_losses_float32_and_finite(restore_policy, policy)
     student = build_model("ds_alexnet", (28, 28, 1), 3, width=0.25)
     assert student.get_layer("conv1_conv").compute_dtype == policy.removeprefix("mixed_")
     assert student.output.dtype == "float32"  # The logits layer computes in float32.
-    distiller = Distiller(teacher, student, ["ce", "kd", HINT], collaborative=True)
+    distiller = Distiller(teacher, student, ["ce", "kd", HINT], collaborative=True, teacher_mimicry=1.0)
     distiller.compile(optimizer=keras.optimizers.SGD(0.01))
     scaled = policy == "mixed_float16"
     assert isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer) == scaled

@@ -51,8 +51,8 @@ def _distill_parser(sub) -> argparse.ArgumentParser:
         "--teacher-mimicry",
         type=non_negative_float,
         default=None,
-        help="collaborative mode: factor on the teacher's imitation of the student (default 1, mutual learning; "
-        "0: the teacher learns from the labels only)",
+        help="collaborative mode: factor on the teacher's imitation of the student (default 0: the trained teacher "
+        "learns from the labels only; 1: deep mutual learning)",
     )
     dist.add_argument(
         "--teacher-cache",
