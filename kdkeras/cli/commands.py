@@ -210,9 +210,8 @@ def _distill_locked(args, strategy, config, info) -> None:
         student = build_model(args.student, info.input_shape, info.num_classes, **builder_options)
         synchronized = builder_options.get("synchronized_bn", False)
         result = run_training(  # _finish_run evaluates, outside the scope.
-            student, config, teacher, evaluate=False, teacher_lr=args.teacher_lr,
-            teacher_mimicry=args.teacher_mimicry, terms=args.term_specs, collaborative=args.collaborative,
-            synchronized_bn=synchronized,
+            student, config, teacher, evaluate=False, terms=args.term_specs, collaborative=args.collaborative,
+            teacher_lr=args.teacher_lr, teacher_mimicry=args.teacher_mimicry, synchronized_bn=synchronized,
             teacher_cache=args.teacher_cache,
         )  # fmt: skip
     distiller = result.distiller
