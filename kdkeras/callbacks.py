@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import time
 
 import keras
 
@@ -33,7 +34,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     The folder records `run_spec`, everything the weights depend on: a checkpoint of another run (another seed,
     learning rate, width, method …) is refused with a one-line error instead of being resumed into the wrong run.
-    It also records the per-epoch history, so `history` covers all epochs, not only those of the last process.
+    It also records the per-epoch history and wall time, so `history` covers all epochs, not only those of the
+    last process, and `earlier_seconds` is the time earlier processes spent on the epochs resumed from.
     The folder is *not* deleted when training ends: the caller removes it (`remove`) once the final artifact is
     safely written, so a kill during that save still resumes from the finished training.
 
@@ -48,6 +50,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self.run_spec = json.loads(json.dumps(run_spec, default=str)) if run_spec is not None else None
         self.resumed_epoch = None
         self.history: dict[str, list[float]] = {}
+        self.earlier_seconds = 0.0
+        self._epoch_seconds: list[float] = []
+        self._epoch_start = None
 
     def _path(self, name: str) -> str:
         return os.path.join(self.backup_dir, name)
@@ -70,16 +75,26 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 self.resumed_epoch = int(json.load(f)["epoch"])
             previous = _read_json(self._path("history.json")) or {}
             self.history = {k: list(v)[: self.resumed_epoch] for k, v in previous.items()}
+            timing = _read_json(self._path("timing.json")) or {}
+            self._epoch_seconds = [float(s) for s in timing.get("epoch_seconds", [])][: self.resumed_epoch]
+            self.earlier_seconds = sum(self._epoch_seconds)
             print(f"Resuming from checkpoint in {self.backup_dir}: {self.resumed_epoch} epoch(s) done", flush=True)
         elif self.run_spec is not None:
             artifacts.write_json(self._path("run.json"), self.run_spec)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        super().on_epoch_begin(epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         from kdkeras import artifacts
 
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
-        artifacts.write_json(self._path("history.json"), self.history)  # Before the epoch's checkpoint.
+        self._epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        # Both before the epoch's checkpoint, so a checkpoint never counts epochs they do not hold.
+        artifacts.write_json(self._path("history.json"), self.history)
+        artifacts.write_json(self._path("timing.json"), {"epoch_seconds": self._epoch_seconds})
         super().on_epoch_end(epoch, logs)
 
     def save_now(self) -> None:

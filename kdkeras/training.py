@@ -228,7 +228,8 @@ def run_spec(model: keras.Model, config: TrainConfig) -> dict:
 
 
 def _fit(model, train, validation, config: TrainConfig, callbacks, clock: EpochClock):
-    """`model.fit` with the run's callbacks; returns `(history over all epochs, also resumed ones; seconds)`."""
+    """`model.fit` with the run's callbacks; returns `(history, seconds)`, both over all epochs, also resumed ones
+    (seconds: this process' wall time plus what earlier processes spent on the epochs it resumed from)."""
     start = time.perf_counter()
     run_callbacks = make_callbacks(
         config, [SetEpoch(clock), WarmStartBatchNorm(_first_images(train)), *callbacks], run_spec(model, config)
@@ -241,8 +242,11 @@ def _fit(model, train, validation, config: TrainConfig, callbacks, clock: EpochC
         shuffle=False,  # The dataset reshuffles itself every epoch.
         verbose=config.verbose,
     )
+    seconds = time.perf_counter() - start
     backup = next((c for c in run_callbacks if isinstance(c, ResumableBackup)), None)
-    return (backup.history if backup else history.history), time.perf_counter() - start
+    if backup is None:
+        return history.history, seconds
+    return backup.history, seconds + backup.earlier_seconds
 
 
 def remove_backup(config: TrainConfig) -> None:
@@ -347,8 +351,8 @@ class RunResult:
     """What `run_training` returns: the run record, the dataset info, and the distiller when there was a teacher.
 
     `record` holds `model`, `params`, `flops`, `test_accuracy`, `test_loss`, `test_examples`, `per_class` (when
-    evaluated), `history` (every epoch, resumed ones too), `train_seconds` (wall time of `fit`) and `cpu_seconds`
-    (the process' CPU time over the same span).
+    evaluated), `history` (every epoch, resumed ones too), `train_seconds` (wall time of `fit`, summed over the
+    processes of a resumed run) and `cpu_seconds` (this process' CPU time over its span).
     """
 
     record: dict

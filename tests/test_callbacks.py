@@ -1,11 +1,14 @@
 """kdkeras.callbacks: non-finite losses stop the run naming the term, and never reach a checkpoint."""
 
+import json
 import os
+import time
 
 import h5py
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kdkeras.callbacks import (
     CheckpointMismatchError,
@@ -122,3 +125,36 @@ def test_the_history_covers_every_epoch_across_resumes(tmp_path):
     history = _classifier().fit(X, Y, epochs=3, verbose=0, callbacks=[second])
     assert len(history.history["loss"]) == 1  # Keras' own history: only this process' epoch.
     assert second.history["loss"][:2] == first.history["loss"] and len(second.history["loss"]) == 3
+
+
+def test_the_wall_time_of_resumed_epochs_is_carried_over(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    slow = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(0.1))
+    first = ResumableBackup(backup_dir, run_spec={})
+    _classifier().fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[first, slow])  # Killed after 2 of 3.
+    with open(os.path.join(backup_dir, "timing.json")) as f:
+        recorded = json.load(f)["epoch_seconds"]
+    assert len(recorded) == 2 and all(seconds >= 0.2 for seconds in recorded)  # 2 batches of >= 0.1 s each.
+    second = ResumableBackup(backup_dir, run_spec={})
+    _classifier().fit(X, Y, batch_size=16, epochs=3, verbose=0, callbacks=[second])
+    assert second.earlier_seconds == pytest.approx(sum(recorded))
+    fresh = ResumableBackup(str(tmp_path / "fresh"), run_spec={})
+    _classifier().fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[fresh])
+    assert fresh.earlier_seconds == 0.0
+
+
+def test_a_resumed_run_counts_the_time_of_every_process(tmp_path):
+    from kdkeras.data import EpochClock
+    from kdkeras.training import _fit
+
+    backup_dir = str(tmp_path / "backup")
+    config = TrainConfig(epochs=2, backup_dir=backup_dir, verbose=0)
+    train = tf.data.Dataset.from_tensor_slices((X, Y)).batch(16)
+    crash = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (_ for _ in ()).throw(RuntimeError("kill")))
+    with pytest.raises(RuntimeError, match="kill"):
+        _fit(_classifier(), train, None, config, [crash], EpochClock())  # Killed after epoch 1 of 2.
+    with open(os.path.join(backup_dir, "timing.json"), "w") as f:
+        json.dump({"epoch_seconds": [1000.0]}, f)  # As if the first process had been slow.
+    history, seconds = _fit(_classifier(), train, None, config, [], EpochClock())
+    assert len(history["loss"]) == 2
+    assert 1000.0 < seconds < 1000.0 + 120  # The earlier process' epoch, and this process' one.

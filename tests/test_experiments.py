@@ -151,7 +151,8 @@ def test_seeds_option_narrows_what_runs_not_what_the_report_covers(tmp_path):
     [
         (lambda c: c.update(epoch=3), "unknown key(s) epoch"),
         (lambda c: c["rows"][1].update(temprature=2.0), "rows[1]: unknown key(s) temprature"),
-        (lambda c: c["rows"][1].update(temperature=-1), "row 'tskd'.temperature: must be a number > 0"),
+        (lambda c: c["rows"][1].update(temperature=-1), "row 'tskd'.temperature: must be a finite number > 0"),
+        (lambda c: c["rows"][1].update(temperature=float("inf")), "row 'tskd'.temperature: must be a finite number"),
         (lambda c: c["rows"][0].update(method="magic"), "row 'scratch'.method: must be one of"),
         (lambda c: c["rows"][0].update(temperature=2.0), "row 'scratch': temperature only apply to distillation rows"),
         (lambda c: c["rows"][1].update(method="distill"), "method 'distill' needs a 'terms' list"),
@@ -171,7 +172,9 @@ def test_seeds_option_narrows_what_runs_not_what_the_report_covers(tmp_path):
         (lambda c: c["teacher"].update(training={"optimizer": "lion"}), "teacher.training.optimizer: must be one"),
         (lambda c: c["rows"][1].update(teacher_row="later"), "row 'tskd'.teacher_row: 'later' is not the name of an"),
         (lambda c: c["rows"][0].update(teacher_row="tskd"), "row 'scratch': teacher_row only apply to distillation"),
-        (lambda c: c["rows"][1].update(teacher_mimicry=-1), "row 'tskd'.teacher_mimicry: must be a number >= 0"),
+        (lambda c: c["rows"][1].update(teacher_mimicry=-1), "row 'tskd'.teacher_mimicry: must be a finite number >= 0"),
+        (lambda c: c["rows"][1].update(teacher_lr=float("inf")), "row 'tskd'.teacher_lr: must be a finite number > 0"),
+        (lambda c: c["rows"][1].update(teacher_mimicry=float("nan")), "row 'tskd'.teacher_mimicry: must be a finite"),
     ],
 )
 def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, capsys, change, message):

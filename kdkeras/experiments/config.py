@@ -6,6 +6,7 @@ The format is described in `kdkeras.experiments`; `load_config` reads a file, `c
 from __future__ import annotations
 
 import copy
+import math
 import os
 
 BUDGETS = ("quick", "full")
@@ -83,9 +84,11 @@ def _require(condition: bool, where: str, message: str) -> None:
 
 
 def _number(value, where: str, minimum: float = 0.0, strict: bool = False, integer: bool = False):
-    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    # Finite like the training settings and the terms check theirs: YAML's `.inf` must not pass here and fail only
+    # when the Distiller is built, after the teacher has loaded.
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > minimum if strict else value >= minimum)
-    kind = "an integer" if integer else "a number"
+    kind = "an integer" if integer else "a finite number"
     _require(ok, where, f"must be {kind} {'>' if strict else '>='} {minimum}, got {value!r}")
     return value
 
