@@ -140,8 +140,10 @@ def _markdown(report: dict, config: dict, title: str) -> str:
         _table(report["rows"]),
         "",
         "Test accuracy on the full test split; mean ± sample standard deviation over the seeds (± omitted for one "
-        "seed). Train time is the wall time of `fit` (training and validation, no test), mean over seeds; CPU time "
-        "is the process' CPU seconds over the same span (all threads), which other jobs on the machine inflate less. "
+        "seed). Train time is the wall time of `fit` (training and validation, no test), mean over seeds; a resumed "
+        "run adds the epochs its earlier processes finished (runs of code before commit 7e4f016 count only the last "
+        "process). CPU time is the last process' CPU seconds over its span (all threads), which other jobs on the "
+        "machine inflate less. "
         "Δ vs scratch: the row's accuracy minus that of the scratch row with the same student, seed by seed (same "
         "initial-weight seed, data order and augmentation draws); its mean, a 95 % Student-t interval over the "
         "paired seeds (2 or more), and each seed's Δ.",
