@@ -41,7 +41,7 @@ def _search(setup, directory, max_trials):
     space = tuning.SearchSpace.for_terms(terms.get_list(SPECS))
     hypermodel = tuning.DistillerHyperModel(teacher, ("ds_alexnet", {"width": 0.25}), SPECS, space, config, len(train))
     tuner = tuning.make_tuner("random", hypermodel, max_trials, 1, directory, "p", overwrite=False, seed=1)
-    tuner.search(train, validation_data=validation, epochs=1, verbose=0, callbacks=[Recorder()])
+    tuner.search(train, validation_data=validation, epochs=1, shuffle=False, verbose=0, callbacks=[Recorder()])
     return tuner, teacher
 
 
@@ -154,7 +154,7 @@ def test_search_under_a_strategy_builds_every_trial_in_it(setup, tmp_path, mirro
         "random", hypermodel, 2, 1, str(tmp_path / "s"), "p", overwrite=False, seed=1,
         distribution_strategy=mirrored_two_cpus,
     )  # fmt: skip
-    tuner.search(train, validation_data=validation, epochs=1, verbose=0, callbacks=[StrategyRecorder()])
+    tuner.search(train, validation_data=validation, epochs=1, shuffle=False, verbose=0, callbacks=[StrategyRecorder()])
     assert len(STRATEGIES) == 2
     assert all(strategy is mirrored_two_cpus for strategy, _ in STRATEGIES)
     assert {kind for _, kind in STRATEGIES} == {"MirroredVariable"}
