@@ -23,30 +23,32 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 
 
-def _integer(value) -> bool:
+def is_integer(value) -> bool:
+    """An int that is not a bool (YAML's `true` is one): what every integer setting must be."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(value) -> bool:
+def is_finite_number(value) -> bool:
+    """An int or float, not a bool, not Inf or NaN: what every numeric setting must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # What a valid value of each training setting is: one table for `TrainConfig` and the experiment configs
 # (`kdkeras.experiments.config`), so that both accept and refuse the same values with the same words.
 SETTING_RULES = {
-    "epochs": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    "lr": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "epochs": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    "lr": (lambda v: is_finite_number(v) and v > 0, "a number > 0"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
     "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-    "warmup_epochs": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "seed": (_integer, "an integer"),
-    "max_train_examples": (lambda v: v is None or (_integer(v) and v >= 1), "an integer >= 1"),
-    "validation_fraction": (lambda v: _number(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
+    "warmup_epochs": (lambda v: is_finite_number(v) and v >= 0, "a number >= 0"),
+    "weight_decay": (lambda v: is_finite_number(v) and v >= 0, "a number >= 0"),
+    "seed": (is_integer, "an integer"),
+    "max_train_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
+    "validation_fraction": (lambda v: is_finite_number(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
     "augment": (lambda v: isinstance(v, bool), "true or false"),
     "flip": (lambda v: v is None or isinstance(v, bool), "true, false or unset"),
-    "checkpoint_steps": (lambda v: v is None or (_integer(v) and v >= 1), "an integer >= 1"),
+    "checkpoint_steps": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
 }
 
 

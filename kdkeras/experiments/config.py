@@ -6,7 +6,6 @@ The format is described in `kdkeras.experiments`; `load_config` reads a file, `c
 from __future__ import annotations
 
 import copy
-import math
 import os
 
 BUDGETS = ("quick", "full")
@@ -84,9 +83,11 @@ def _require(condition: bool, where: str, message: str) -> None:
 
 
 def _number(value, where: str, minimum: float = 0.0, strict: bool = False, integer: bool = False):
-    # Finite like the training settings and the terms check theirs: YAML's `.inf` must not pass here and fail only
-    # when the Distiller is built, after the teacher has loaded.
-    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # The training settings' rule (finite, not a bool), so YAML's `.inf` cannot pass here and fail only when the
+    # Distiller is built, after the teacher has loaded.
+    from kdkeras.training import is_finite_number, is_integer
+
+    ok = is_integer(value) if integer else is_finite_number(value)
     ok = ok and (value > minimum if strict else value >= minimum)
     kind = "an integer" if integer else "a finite number"
     _require(ok, where, f"must be {kind} {'>' if strict else '>='} {minimum}, got {value!r}")
