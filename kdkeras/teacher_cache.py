@@ -110,55 +110,71 @@ class TeacherCache:
             log(f"teacher cache: reusing the first {config.epochs} of {longer} epochs in {siblings[longer]}")
             return cls(siblings[longer])
         shorter = max(siblings, default=None)  # Its epochs are copied, only the rest is computed.
-        partial = f"{path}.partial"
-        os.makedirs(partial, exist_ok=True)
         start = time.perf_counter()
-        forward = tf.function(lambda images: teacher(images, training=False), reduce_retracing=True)
-        logits_path, progress_path = os.path.join(partial, "logits.npy"), os.path.join(partial, "progress.json")
-        done = _read_progress(progress_path)
-        logits = None
-        for epoch in range(config.epochs):
-            data, info = load_dataset(
-                config.dataset, "train", batch_size, validation_fraction=config.validation_fraction,
-                seed=config.seed, shuffle=False, augment_images=config.augment, flip=config.flip,
-                max_examples=config.max_train_examples, data_dir=config.data_dir, epoch=epoch, return_index=True,
-            )  # fmt: skip
-            if logits is None:
-                shape = (config.epochs, info.num_examples, int(teacher.output.shape[-1]))
-                if done and os.path.exists(logits_path):
-                    logits = np.load(logits_path, mmap_mode="r+")
-                else:
-                    done = 0
-                    logits = np.lib.format.open_memmap(logits_path, mode="w+", dtype=np.float16, shape=shape)
-                    if shorter is not None:
-                        logits[:shorter] = cls(siblings[shorter])._logits
-                        logits.flush()
-                        done = shorter
-                        artifacts.write_json(progress_path, {"epochs_done": done})
-                        log(f"teacher cache: epochs 1–{done} copied from {siblings[shorter]}")
-            if epoch < done:
-                continue
-            for images, _, indices in data:
-                logits[epoch, indices.numpy()] = forward(images).numpy().astype(np.float16)
-            logits.flush()
-            artifacts.write_json(progress_path, {"epochs_done": epoch + 1})  # Atomic: after the data is flushed.
-            log(f"teacher cache: epoch {epoch + 1}/{config.epochs} computed")
-        meta = {
-            "fingerprint": os.path.basename(path),
-            "shape": list(logits.shape),
-            "dtype": "float16",
-            "seconds": time.perf_counter() - start,
-            "bytes": os.path.getsize(logits_path),
-        }
-        del logits
-        os.remove(progress_path)
-        artifacts.write_json(os.path.join(partial, "meta.json"), meta)
-        if os.path.exists(path):  # Another process finished the same cache first: keep theirs.
-            shutil.rmtree(partial)
-        else:
-            os.replace(partial, path)
-        log(f"teacher cache: {path} ready ({meta['bytes'] / 1e6:.1f} MB, {meta['seconds']:.0f} s)")
+        partial = f"{path}.partial"
+        _compute(teacher, config, partial, batch_size, cls(siblings[shorter]) if shorter is not None else None, log)
+        _publish(partial, path, time.perf_counter() - start, log)
         return cls(path)
+
+
+def _compute(teacher, config, partial: str, batch_size: int, earlier: TeacherCache | None, log) -> None:
+    """Fills `partial/logits.npy` epoch by epoch, each epoch recorded in `progress.json` once it is on disk."""
+    os.makedirs(partial, exist_ok=True)
+
+    def training_stream(epoch):
+        return load_dataset(
+            config.dataset, "train", batch_size, validation_fraction=config.validation_fraction,
+            seed=config.seed, shuffle=False, augment_images=config.augment, flip=config.flip,
+            max_examples=config.max_train_examples, data_dir=config.data_dir, epoch=epoch, return_index=True,
+        )  # fmt: skip
+
+    _, info = training_stream(0)
+    shape = (config.epochs, info.num_examples, int(teacher.output.shape[-1]))
+    progress_path = os.path.join(partial, "progress.json")
+    logits, done = _open_logits(os.path.join(partial, "logits.npy"), progress_path, shape, earlier, log)
+    forward = tf.function(lambda images: teacher(images, training=False), reduce_retracing=True)
+    for epoch in range(done, config.epochs):
+        data, _ = training_stream(epoch)
+        for images, _, indices in data:
+            logits[epoch, indices.numpy()] = forward(images).numpy().astype(np.float16)
+        logits.flush()
+        artifacts.write_json(progress_path, {"epochs_done": epoch + 1})  # Atomic: after the data is flushed.
+        log(f"teacher cache: epoch {epoch + 1}/{config.epochs} computed")
+
+
+def _open_logits(logits_path: str, progress_path: str, shape, earlier: TeacherCache | None, log):
+    """The memory-mapped logits and how many epochs they hold: a killed run's, else new ones that start with the
+    epochs of `earlier` (a complete, shorter cache of the same teacher and data)."""
+    done = _read_progress(progress_path)
+    if done and os.path.exists(logits_path):
+        return np.load(logits_path, mmap_mode="r+"), done
+    logits = np.lib.format.open_memmap(logits_path, mode="w+", dtype=np.float16, shape=shape)
+    if earlier is None:
+        return logits, 0
+    logits[: earlier.epochs] = earlier._logits
+    logits.flush()
+    artifacts.write_json(progress_path, {"epochs_done": earlier.epochs})
+    log(f"teacher cache: epochs 1–{earlier.epochs} copied from {earlier.path}")
+    return logits, earlier.epochs
+
+
+def _publish(partial: str, path: str, seconds: float, log) -> None:
+    """Renames a finished `partial` folder into place, with its `meta.json`; the logits are final by now."""
+    logits_path = os.path.join(partial, "logits.npy")
+    meta = {
+        "fingerprint": os.path.basename(path),
+        "shape": list(np.load(logits_path, mmap_mode="r").shape),
+        "dtype": "float16",
+        "seconds": seconds,
+        "bytes": os.path.getsize(logits_path),
+    }
+    os.remove(os.path.join(partial, "progress.json"))
+    artifacts.write_json(os.path.join(partial, "meta.json"), meta)
+    if os.path.exists(path):  # Another process finished the same cache first: keep theirs.
+        shutil.rmtree(partial)
+    else:
+        os.replace(partial, path)
+    log(f"teacher cache: {path} ready ({meta['bytes'] / 1e6:.1f} MB, {meta['seconds']:.0f} s)")
 
 
 def _read_progress(path: str) -> int:
