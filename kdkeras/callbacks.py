@@ -73,6 +73,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         if had_checkpoint:
             with open(self._path("training_metadata.json")) as f:
                 self.resumed_epoch = int(json.load(f)["epoch"])
+            # Keras' BackupAndRestore restores the epoch into the model only and counts its own from 0 until an
+            # epoch ends: a mid-epoch save before then (a second interruption) would record 0 epochs done.
+            self._current_epoch = self.resumed_epoch
             previous = _read_json(self._path("history.json")) or {}
             self.history = {k: list(v)[: self.resumed_epoch] for k, v in previous.items()}
             timing = _read_json(self._path("timing.json")) or {}

@@ -127,6 +127,28 @@ def test_the_history_covers_every_epoch_across_resumes(tmp_path):
     assert second.history["loss"][:2] == first.history["loss"] and len(second.history["loss"]) == 3
 
 
+def test_a_resumed_run_stopped_within_its_first_epoch_keeps_the_epochs_done(tmp_path):
+    """Killed after 2 epochs, resumed, then stopped by a signal (`save_now`) in the middle of epoch 3: the
+    checkpoint still counts 2 epochs done, and a third process starts at epoch 3, not epoch 1."""
+    backup_dir = str(tmp_path / "backup")
+    _classifier().fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[ResumableBackup(backup_dir, run_spec={})])
+    second = ResumableBackup(backup_dir, run_spec={})
+    stop = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: second.save_now() or _interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        _classifier().fit(X, Y, batch_size=16, epochs=4, verbose=0, callbacks=[second, stop])
+    with open(os.path.join(backup_dir, "training_metadata.json")) as f:
+        assert json.load(f)["epoch"] == 2
+    epochs_run = []
+    third = ResumableBackup(backup_dir, run_spec={})
+    count = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch))
+    _classifier().fit(X, Y, batch_size=16, epochs=4, verbose=0, callbacks=[third, count])
+    assert third.resumed_epoch == 2 and epochs_run == [2, 3]
+
+
+def _interrupt():
+    raise KeyboardInterrupt("stopped by a signal")
+
+
 def test_the_wall_time_of_resumed_epochs_is_carried_over(tmp_path):
     backup_dir = str(tmp_path / "backup")
     slow = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(0.1))
