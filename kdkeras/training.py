@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shutil
 import time
@@ -18,19 +17,10 @@ from kdkeras.data import DatasetInfo, EpochClock, load_dataset
 from kdkeras.distiller import Distiller
 from kdkeras.distribute import auto_shard_data
 from kdkeras.evaluation import check_classes, test_record
+from kdkeras.validation import is_finite_number, is_integer
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
-
-
-def is_integer(value) -> bool:
-    """An int that is not a bool (YAML's `true` is one): what every integer setting must be."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_finite_number(value) -> bool:
-    """An int or float, not a bool, not Inf or NaN: what every numeric setting must be."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # What a valid value of each training setting is: one table for `TrainConfig` and the experiment configs

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import os
 
+from kdkeras.validation import check_number
+
 BUDGETS = ("quick", "full")
 # Bumped when kdkeras' code changes what a row computes (initialization, data pipeline, losses): rows from older
 # code are then run again instead of being mixed with new ones. 2: He init, batch-norm warm start, pure
@@ -85,13 +87,7 @@ def _require(condition: bool, where: str, message: str) -> None:
 def _number(value, where: str, minimum: float = 0.0, strict: bool = False, integer: bool = False):
     # The training settings' rule (finite, not a bool), so YAML's `.inf` cannot pass here and fail only when the
     # Distiller is built, after the teacher has loaded.
-    from kdkeras.training import is_finite_number, is_integer
-
-    ok = is_integer(value) if integer else is_finite_number(value)
-    ok = ok and (value > minimum if strict else value >= minimum)
-    kind = "an integer" if integer else "a finite number"
-    _require(ok, where, f"must be {kind} {'>' if strict else '>='} {minimum}, got {value!r}")
-    return value
+    return check_number(value, f"{where}:", minimum, strict, integer)
 
 
 def _model_spec(values, where: str, defaults: dict) -> dict:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
+
+from kdkeras.validation import check_number
 
 _REGISTRY: dict[str, type[Term]] = {}
 
@@ -113,12 +114,7 @@ def _first_line(error: Exception) -> str:
 
 
 def _check_number(term: str, key: str, value, minimum: float = 0.0, strict: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > minimum if strict else value >= minimum)
-    if not ok:
-        raise ValueError(f"term '{term}': {key} must be a finite number {'>' if strict else '>='} {minimum}, "
-                         f"got {value!r}")  # fmt: skip
-    return float(value)
+    return float(check_number(value, f"term '{term}': {key}", minimum, strict))
 
 
 @dataclasses.dataclass(frozen=True)
