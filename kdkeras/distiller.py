@@ -3,7 +3,6 @@ teacher's softened logits, its intermediate features, …) and optionally update
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import keras
@@ -14,6 +13,7 @@ from kdkeras import terms as terms_lib
 from kdkeras.models import require_layers
 from kdkeras.presets import DEFAULT_PRESET
 from kdkeras.terms import Outputs, Term
+from kdkeras.validation import check_number
 
 # Metric names the distiller reports itself; a term may not take one of them.
 _RESERVED_NAMES = ("loss", "accuracy", "teacher_accuracy", "teacher_loss")
@@ -110,9 +110,7 @@ class Distiller(keras.Model):
         self.student = student
         self.collaborative = bool(collaborative)
         self.synchronized_bn = bool(synchronized_bn)
-        if not (math.isfinite(teacher_mimicry) and teacher_mimicry >= 0):
-            raise ValueError(f"teacher_mimicry must be a finite number >= 0, got {teacher_mimicry}")
-        self.teacher_mimicry = float(teacher_mimicry)
+        self.teacher_mimicry = float(check_number(teacher_mimicry, "teacher_mimicry"))
         # Frozen teacher: its variables leave `trainable_variables`, and its BN layers run in inference mode.
         self.teacher.trainable = self.collaborative
 

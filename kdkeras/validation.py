@@ -1,4 +1,5 @@
-"""What a valid number is, in one place: training settings, experiment configs and term arguments share the rule.
+"""What a valid number is, in one place: training settings, experiment configs, term arguments and the Distiller
+share the rule.
 
 A leaf module (no kdkeras imports), so that `kdkeras.terms`, which `kdkeras.training` imports, can use it too.
 """
