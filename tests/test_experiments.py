@@ -297,3 +297,40 @@ def test_paired_delta_pairs_by_seed_and_gives_a_t_interval():
     assert result["delta_ci95"] == pytest.approx([0.0133333 - half, 0.0133333 + half], rel=1e-5)
     assert paired_delta(method[:1], scratch)["delta_ci95"] is None
     assert paired_delta(method, [])["delta_mean"] is None
+
+
+def test_rows_record_which_training_of_the_teacher_they_learned_from(tmp_path, capsys):
+    path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
+    assert run(path) == 0
+    rows_dir = tmp_path / "results" / "tiny" / "quick"
+    teacher_json, tskd_json = rows_dir / "teacher.json", rows_dir / "tskd-seed0.json"
+    teacher, tskd = json.loads(teacher_json.read_text()), json.loads(tskd_json.read_text())
+    from kdkeras import artifacts
+
+    saved = artifacts.load_model(tmp_path / "models" / "tiny" / "quick" / "teacher.keras")
+    assert teacher["weights"] == tskd["teacher_weights"] == artifacts.weights_digest(saved)
+    report_path = tmp_path / "results" / "tiny-quick.json"
+    assert json.loads(report_path.read_text())["earlier_teacher"] == []
+
+    # A teacher recorded before digests were: reusing it adds the saved model's digest.
+    teacher_json.write_text(json.dumps({k: v for k, v in teacher.items() if k != "weights"}))
+    assert run(path, "--rows", "teacher") == 0
+    assert json.loads(teacher_json.read_text())["weights"] == teacher["weights"]
+
+    # Another training of the teacher (other weights) in the table: the row is flagged, by digest...
+    teacher_json.write_text(json.dumps({**teacher, "weights": "0" * 64}))
+    assert run(path, "--report-only") == 0
+    assert json.loads(report_path.read_text())["earlier_teacher"] == ["tskd 0"]
+    assert "earlier training of the teacher" in (tmp_path / "results" / "tiny-quick.md").read_text()
+    # ...or, for a row recorded without a digest, by time: only a row finished before the teacher was trained.
+    undigested = {k: v for k, v in tskd.items() if k != "teacher_weights"}
+    for finished_at, flagged in (("2000-01-01T00:00:00", ["tskd 0"]), ("2999-01-01T00:00:00", [])):
+        tskd_json.write_text(json.dumps({**undigested, "finished_at": finished_at}))
+        assert run(path, "--report-only") == 0
+        assert json.loads(report_path.read_text())["earlier_teacher"] == flagged
+
+    # A lost teacher model with its record still there is retrained, and the log says why.
+    os.remove(tmp_path / "models" / "tiny" / "quick" / "teacher.keras")
+    capsys.readouterr()
+    assert run(path, "--rows", "teacher") == 0
+    assert "teacher.keras is missing; training it again (same settings)" in capsys.readouterr().out

@@ -43,6 +43,7 @@ def write_report(experiment, command: str) -> dict:
         "training": experiment.config["training"],
         "rows": rows,
         "missing": [r["name"] for r in config["rows"] if len(results[r["name"]]) < len(experiment.row_seeds(r))],
+        "earlier_teacher": earlier_teacher(experiment, teacher, results),
     }
     artifacts.write_json(f"{experiment.report_base}.json", report)
     artifacts.write_text(
@@ -76,6 +77,30 @@ def _baseline(experiment, row: dict, scratch_rows: list[dict]) -> dict | None:
         shorter = [b for b in candidates if b["epochs_multiplier"] < row["epochs_multiplier"]]
         return max(shorter, key=lambda b: b["epochs_multiplier"], default=None)
     return None
+
+
+def earlier_teacher(experiment, teacher: dict | None, results: dict) -> list[str]:
+    """The distillation runs (`"row seed"`) that learned from another training of the experiment's teacher than the
+    one in the table: a teacher retrained with the same settings (e.g. after a fresh checkout lost its weights) is
+    not bit-identical, and the rows distilled before keep their results.
+
+    A run is matched by the teacher's weight digest when both were recorded; runs recorded before digests were
+    (and a teacher record without one) are matched by time: such a run learned from the current teacher only if it
+    finished after it."""
+    if teacher is None:
+        return []
+    others = []
+    for row in experiment.config["rows"]:
+        if row["method"] in ("scratch", "reference") or row.get("teacher_row") is not None:
+            continue
+        for record in results[row["name"]]:
+            if "teacher_weights" in record and "weights" in teacher:
+                other = record["teacher_weights"] != teacher["weights"]
+            else:
+                other = record["finished_at"] < teacher["finished_at"]
+            if other:
+                others.append(f"{row['name']} {record['spec']['train_config']['seed']}")
+    return others
 
 
 def paired_delta(records: list[dict], baseline: list[dict], confidence: float = 0.95) -> dict:
@@ -150,6 +175,12 @@ def _markdown(report: dict, config: dict, title: str) -> str:
     ]
     if report["missing"]:
         lines.append(f"Not finished for every seed yet: {', '.join(report['missing'])}.")
+    if report["earlier_teacher"]:
+        lines.append(
+            "Distilled from an earlier training of the teacher (same settings and seed, not bit-identical to the "
+            f"one in the table, which replaced it; its record is in the history of teacher.json), row and seed: "
+            f"{', '.join(report['earlier_teacher'])}."
+        )
     lines += [
         "",
         f"![accuracy vs parameters and FLOPs]({title}-accuracy_vs_params.png)",

@@ -173,8 +173,13 @@ class Experiment:
         record = read_json(record_path)
         if record is not None and record.get("spec") == spec and os.path.exists(self.teacher_path):
             self._log(f"teacher: reusing {self.teacher_path} (test accuracy {record['test_accuracy']:.4f})")
+            if "weights" not in record:  # Recorded before teachers were identified: add the saved one's digest.
+                record["weights"] = artifacts.weights_digest(artifacts.load_model(self.teacher_path))
+                artifacts.write_json(record_path, record)
             return record
-        if record is not None:
+        if record is not None and record.get("spec") == spec:
+            self._log(f"teacher: {self.teacher_path} is missing; training it again (same settings)")
+        elif record is not None:
             self._log("teacher: the saved one was trained from other settings; training it again")
         config = self._teacher_config()
         set_seed(config.seed)
@@ -182,6 +187,7 @@ class Experiment:
         model = build_model(spec["model"], info.input_shape, info.num_classes, **spec["options"])
         self._log(f"teacher: training {spec['model']} for {config.epochs} epoch(s)")
         record = self._record(spec, run_training(model, config))
+        record["weights"] = artifacts.weights_digest(model)
         artifacts.save_model(model, self.teacher_path)
         artifacts.write_json(record_path, record)
         remove_backup(config)
@@ -226,12 +232,17 @@ class Experiment:
             result = run_training(model, config)
         else:
             teacher = artifacts.load_model(teacher_path)  # A fresh copy: collaborative rows change it.
+            # Which training of the teacher this row learned from (before a collaborative row changes it): a
+            # teacher retrained with the same settings is not bit-identical, and the report says so.
+            teacher_weights = artifacts.weights_digest(teacher)
             result = run_training(
                 model, config, teacher, terms=row["terms"], collaborative=row["collaborative"],
                 teacher_lr=row["teacher_lr"], teacher_mimicry=row["teacher_mimicry"],
                 teacher_cache=self._cache_dir(row),
             )  # fmt: skip
         record = self._record(spec, result)
+        if _distills(row):
+            record["teacher_weights"] = teacher_weights
         artifacts.save_model(model, model_path)
         artifacts.write_json(path, record)
         remove_backup(config)  # Only now: a kill during the saves above resumes from the finished training.
