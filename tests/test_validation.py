@@ -27,3 +27,21 @@ def test_the_minimum_is_allowed_unless_strict():
         check_number(0, "term 'kd': temperature", strict=True)
     with pytest.raises(ValueError, match=r"^weight must be a finite number >= 0.0, got -0.1$"):
         check_number(-0.1, "weight")
+
+
+def test_cli_number_options_follow_the_same_rule():
+    import argparse
+
+    from kdkeras.cli.options import non_negative_float, positive_float
+
+    assert positive_float("0.5") == 0.5 and non_negative_float("0") == 0.0
+    for parse, text, message in (
+        (positive_float, "0", "must be a finite number > 0.0, got 0.0"),
+        (positive_float, "inf", "must be a finite number > 0.0, got inf"),
+        (non_negative_float, "-1", "must be a finite number >= 0.0, got -1.0"),
+        (non_negative_float, "nan", "must be a finite number >= 0.0, got nan"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"^{message}$"):
+            parse(text)
+    with pytest.raises(ValueError, match="could not convert"):  # argparse reports it as an invalid value.
+        positive_float("fast")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 
 from kdkeras.presets import DEFAULT_PRESET, PRESETS
+from kdkeras.validation import check_number
 
 # The built-in terms, for the help text (kdkeras.terms.available() adds user-registered ones; a test keeps this
 # list equal to the built-in registry).
@@ -63,17 +63,21 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
-    return value
+    return _checked_float(text, strict=True)
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
-    return value
+    return _checked_float(text, strict=False)
+
+
+def _checked_float(text: str, strict: bool) -> float:
+    """A float option under the library's number rule (`validation.check_number`), as an argparse error."""
+    try:
+        return check_number(float(text), "value", strict=strict)
+    except ValueError as error:  # float() failing keeps argparse's own "invalid ... value" message.
+        if str(error).startswith("value "):
+            raise argparse.ArgumentTypeError(str(error).removeprefix("value ")) from None
+        raise
 
 
 def fraction(text: str) -> float:
