@@ -310,7 +310,7 @@ def test_rows_record_which_training_of_the_teacher_they_learned_from(tmp_path, c
     saved = artifacts.load_model(tmp_path / "models" / "tiny" / "quick" / "teacher.keras")
     assert teacher["weights"] == tskd["teacher_weights"] == artifacts.weights_digest(saved)
     report_path = tmp_path / "results" / "tiny-quick.json"
-    assert json.loads(report_path.read_text())["earlier_teacher"] == []
+    assert json.loads(report_path.read_text())["earlier_teacher"] == {}
 
     # A teacher recorded before digests were: reusing it adds the saved model's digest.
     teacher_json.write_text(json.dumps({k: v for k, v in teacher.items() if k != "weights"}))
@@ -320,11 +320,11 @@ def test_rows_record_which_training_of_the_teacher_they_learned_from(tmp_path, c
     # Another training of the teacher (other weights) in the table: the row is flagged, by digest...
     teacher_json.write_text(json.dumps({**teacher, "weights": "0" * 64}))
     assert run(path, "--report-only") == 0
-    assert json.loads(report_path.read_text())["earlier_teacher"] == ["tskd 0"]
-    assert "earlier training of the teacher" in (tmp_path / "results" / "tiny-quick.md").read_text()
+    assert json.loads(report_path.read_text())["earlier_teacher"] == {"tskd": [0]}
+    assert "teacher.json): tskd (seed 0)." in (tmp_path / "results" / "tiny-quick.md").read_text()
     # ...or, for a row recorded without a digest, by time: only a row finished before the teacher was trained.
     undigested = {k: v for k, v in tskd.items() if k != "teacher_weights"}
-    for finished_at, flagged in (("2000-01-01T00:00:00", ["tskd 0"]), ("2999-01-01T00:00:00", [])):
+    for finished_at, flagged in (("2000-01-01T00:00:00", {"tskd": [0]}), ("2999-01-01T00:00:00", {})):
         tskd_json.write_text(json.dumps({**undigested, "finished_at": finished_at}))
         assert run(path, "--report-only") == 0
         assert json.loads(report_path.read_text())["earlier_teacher"] == flagged

@@ -79,17 +79,17 @@ def _baseline(experiment, row: dict, scratch_rows: list[dict]) -> dict | None:
     return None
 
 
-def earlier_teacher(experiment, teacher: dict | None, results: dict) -> list[str]:
-    """The distillation runs (`"row seed"`) that learned from another training of the experiment's teacher than the
-    one in the table: a teacher retrained with the same settings (e.g. after a fresh checkout lost its weights) is
+def earlier_teacher(experiment, teacher: dict | None, results: dict) -> dict[str, list[int]]:
+    """The distillation runs (`{row: [seeds]}`) that learned from another training of the experiment's teacher than
+    the one in the table: a teacher retrained with the same settings (e.g. after a fresh checkout lost its weights) is
     not bit-identical, and the rows distilled before keep their results.
 
     A run is matched by the teacher's weight digest when both were recorded; runs recorded before digests were
     (and a teacher record without one) are matched by time: such a run learned from the current teacher only if it
     finished after it."""
     if teacher is None:
-        return []
-    others = []
+        return {}
+    others = {}
     for row in experiment.config["rows"]:
         if row["method"] in ("scratch", "reference") or row.get("teacher_row") is not None:
             continue
@@ -99,7 +99,7 @@ def earlier_teacher(experiment, teacher: dict | None, results: dict) -> list[str
             else:
                 other = record["finished_at"] < teacher["finished_at"]
             if other:
-                others.append(f"{row['name']} {record['spec']['train_config']['seed']}")
+                others.setdefault(row["name"], []).append(record["spec"]["train_config"]["seed"])
     return others
 
 
@@ -178,8 +178,12 @@ def _markdown(report: dict, config: dict, title: str) -> str:
     if report["earlier_teacher"]:
         lines.append(
             "Distilled from an earlier training of the teacher (same settings and seed, not bit-identical to the "
-            f"one in the table, which replaced it; its record is in the history of teacher.json), row and seed: "
-            f"{', '.join(report['earlier_teacher'])}."
+            "one in the table, which replaced it; its record is in the history of teacher.json): "
+            + "; ".join(
+                f"{name} (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
+                for name, seeds in report["earlier_teacher"].items()
+            )
+            + "."
         )
     lines += [
         "",
