@@ -72,12 +72,11 @@ def non_negative_float(text: str) -> float:
 
 def _checked_float(text: str, strict: bool) -> float:
     """A float option under the library's number rule (`validation.check_number`), as an argparse error."""
+    value = float(text)  # A ValueError here becomes argparse's own "invalid ... value" message.
     try:
-        return check_number(float(text), "value", strict=strict)
-    except ValueError as error:  # float() failing keeps argparse's own "invalid ... value" message.
-        if str(error).startswith("value "):
-            raise argparse.ArgumentTypeError(str(error).removeprefix("value ")) from None
-        raise
+        return check_number(value, "value", strict=strict)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("value ")) from None
 
 
 def fraction(text: str) -> float:

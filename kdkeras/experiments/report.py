@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from kdkeras.experiments.runner import distills
 from kdkeras.reporting import machine_text, markdown_table
 
 
@@ -91,7 +92,7 @@ def earlier_teacher(experiment, teacher: dict | None, results: dict) -> dict[str
         return {}
     others = {}
     for row in experiment.config["rows"]:
-        if row["method"] in ("scratch", "reference") or row.get("teacher_row") is not None:
+        if not distills(row) or row.get("teacher_row") is not None:  # A teacher assistant's teacher is a row.
             continue
         for record in results[row["name"]]:
             if "teacher_weights" in record and "weights" in teacher:

@@ -132,7 +132,7 @@ class Experiment:
             "train_config": _settings(config),
             "results_version": RESULTS_VERSION,
         }
-        if _distills(row):
+        if distills(row):
             teacher_row = self._teacher_row(row)
             # A teacher assistant's spec includes its teacher row's: retraining that row makes this one stale.
             teacher = self.teacher_spec() if teacher_row is None else self.row_spec(teacher_row, seed)
@@ -143,7 +143,7 @@ class Experiment:
 
     def _needs_experiment_teacher(self, row: dict) -> bool:
         """Whether `row`, or the teacher row it learns from, distills from the experiment's teacher."""
-        if not _distills(row):
+        if not distills(row):
             return False
         teacher_row = self._teacher_row(row)
         return teacher_row is None or self._needs_experiment_teacher(teacher_row)
@@ -222,13 +222,13 @@ class Experiment:
         from kdkeras.training import remove_backup, run_training, set_seed
 
         # Before seeding: a teacher row that is not finished yet trains first, with its own seed.
-        teacher_path = self._teacher_path(row, seed) if _distills(row) else None
+        teacher_path = self._teacher_path(row, seed) if distills(row) else None
         config = self._row_config(row, seed)
         set_seed(seed)
         info = _dataset_info(config)
         model = build_model(spec["model"]["model"], info.input_shape, info.num_classes, **spec["model"]["options"])
         self._log(f"{row['name']} seed {seed}: {row['method']} {model.name}, {config.epochs} epoch(s)")
-        if not _distills(row):
+        if not distills(row):
             result = run_training(model, config)
         else:
             teacher = artifacts.load_model(teacher_path)  # A fresh copy: collaborative rows change it.
@@ -241,7 +241,7 @@ class Experiment:
                 teacher_cache=self._cache_dir(row),
             )  # fmt: skip
         record = self._record(spec, result)
-        if _distills(row):
+        if distills(row):
             record["teacher_weights"] = teacher_weights
         artifacts.save_model(model, model_path)
         artifacts.write_json(path, record)
@@ -320,7 +320,8 @@ class Experiment:
         return write_report(self, command)
 
 
-def _distills(row: dict) -> bool:
+def distills(row: dict) -> bool:
+    """Whether a row learns from a teacher: every method but `scratch` and `reference`."""
     return row["method"] not in ("scratch", "reference")
 
 
