@@ -228,7 +228,8 @@ class Experiment:
         info = _dataset_info(config)
         model = build_model(spec["model"]["model"], info.input_shape, info.num_classes, **spec["model"]["options"])
         self._log(f"{row['name']} seed {seed}: {row['method']} {model.name}, {config.epochs} epoch(s)")
-        if not distills(row):
+        teacher_weights = None
+        if teacher_path is None:
             result = run_training(model, config)
         else:
             teacher = artifacts.load_model(teacher_path)  # A fresh copy: collaborative rows change it.
@@ -241,7 +242,7 @@ class Experiment:
                 teacher_cache=self._cache_dir(row),
             )  # fmt: skip
         record = self._record(spec, result)
-        if distills(row):
+        if teacher_weights is not None:
             record["teacher_weights"] = teacher_weights
         artifacts.save_model(model, model_path)
         artifacts.write_json(path, record)
