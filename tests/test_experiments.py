@@ -204,6 +204,8 @@ def test_shipped_config_is_valid():
     assert config["budgets"]["full"]["seeds"] == [0, 1, 2]
     # The width-1.0 block compares like with like: its DIST row's baseline is its own scratch row.
     assert rows["scratch_w1"]["options"] == rows["dist_w1"]["options"] == {"width": 1.0}
+    assert rows["scratch_w1_4x"]["options"] == rows["dist_w1_4x"]["options"] == {"width": 1.0}
+    assert rows["scratch_w1_4x"]["epochs_multiplier"] == rows["dist_w1_4x"]["epochs_multiplier"] == 4
     # The kd_t1 rows measure the kd_t1 preset that `--method kd_t1` runs, term for term.
     assert rows["kd_t1"]["terms"] == rows["kd_t1_2x"]["terms"] == rows["kd_t1_4x"]["terms"] == terms.preset("kd_t1")
     assert rows["dist_2x"]["epochs_multiplier"] == rows["kd_t1_2x"]["epochs_multiplier"] == 2
