@@ -1,8 +1,10 @@
 """Evaluating a trained classifier: the shape checks, accuracy and loss on a dataset, and the test record every
-run writes (its size and its test-split result)."""
+run writes (its size, its test-split result and its prediction for every test example)."""
 
 from __future__ import annotations
 
+import base64
+import zlib
 from typing import TYPE_CHECKING
 
 import keras
@@ -36,6 +38,10 @@ def evaluate_classifier(model: keras.Model, dataset, info: DatasetInfo) -> dict:
     Returns:
         `{"accuracy", "loss", "num_examples", "per_class": {class name: accuracy}}`.
     """
+    return _scores(*_labels_and_logits(model, dataset, info), info)
+
+
+def _labels_and_logits(model: keras.Model, dataset, info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
     check_classes(model, info)
     # A plain compiled call, not `predict`: under a multi-worker strategy `predict` is a collective op that needs
     # every worker, while the chief evaluates alone.
@@ -44,7 +50,10 @@ def evaluate_classifier(model: keras.Model, dataset, info: DatasetInfo) -> dict:
     for images, batch_labels in dataset:
         logits.append(np.asarray(forward(images), np.float32))
         labels.append(np.asarray(batch_labels))
-    labels, logits = np.concatenate(labels), np.concatenate(logits)
+    return np.concatenate(labels), np.concatenate(logits)
+
+
+def _scores(labels: np.ndarray, logits: np.ndarray, info: DatasetInfo) -> dict:
     loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     correct = np.argmax(logits, axis=-1) == labels
     per_class = {
@@ -59,6 +68,43 @@ def evaluate_classifier(model: keras.Model, dataset, info: DatasetInfo) -> dict:
     }
 
 
+def predict_test_split(model: keras.Model, config: TrainConfig) -> dict:
+    """The test-split result of a trained model with its predicted class for every test example.
+
+    Returns:
+        `{"test_accuracy", "test_loss", "test_examples", "per_class", "test_predictions", "test_labels"}`, the last
+        two encoded by `encode_classes`: with them two runs on the same test examples can be compared example by
+        example (which ones each gets right), which is how the experiment report separates a real difference
+        from the luck of the test sample.
+    """
+    test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
+    labels, logits = _labels_and_logits(model, test, info)
+    result = _scores(labels, logits, info)
+    return {
+        "test_accuracy": result["accuracy"],
+        "test_loss": result["loss"],
+        "test_examples": result["num_examples"],
+        "per_class": result["per_class"],
+        "test_predictions": encode_classes(np.argmax(logits, axis=-1)),
+        "test_labels": encode_classes(labels),
+    }
+
+
+def encode_classes(classes: np.ndarray) -> str:
+    """Class indices as a short JSON string: the bytes of the smallest fitting unsigned type, zlib-compressed,
+    base64; the type leads (`"uint8:..."`). 10,000 Fashion-MNIST predictions take about 6 kB."""
+    classes = np.asarray(classes)
+    dtype = np.dtype(np.uint8 if classes.size == 0 or classes.max() < 256 else np.uint16)
+    payload = base64.b64encode(zlib.compress(classes.astype(dtype.newbyteorder("<")).tobytes(), 9)).decode("ascii")
+    return f"{dtype.name}:{payload}"
+
+
+def decode_classes(text: str) -> np.ndarray:
+    """The class indices `encode_classes` wrote, as int64."""
+    dtype, _, payload = text.partition(":")
+    return np.frombuffer(zlib.decompress(base64.b64decode(payload)), np.dtype(dtype).newbyteorder("<")).astype(np.int64)
+
+
 def test_record(model: keras.Model, config: TrainConfig) -> dict:
     """The part of every run record that describes the trained model: its size and its test-split result.
 
@@ -66,18 +112,13 @@ def test_record(model: keras.Model, config: TrainConfig) -> dict:
     that they all evaluate the same way.
 
     Returns:
-        `{"model", "params", "flops", "test_accuracy", "test_loss", "test_examples", "per_class"}`.
+        `{"model", "params", "flops"}` and the items of `predict_test_split`.
     """
     from kdkeras.profiling import count_flops, count_params
 
-    test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
-    result = evaluate_classifier(model, test, info)
     return {
         "model": model.name,
         "params": count_params(model),
         "flops": count_flops(model),
-        "test_accuracy": result["accuracy"],
-        "test_loss": result["loss"],
-        "test_examples": result["num_examples"],
-        "per_class": result["per_class"],
+        **predict_test_split(model, config),
     }

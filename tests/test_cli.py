@@ -10,6 +10,7 @@ import pytest
 from conftest import write_idx_folder
 
 from kdkeras import cli
+from kdkeras.evaluation import decode_classes
 
 FAST = ["--epochs", "1", "--batch-size", "16", "--verbose", "0", "--logdir", "none"]
 
@@ -60,6 +61,9 @@ def test_distill_evaluate_and_info(trained, capsys):
     result = json.loads(out)
     assert code == 0 and result["num_examples"] == 30 and set(result["per_class"]) == {"0", "1", "2"}
     assert result["accuracy"] == pytest.approx(config["test_accuracy"]) and result["loss"] > 0
+    # The recorded per-image predictions are the ones that gave the recorded accuracy.
+    predicted, labels = decode_classes(config["test_predictions"]), decode_classes(config["test_labels"])
+    assert len(predicted) == len(labels) == 30 and np.mean(predicted == labels) == pytest.approx(result["accuracy"])
 
     code, out, _ = run(["info", "--model", student, "--json"], capsys)
     info = json.loads(out)

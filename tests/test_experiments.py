@@ -9,7 +9,8 @@ import yaml
 from conftest import write_idx_folder
 
 from kdkeras import cli, terms
-from kdkeras.experiments import load_config, paired_delta
+from kdkeras.evaluation import decode_classes, encode_classes
+from kdkeras.experiments import load_config, paired_delta, paired_examples
 from kdkeras.experiments.report import _summary, _table
 
 
@@ -277,9 +278,11 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert row["accuracy_std"] == pytest.approx(0.02)
     assert row["train_seconds_mean"] == pytest.approx(20.0) and row["seeds"] == [0, 1, 2] and row["epochs"] == 2
     row.update(delta_mean=0.015, delta_ci95=[0.005, 0.025], delta_per_seed={"0": 0.01, "1": 0.02})
-    assert "| KD | m | 10 | 0.0 | 2 | 0.9200 ± 0.0200 | 3 | +1.50 | [+0.50, +2.50] | +1.00 +2.00 | 20 | 40 |" in (
+    assert "| KD | m | 10 | 0.0 | 2 | 0.9200 ± 0.0200 | 3 | +1.50 | [+0.50, +2.50] | +1.00 +2.00 |  |  | 20 | 40 |" in (
         _table([row])
     )
+    row["test_pairs"] = {"0": {"delta_se": 0.002, "mcnemar_p": 0.0312}, "1": {"delta_se": 0.004, "mcnemar_p": 0.5}}
+    assert "| +1.00 +2.00 | 0.30 | 0.031 0.5 | 20 | 40 |" in _table([row])
     single = _summary("kd", "KD", "distill", records[:1])
     assert single["accuracy_std"] is None and np.isclose(single["accuracy_mean"], 0.90)
 
@@ -299,6 +302,90 @@ def test_paired_delta_pairs_by_seed_and_gives_a_t_interval():
     assert result["delta_ci95"] == pytest.approx([0.0133333 - half, 0.0133333 + half], rel=1e-5)
     assert paired_delta(method[:1], scratch)["delta_ci95"] is None
     assert paired_delta(method, [])["delta_mean"] is None
+
+
+def test_classes_survive_their_json_encoding():
+    rng = np.random.default_rng(0)
+    for classes in (rng.integers(0, 10, 10_000), rng.integers(0, 1000, 50), np.array([], np.int64)):
+        text = encode_classes(classes)
+        assert isinstance(text, str) and text.startswith(
+            "uint16:" if classes.size and classes.max() > 255 else "uint8:"
+        )
+        np.testing.assert_array_equal(decode_classes(text), classes)
+    assert len(encode_classes(rng.integers(0, 10, 10_000))) < 8_000  # Small enough for every row's JSON.
+
+
+def _predicting(seed, predicted, labels):
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    return {
+        "test_accuracy": float(np.mean(predicted == labels)),
+        "spec": {"train_config": {"seed": seed}},
+        "test_predictions": encode_classes(predicted),
+        "test_labels": encode_classes(labels),
+    }
+
+
+def test_paired_examples_matches_mcnemar_and_the_standard_error_by_hand():
+    from math import comb
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 400)
+    baseline_predicted = np.where(rng.uniform(size=400) < 0.8, labels, (labels + 1) % 4)
+    predicted = np.where(rng.uniform(size=400) < 0.85, labels, (labels + 2) % 4)
+    row = [_predicting(0, predicted, labels), _predicting(1, labels, labels), _predicting(2, predicted, labels)]
+    baseline = [
+        _predicting(0, baseline_predicted, labels),
+        _predicting(1, labels, labels),  # Identical models: nothing to tell apart.
+        _predicting(2, baseline_predicted, labels[::-1]),  # Scored on other examples: left out.
+        {"test_accuracy": 0.5, "spec": {"train_config": {"seed": 3}}},  # Recorded without predictions.
+    ]
+    pairs = paired_examples(row, baseline)
+    assert list(pairs) == ["0", "1"]
+
+    right, baseline_right = predicted == labels, baseline_predicted == labels
+    a, c, n = int(np.sum(right & ~baseline_right)), int(np.sum(~right & baseline_right)), 400
+    d = right.astype(float) - baseline_right.astype(float)  # Per-example difference; Δ is its mean.
+    assert d.mean() == pytest.approx(row[0]["test_accuracy"] - baseline[0]["test_accuracy"])
+    # The standard error of a mean of n paired differences: population sd of d over sqrt(n).
+    assert pairs["0"]["delta_se"] == pytest.approx(d.std() / np.sqrt(n))
+    # McNemar's exact test: under no difference each discordant example is a fair coin; two-sided.
+    tail = sum(comb(a + c, k) for k in range(min(a, c) + 1)) / 2 ** (a + c)
+    assert pairs["0"]["mcnemar_p"] == pytest.approx(min(1.0, 2 * tail))
+    assert pairs["0"]["only_row_right"] == a and pairs["0"]["only_baseline_right"] == c and a != c
+    assert pairs["0"]["disagreement"] == pytest.approx(np.mean(predicted != baseline_predicted))
+    assert pairs["1"] == {
+        "examples": n, "disagreement": 0.0, "only_row_right": 0, "only_baseline_right": 0, "delta_se": 0.0,
+        "mcnemar_p": 1.0,
+    }  # fmt: skip
+
+
+def test_rows_recorded_without_predictions_get_them_from_their_saved_model(tmp_path, capsys):
+    path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
+    assert run(path) == 0
+    rows_dir = tmp_path / "results" / "tiny" / "quick"
+    recorded = json.loads((rows_dir / "tskd-seed0.json").read_text())
+    predicted, labels = decode_classes(recorded["test_predictions"]), decode_classes(recorded["test_labels"])
+    assert len(labels) == recorded["test_examples"] == 30
+    assert np.mean(predicted == labels) == pytest.approx(recorded["test_accuracy"])
+    report = json.loads((tmp_path / "results" / "tiny-quick.json").read_text())
+    tskd = next(row for row in report["rows"] if row["name"] == "tskd")
+    assert list(tskd["test_pairs"]) == ["0"] and tskd["test_pairs"]["0"]["examples"] == 30
+    assert "McNemar p per seed" in (tmp_path / "results" / "tiny-quick.md").read_text()
+
+    # As a row finished before predictions were kept: the next run adds them from the saved model.
+    older = {k: v for k, v in recorded.items() if k not in ("test_predictions", "test_labels")}
+    (rows_dir / "tskd-seed0.json").write_text(json.dumps(older))
+    capsys.readouterr()
+    assert run(path) == 0
+    assert "tskd seed 0: added its test predictions" in capsys.readouterr().out
+    assert json.loads((rows_dir / "tskd-seed0.json").read_text()) == recorded
+
+    # A saved model that does not score the recorded accuracy is not the one recorded: nothing is added.
+    wrong = {**older, "test_accuracy": recorded["test_accuracy"] + 1 / 30 if recorded["test_accuracy"] < 1 else 0.0}
+    (rows_dir / "tskd-seed0.json").write_text(json.dumps(wrong))
+    assert run(path) == 0
+    assert "its test predictions are not added" in capsys.readouterr().out
+    assert "test_predictions" not in json.loads((rows_dir / "tskd-seed0.json").read_text())
 
 
 def test_rows_record_which_training_of_the_teacher_they_learned_from(tmp_path, capsys):

@@ -27,7 +27,16 @@ The teacher itself is always the table's first row.
 """
 
 from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, check_config, load_config
-from kdkeras.experiments.report import paired_delta, write_report
+from kdkeras.experiments.report import paired_delta, paired_examples, write_report
 from kdkeras.experiments.runner import Experiment
 
-__all__ = ["BUDGETS", "RESULTS_VERSION", "Experiment", "check_config", "load_config", "paired_delta", "write_report"]
+__all__ = [
+    "BUDGETS",
+    "RESULTS_VERSION",
+    "Experiment",
+    "check_config",
+    "load_config",
+    "paired_delta",
+    "paired_examples",
+    "write_report",
+]

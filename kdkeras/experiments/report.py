@@ -63,7 +63,9 @@ def _compare_with_scratch(experiment, rows: list[dict], results: dict) -> None:
     scratch_rows = [r for r in experiment.config["rows"] if r["method"] == "scratch"]
     for row, config_row in zip(rows, config_rows, strict=True):
         baseline = _baseline(experiment, config_row, scratch_rows)
-        row.update(paired_delta(results[config_row["name"]], results[baseline["name"]] if baseline else []))
+        baseline_records = results[baseline["name"]] if baseline else []
+        row.update(paired_delta(results[config_row["name"]], baseline_records))
+        row["test_pairs"] = paired_examples(results[config_row["name"]], baseline_records)
         row["baseline"] = baseline["name"] if baseline else None
 
 
@@ -132,6 +134,52 @@ def paired_delta(records: list[dict], baseline: list[dict], confidence: float = 
     }
 
 
+def paired_examples(records: list[dict], baseline: list[dict]) -> dict[str, dict]:
+    """Seed by seed, how a row's test predictions differ from its baseline's, example by example: the part of a
+    seed's Δ that the luck of the test sample could make.
+
+    Two models of one seed are scored on the same test examples, so their Δ is the mean of per-example differences
+    d = (row right) − (baseline right) in {-1, 0, 1}. With `a` examples only the row gets right and `c` only the
+    baseline, of `n`, the test sample alone gives Δ = (a − c)/n a standard error of
+    sqrt((a/n + c/n − ((a − c)/n)²)/n), and McNemar's exact test asks whether `a` and `c` differ by more than
+    chance (two-sided binomial test of `a` out of `a + c` at 1/2). Seeds without recorded predictions (runs of
+    code before predictions were recorded) or scored on other examples are left out.
+
+    Returns:
+        `{seed: {"examples", "disagreement", "only_row_right", "only_baseline_right", "delta_se", "mcnemar_p"}}`.
+    """
+    import numpy as np
+    from scipy import stats
+
+    from kdkeras.evaluation import decode_classes
+
+    def outputs(record):
+        if "test_predictions" not in record:
+            return None
+        return decode_classes(record["test_predictions"]), decode_classes(record["test_labels"])
+
+    base = {r["spec"]["train_config"]["seed"]: outputs(r) for r in baseline}
+    pairs = {}
+    for record in records:
+        seed = record["spec"]["train_config"]["seed"]
+        mine, theirs = outputs(record), base.get(seed)
+        if mine is None or theirs is None or not np.array_equal(mine[1], theirs[1]):
+            continue
+        (predicted, labels), (baseline_predicted, _) = mine, theirs
+        right, baseline_right = predicted == labels, baseline_predicted == labels
+        n = len(labels)
+        a, c = int(np.sum(right & ~baseline_right)), int(np.sum(~right & baseline_right))
+        pairs[str(seed)] = {
+            "examples": n,
+            "disagreement": float(np.mean(predicted != baseline_predicted)),
+            "only_row_right": a,
+            "only_baseline_right": c,
+            "delta_se": float(np.sqrt((a / n + c / n - ((a - c) / n) ** 2) / n)),
+            "mcnemar_p": float(stats.binomtest(a, a + c, 0.5).pvalue) if a + c else 1.0,
+        }
+    return dict(sorted(pairs.items(), key=lambda item: int(item[0])))
+
+
 def _summary(name: str, label: str, method: str, records: list[dict]) -> dict:
     import numpy as np
 
@@ -172,7 +220,11 @@ def _markdown(report: dict, config: dict, title: str) -> str:
         "machine inflate less. "
         "Δ vs scratch: the row's accuracy minus that of the scratch row with the same student, seed by seed (same "
         "initial-weight seed, data order and augmentation draws); its mean, a 95 % Student-t interval over the "
-        "paired seeds (2 or more), and each seed's Δ.",
+        "paired seeds (2 or more), and each seed's Δ. "
+        "Test-sample SE of Δ: how much of one seed's Δ the luck of the test sample alone could make (from the "
+        "examples only one of the two models gets right; mean over the seeds whose runs recorded their "
+        "predictions), and McNemar's exact p per such seed: whether that seed's two models differ by more than "
+        "that luck. A Δ well above its SE on every seed, with small p, is a gain the test set can see.",
     ]
     if report["missing"]:
         lines.append(f"Not finished for every seed yet: {', '.join(report['missing'])}.")
@@ -201,8 +253,9 @@ def _markdown(report: dict, config: dict, title: str) -> str:
 def _table(rows: list[dict]) -> str:
     """The comparison table in Markdown."""
     header = ["method", "model", "params", "MFLOPs", "epochs", "test accuracy", "seeds", "Δ vs scratch (points)",
-              "95 % CI", "Δ per seed", "train time (s)", "CPU time (s)"]  # fmt: skip
-    numeric = [False, False, True, True, True, True, True, True, False, False, True, True]
+              "95 % CI", "Δ per seed", "test-sample SE of Δ", "McNemar p per seed", "train time (s)",
+              "CPU time (s)"]  # fmt: skip
+    numeric = [False, False, True, True, True, True, True, True, False, False, True, False, True, True]
     cells = []
     for row in rows:
         spread = f" ± {row['accuracy_std']:.4f}" if row["accuracy_std"] is not None else ""
@@ -211,9 +264,12 @@ def _table(rows: list[dict]) -> str:
             "" if not row.get("delta_ci95") else "[{:+.2f}, {:+.2f}]".format(*(100 * v for v in row["delta_ci95"]))
         )
         per_seed = " ".join(f"{100 * v:+.2f}" for v in row.get("delta_per_seed", {}).values())
+        pairs = list(row.get("test_pairs", {}).values())
+        sample_se = f"{100 * sum(p['delta_se'] for p in pairs) / len(pairs):.2f}" if pairs else ""
+        mcnemar = " ".join(f"{p['mcnemar_p']:.2g}" for p in pairs)
         cells.append([
             row["label"], row["model"], f"{row['params']:,}", f"{row['flops'] / 1e6:.1f}", row["epochs"],
-            f"{row['accuracy_mean']:.4f}{spread}", len(row["seeds"]), delta, interval, per_seed,
+            f"{row['accuracy_mean']:.4f}{spread}", len(row["seeds"]), delta, interval, per_seed, sample_se, mcnemar,
             f"{row['train_seconds_mean']:.0f}", f"{row['cpu_seconds_mean']:.0f}",
         ])  # fmt: skip
     return markdown_table(header, cells, numeric)

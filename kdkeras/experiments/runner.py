@@ -204,10 +204,12 @@ class Experiment:
         spec = self.row_spec(row, seed)
         path = self.row_path(row["name"], seed)
         record = read_json(path)
+        model_path = self.model_path(row["name"], seed)
         if record is not None and _recorded_spec(record) == spec:
             self._log(f"{row['name']} seed {seed}: done already ({record['test_accuracy']:.4f}), skipped")
+            if "test_predictions" not in record and os.path.exists(model_path):
+                record = self._add_predictions(row, seed, record, path, model_path)
             return record, False
-        model_path = self.model_path(row["name"], seed)
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(artifacts.output_lock(model_path))
@@ -250,6 +252,27 @@ class Experiment:
         self._log(
             f"{row['name']} seed {seed}: test accuracy {record['test_accuracy']:.4f}, {record['train_seconds']:.0f} s"
         )
+        return record
+
+    def _add_predictions(self, row: dict, seed: int, record: dict, path: str, model_path: str) -> dict:
+        """Adds the test predictions to a row recorded before they were kept, from its saved model, so that the
+        report can compare it example by example. Only when the saved model scores exactly the recorded accuracy:
+        otherwise it is not the model the record describes."""
+        from kdkeras import artifacts
+        from kdkeras.evaluation import predict_test_split
+
+        result = predict_test_split(artifacts.load_model(model_path), self._row_config(row, seed))
+        if round(result["test_accuracy"] * result["test_examples"]) != round(
+            record["test_accuracy"] * record["test_examples"]
+        ):
+            self._log(
+                f"{row['name']} seed {seed}: {model_path} scores {result['test_accuracy']:.4f}, not the recorded "
+                f"{record['test_accuracy']:.4f}; its test predictions are not added"
+            )
+            return record
+        record = {**record, "test_predictions": result["test_predictions"], "test_labels": result["test_labels"]}
+        artifacts.write_json(path, record)
+        self._log(f"{row['name']} seed {seed}: added its test predictions from {model_path}")
         return record
 
     def _teacher_path(self, row: dict, seed: int) -> str:
