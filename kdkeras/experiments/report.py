@@ -264,9 +264,11 @@ def _table(rows: list[dict]) -> str:
             "" if not row.get("delta_ci95") else "[{:+.2f}, {:+.2f}]".format(*(100 * v for v in row["delta_ci95"]))
         )
         per_seed = " ".join(f"{100 * v:+.2f}" for v in row.get("delta_per_seed", {}).values())
-        pairs = list(row.get("test_pairs", {}).values())
-        sample_se = f"{100 * sum(p['delta_se'] for p in pairs) / len(pairs):.2f}" if pairs else ""
-        mcnemar = " ".join(f"{p['mcnemar_p']:.2g}" for p in pairs)
+        pairs = row.get("test_pairs", {})
+        sample_se = f"{100 * sum(p['delta_se'] for p in pairs.values()) / len(pairs):.2f}" if pairs else ""
+        # In the order of "Δ per seed"; "–" for a seed whose runs did not record their predictions.
+        seeds = row.get("delta_per_seed", {}) if pairs else {}
+        mcnemar = " ".join(f"{pairs[seed]['mcnemar_p']:.2g}" if seed in pairs else "–" for seed in seeds)
         cells.append([
             row["label"], row["model"], f"{row['params']:,}", f"{row['flops'] / 1e6:.1f}", row["epochs"],
             f"{row['accuracy_mean']:.4f}{spread}", len(row["seeds"]), delta, interval, per_seed, sample_se, mcnemar,
