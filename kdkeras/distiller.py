@@ -70,6 +70,9 @@ class Distiller(keras.Model):
 
     Every per-example loss is averaged over the *global* batch (`tf.nn.compute_average_loss`), so a step under a
     `tf.distribute` strategy with N replicas gives the same update as one device with the same global batch.
+    A student (or a trained teacher) built with weight or activity regularizers adds their losses, as
+    `keras.Model.fit` would (scaled by `tf.nn.scale_regularization_loss` under a strategy); the logged `loss`
+    includes them, the per-term logs do not.
 
     Args:
         teacher: a built functional `keras.Model` returning logits.
@@ -255,6 +258,12 @@ class Distiller(keras.Model):
         student = Outputs(out[0], dict(zip(self._student_layers, out[1:], strict=True)))
         return labels, teacher, student
 
+    def _regularization(self, *layers) -> tf.Tensor | None:
+        """The sum of the regularization losses (weight regularizers, `add_loss`) of `layers`, or None if there are
+        none: the built-in models have none, and their training graph stays exactly the one without this sum."""
+        losses = [ops.cast(ops.sum(loss), "float32") for layer in layers for loss in layer.losses]
+        return ops.sum(ops.stack(losses)) if losses else None
+
     def _student_losses(self, labels, teacher: Outputs, student: Outputs, training: bool) -> dict:
         """Per-example values of every term and of their weighted sum (`"loss"`); the teacher is a constant."""
         teacher = Outputs(ops.stop_gradient(teacher.logits), teacher.features)
@@ -273,9 +282,12 @@ class Distiller(keras.Model):
                 loss = loss + mimicry * term(labels, target, Outputs(teacher.logits), training=True)
         return loss
 
-    def _update_metrics(self, labels, values, teacher_logits, student_logits, sample_weight, teacher_loss=None):
+    def _update_metrics(
+        self, labels, values, teacher_logits, student_logits, sample_weight, teacher_loss=None, regularization=None
+    ):
         batch = ops.cast(ops.shape(labels)[0], "float32")
-        self.loss_tracker.update_state(ops.mean(values["loss"]), sample_weight=batch)
+        loss = ops.mean(values["loss"])
+        self.loss_tracker.update_state(loss if regularization is None else loss + regularization, sample_weight=batch)
         for term, tracker in zip(self.terms, self.term_trackers, strict=True):
             tracker.update_state(ops.mean(values[term.name]), sample_weight=batch)
         if teacher_loss is not None:
@@ -316,11 +328,18 @@ class Distiller(keras.Model):
             values = self._student_losses(labels, teacher, student, training=True)
             # Mean over the global batch: correct under tf.distribute, where gradients are summed over replicas.
             student_loss = tf.nn.compute_average_loss(values["loss"], sample_weight=sample_weight)
+            regularization = self._regularization(self.student, *self.adapters)
+            if regularization is not None:
+                # Each replica adds 1/N of it, so the summed gradients hold it once.
+                student_loss = student_loss + tf.nn.scale_regularization_loss(regularization)
             objective = self.optimizer.scale_loss(student_loss)
             teacher_loss = None
             if self.collaborative:
                 teacher_loss = self._teacher_loss(labels, teacher, student)
                 averaged = tf.nn.compute_average_loss(teacher_loss, sample_weight=sample_weight)
+                teacher_regularization = self._regularization(self.teacher)
+                if teacher_regularization is not None:
+                    averaged = averaged + tf.nn.scale_regularization_loss(teacher_regularization)
                 # One backward pass for both: each loss sees the other network's outputs as constants, so the
                 # sum's gradient is the student loss' for the student and the teacher loss' for the teacher.
                 objective = objective + self.teacher_optimizer.scale_loss(averaged)
@@ -330,14 +349,17 @@ class Distiller(keras.Model):
         self.optimizer.apply(grads[: len(student_vars)], student_vars)
         if self.collaborative:
             self.teacher_optimizer.apply(grads[len(student_vars) :], teacher_vars)
-        return self._update_metrics(labels, values, teacher.logits, student.logits, sample_weight, teacher_loss)
+        return self._update_metrics(labels, values, teacher.logits, student.logits, sample_weight, teacher_loss,
+                                    regularization)  # fmt: skip
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         labels, teacher, student = self._forward(x, y, training=False)
         values = self._student_losses(labels, teacher, student, training=False)
         teacher_loss = self._teacher_loss(labels, teacher, student) if self.collaborative else None
-        return self._update_metrics(labels, values, teacher.logits, student.logits, sample_weight, teacher_loss)
+        regularization = self._regularization(self.student, *self.adapters)
+        return self._update_metrics(labels, values, teacher.logits, student.logits, sample_weight, teacher_loss,
+                                    regularization)  # fmt: skip
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -116,6 +116,43 @@ def test_test_step_loss_equals_independent_computation():
     np.testing.assert_allclose(logs["teacher_accuracy"], np.mean(t_logits.argmax(-1) == Y))
 
 
+def _regularized_classifier(seed: int) -> keras.Model:
+    """A user's own model with weight and activity regularizers (the built-in models have none)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", kernel_regularizer=keras.regularizers.L2(0.05))(x)
+    x = keras.layers.ActivityRegularization(l1=0.01)(keras.layers.GlobalAveragePooling2D()(x))
+    outputs = keras.layers.Dense(10, kernel_regularizer=keras.regularizers.L2(0.05), name="logits")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("collaborative", [False, True], ids=["classic", "collaborative"])
+def test_regularizers_count_as_in_keras_fit(collaborative):
+    """With the labels alone, one distiller step moves a regularized student (and, collaborative with mimicry 0, a
+    regularized teacher) exactly as `keras.Model.train_on_batch` moves a twin, and logs the same loss."""
+    twins = {"student": _regularized_classifier(1)}
+    student = _regularized_classifier(1)
+    if collaborative:
+        teacher, twins["teacher"] = _regularized_classifier(2), _regularized_classifier(2)
+    else:
+        teacher, _ = small_pair()
+    keras_logs = {}
+    for role, twin in twins.items():
+        twin.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        keras_logs[role] = twin.train_on_batch(X, Y, return_dict=True)
+    distiller = Distiller(teacher, student, ["ce"], collaborative=collaborative)
+    distiller.compile(keras.optimizers.SGD(0.5), keras.optimizers.SGD(0.5) if collaborative else None)
+    logs = distiller.train_on_batch(X, Y, return_dict=True)
+
+    assert logs["loss"] > logs["ce"]  # The per-term log is the term alone; the loss adds the regularization.
+    np.testing.assert_allclose(logs["loss"], keras_logs["student"]["loss"], rtol=1e-5)
+    trained = {"student": student, "teacher": teacher}
+    for role, twin in twins.items():
+        for ours, theirs in zip(trained[role].weights, twin.weights, strict=True):
+            np.testing.assert_allclose(np.array(ours), np.array(theirs), rtol=1e-5, atol=1e-7, err_msg=role)
+
+
 def test_feature_pairs_with_different_channels_and_spatial_sizes():
     teacher, student = small_pair("resnet", depth=8)  # stage3: 7×7×16; student stage5: 4×4×32.
     distiller = Distiller(teacher, student, classic(pairs=[("stage3", "stage5"), ("stage2", "stage3")]))

@@ -105,16 +105,20 @@ HINT = {"name": "hint", "pairs": [["stage5", "stage5"]]}
 METHODS = {"kd": ["ce", "kd", HINT], "dkd": ["ce", "dkd", HINT]}
 
 
-def _distill_updates(strategy, collaborative: bool, synchronized: bool, batch_size=32, method="kd"):
+def _distill_updates(strategy, collaborative: bool, synchronized: bool, batch_size=32, method="kd", l2=0.0):
     """Student (and teacher) weight changes after two SGD steps of a Distiller with logits + feature hint.
 
     Dropout is off (its masks are random, so no two runs agree) and the optimizer is plain SGD: Adam divides by the
-    gradient's own scale, which would hide a wrongly scaled loss.
+    gradient's own scale, which would hide a wrongly scaled loss. `l2` > 0 puts an L2 regularizer on every kernel of
+    the student.
     """
     keras.utils.set_random_seed(0)
     with strategy.scope():
         teacher = build_model("alexnet", (28, 28, 1), 3, width=0.25, dropout=0.0, synchronized_bn=synchronized)
         student = build_model("ds_alexnet", (28, 28, 1), 3, width=0.25, dropout=0.0, synchronized_bn=synchronized)
+        for weight in student.trainable_weights:
+            if l2 and weight.name.endswith("kernel"):
+                weight.regularizer = keras.regularizers.L2(l2)
         distiller = Distiller(
             teacher, student, METHODS[method], collaborative=collaborative, synchronized_bn=synchronized
         )
@@ -142,6 +146,7 @@ def _largest_relative_difference(reference, other):
 
 # Measured: 5.4e-3 (classic) and 1.5e-4 (collaborative) after two steps; a loss averaged per replica gives ~1.
 TOLERANCE = 2e-2
+REGULARIZATION = 1.0  # L2 factor. Measured: 6.5e-3 with the scaling, 0.98 with the regularization counted twice.
 
 
 @pytest.mark.parametrize(
@@ -161,6 +166,17 @@ def test_a_loss_averaged_per_replica_fails_the_equivalence(mirrored_two_cpus, mo
     per_replica_mean = _distill_updates(mirrored_two_cpus, False, synchronized=True)
     difference = _largest_relative_difference(one_device, per_replica_mean)
     assert difference > 0.5 and difference > 10 * TOLERANCE
+
+
+def test_regularization_under_two_replicas_counts_once(mirrored_two_cpus, monkeypatch):
+    """A student's weight regularizers add 1/N of their loss on each of N replicas (the gradients are summed), so
+    two replicas update like one device; added whole on each replica, they would count twice."""
+    one_device = _distill_updates(tf.distribute.get_strategy(), False, synchronized=False, l2=REGULARIZATION)
+    two_replicas = _distill_updates(mirrored_two_cpus, False, synchronized=True, l2=REGULARIZATION)
+    assert _largest_relative_difference(one_device, two_replicas) < TOLERANCE
+    monkeypatch.setattr(tf.nn, "scale_regularization_loss", lambda loss: loss)
+    counted_twice = _distill_updates(mirrored_two_cpus, False, synchronized=True, l2=REGULARIZATION)
+    assert _largest_relative_difference(one_device, counted_twice) > 10 * TOLERANCE
 
 
 def test_unsynchronized_bn_under_two_replicas_differs(mirrored_two_cpus):
