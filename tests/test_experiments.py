@@ -176,6 +176,17 @@ def test_seeds_option_narrows_what_runs_not_what_the_report_covers(tmp_path):
         (lambda c: c["rows"][1].update(teacher_mimicry=-1), "row 'tskd'.teacher_mimicry: must be a finite number >= 0"),
         (lambda c: c["rows"][1].update(teacher_lr=float("inf")), "row 'tskd'.teacher_lr: must be a finite number > 0"),
         (lambda c: c["rows"][1].update(teacher_mimicry=float("nan")), "row 'tskd'.teacher_mimicry: must be a finite"),
+        (lambda c: c["rows"][1].update(teacher="big"), "row 'tskd'.teacher: 'big' is not one of the config's teachers"),
+        (lambda c: c["rows"][0].update(teacher="big"), "row 'scratch': teacher only apply to distillation rows"),
+        (lambda c: c["rows"][1].update(teacher="big", teacher_row="scratch"), "give either teacher (one of the"),
+        (lambda c: c.update(teachers={"big": {"model": "vgg"}}), "teachers.big.model: unknown model 'vgg'"),
+        (lambda c: c.update(teachers={"big": {"model": "alexnet", "seed": 0.5}}), "teachers.big.seed: must be an"),
+        (lambda c: c.update(teachers={"a/b": {"model": "alexnet"}}), "teachers: must be a name of letters, digits"),
+        (lambda c: c.update(teachers=["big"]), "teachers: must be a mapping of name: teacher"),
+        (
+            lambda c: c.update(teachers={"big": {"model": "alexnet"}}, rows=[{"name": "teacher-big", "method": "kd"}]),
+            "duplicate or reserved row name(s) teacher-big",
+        ),
     ],
 )
 def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, capsys, change, message):
@@ -235,6 +246,60 @@ def test_a_row_taught_by_another_rows_model_trains_that_row_first(tmp_path, caps
     assert run(path, "--rows", "assisted") == 0
     out = capsys.readouterr().out
     assert "wide seed 0: scratch" in out and "assisted seed 0: kd" in out
+
+
+def test_a_row_learns_from_a_named_teacher_trained_once_beside_the_experiments(tmp_path, capsys):
+    """`teachers` names more teachers; a row with `teacher: NAME` learns from that one, trained first (and only
+    when a selected row needs it or `--rows teacher-NAME` asks), listed in the report beside the experiment's."""
+    from kdkeras import artifacts
+
+    config = tiny_config(str(tmp_path))
+    config["teachers"] = {"big": {"model": "alexnet", "options": {"width": 0.5}}}
+    config["rows"].append({"name": "kd_big", "method": "kd", "teacher": "big"})
+    path = write_config(str(tmp_path), config)
+    assert run(path, "--rows", "kd_big") == 0
+    rows_dir, models_dir = (tmp_path / kind / "tiny" / "quick" for kind in ("results", "models"))
+    # The named teacher and the row only: the experiment's teacher is not needed by this row.
+    assert sorted(p.name for p in rows_dir.iterdir()) == ["kd_big-seed0.json", "teacher-big.json"]
+    big, kd_big = (json.loads((rows_dir / name).read_text()) for name in ("teacher-big.json", "kd_big-seed0.json"))
+    assert big["spec"]["options"] == {"width": 0.5}
+    assert (
+        big["weights"]
+        == kd_big["teacher_weights"]
+        == artifacts.weights_digest(artifacts.load_model(models_dir / "teacher-big.keras"))
+    )
+    # The frozen teacher's validation accuracy in the row is the named teacher's final one: the same model.
+    assert kd_big["history"]["val_teacher_accuracy"][0] == pytest.approx(big["history"]["val_accuracy"][-1])
+
+    capsys.readouterr()
+    assert run(path) == 0
+    out = capsys.readouterr().out
+    assert "teacher-big: reusing" in out and "kd_big seed 0: done already" in out and "teacher: training" in out
+    report_path = tmp_path / "results" / "tiny-quick.json"
+    report = json.loads(report_path.read_text())
+    assert [row["name"] for row in report["rows"]] == ["teacher", "teacher-big", "scratch", "tskd", "kd_big"]
+    rows = {row["name"]: row for row in report["rows"]}
+    assert rows["teacher-big"]["label"] == f"teacher 'big' ({big['model']})"
+    assert rows["teacher-big"]["params"] == big["params"] > rows["teacher"]["params"]
+    assert rows["teacher-big"]["baseline"] is None and rows["kd_big"]["baseline"] == "scratch"
+    assert report["earlier_teacher"] == {}
+
+    # Another training of the named teacher in the table flags the row that learned from it, and only that one.
+    (rows_dir / "teacher-big.json").write_text(json.dumps({**big, "weights": "0" * 64}))
+    assert run(path, "--report-only") == 0
+    assert json.loads(report_path.read_text())["earlier_teacher"] == {"kd_big": [0]}
+
+    # New settings for the named teacher: `--rows teacher-big` retrains it alone; then only its row runs again.
+    config["teachers"]["big"]["options"] = {"width": 0.75}
+    write_config(str(tmp_path), config)
+    capsys.readouterr()
+    assert run(path, "--rows", "teacher-big") == 0
+    out = capsys.readouterr().out
+    assert "teacher-big: the saved one was trained from other settings; training it again" in out
+    assert "teacher:" not in out and "seed 0" not in out
+    assert run(path) == 0
+    out = capsys.readouterr().out
+    assert "kd_big seed 0: kd" in out and "tskd seed 0: done already" in out and "teacher: reusing" in out
 
 
 def test_rows_are_compared_with_the_scratch_row_of_their_own_length(tmp_path):
@@ -412,7 +477,9 @@ def test_rows_record_which_training_of_the_teacher_they_learned_from(tmp_path, c
     teacher_json.write_text(json.dumps({**teacher, "weights": "0" * 64}))
     assert run(path, "--report-only") == 0
     assert json.loads(report_path.read_text())["earlier_teacher"] == {"tskd": [0]}
-    assert "teacher.json): tskd (seed 0)." in (tmp_path / "results" / "tiny-quick.md").read_text()
+    assert (
+        "teacher-NAME.json for a named teacher): tskd (seed 0)." in (tmp_path / "results" / "tiny-quick.md").read_text()
+    )
     # ...or, for a row recorded without a digest, by time: only a row finished before the teacher was trained.
     undigested = {k: v for k, v in tskd.items() if k != "teacher_weights"}
     for finished_at, flagged in (("2000-01-01T00:00:00", {"tskd": [0]}), ("2999-01-01T00:00:00", {})):

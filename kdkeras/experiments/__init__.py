@@ -20,10 +20,12 @@ Row methods:
     a preset (`kd`, `kd_std`, `dkd`, `dist`, `fitnets`, `attention`, `tskd`; see `kdkeras.presets`): the student
         distilled with that term list; `temperature` and `pairs` override the preset's.
     distill: the student distilled with an explicit `terms` list (`kdkeras.terms` specs).
-    Distillation rows also take `collaborative`, `teacher_lr`, `teacher_mimicry`, and `teacher_row`: the name of
-    an earlier row whose model (same seed) is the teacher instead of the experiment's, e.g. a teacher assistant
-    (Mirzadeh et al., AAAI 2020); it is trained first when it has not run yet.
-The teacher itself is always the table's first row.
+    Distillation rows also take `collaborative`, `teacher_lr`, `teacher_mimicry`, and, instead of the experiment's
+    teacher, either `teacher`: the name of one of the config's `teachers` (more teachers, each given like `teacher`
+    and trained once, as `teacher-NAME`), or `teacher_row`: the name of an earlier row whose model (same seed) is
+    the teacher, e.g. a teacher assistant (Mirzadeh et al., AAAI 2020). Either is trained first when it has not
+    run yet.
+The teachers are the table's first rows: the experiment's, then the named ones.
 """
 
 from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, check_config, load_config

@@ -26,6 +26,8 @@ _TOP_DEFAULTS = {
     "results_dir": os.path.join("experiments", "results"),
     "models_dir": os.path.join("saved_models", "experiments"),
     "teacher": None,
+    # More teachers, by name, for rows that learn from another one than `teacher` (row key `teacher: NAME`).
+    "teachers": {},
     "student": None,
     "training": {},
     "budgets": None,
@@ -59,14 +61,18 @@ _ROW_DEFAULTS = {
     "collaborative": False,
     "teacher_lr": None,
     "teacher_mimicry": None,
-    # distillation: the teacher is the model an earlier row trained with the same seed (a teacher assistant)
+    # distillation: the teacher is one of the config's `teachers` (by name) instead of the experiment's `teacher`…
+    "teacher": None,
+    # …or the model an earlier row trained with the same seed (a teacher assistant)
     "teacher_row": None,
     # any row: train longer than the budget's epochs (e.g. 2 to check that scratch has converged)
     "epochs_multiplier": 1,
     # any row: run only these of the experiment's seeds (e.g. a costly check on one seed)
     "seeds": None,
 }
-_DISTILL_KEYS = ("terms", "temperature", "pairs", "collaborative", "teacher_lr", "teacher_mimicry", "teacher_row")
+_DISTILL_KEYS = (
+    "terms", "temperature", "pairs", "collaborative", "teacher_lr", "teacher_mimicry", "teacher", "teacher_row",
+)  # fmt: skip
 
 
 def _fill(values, defaults: dict, where: str) -> dict:
@@ -118,15 +124,20 @@ def _feature_pairs(value, where: str):
     return [list(pair) for pair in value]
 
 
+def _check_name(name, where: str) -> None:
+    """Row and teacher names become file names: letters, digits, '-' and '_' only."""
+    _require(
+        isinstance(name, str) and name.replace("_", "").replace("-", "").isalnum(),
+        where,
+        f"must be a name of letters, digits, '-' or '_', got {name!r}",
+    )
+
+
 def _row_spec(values, index: int, path: str) -> dict:
     where = f"{path}: rows[{index}]"
     row = _fill(values, _ROW_DEFAULTS, where)
     name = row["name"]
-    _require(
-        isinstance(name, str) and name.replace("_", "").replace("-", "").isalnum(),
-        f"{where}.name",
-        f"must be a name of letters, digits, '-' or '_', got {name!r}",
-    )
+    _check_name(name, f"{where}.name")
     where = f"{path}: row '{name}'"
     from kdkeras.presets import PRESETS
 
@@ -163,6 +174,11 @@ def _row_spec(values, index: int, path: str) -> dict:
         row["teacher_row"] is None or isinstance(row["teacher_row"], str),
         f"{where}.teacher_row",
         f"must be the name of an earlier row, got {row['teacher_row']!r}",
+    )
+    _require(
+        row["teacher"] is None or row["teacher_row"] is None,
+        where,
+        "give either teacher (one of the config's teachers) or teacher_row (an earlier row's model), not both",
     )
     try:
         row["terms"] = terms_lib.from_options(
@@ -203,14 +219,13 @@ def check_config(mapping: dict, path: str) -> dict:
     config["name"] = config["name"] or os.path.splitext(os.path.basename(path))[0]
     for key in ("teacher", "student", "budgets", "rows"):
         _require(config[key] is not None, path, f"missing required key '{key}'")
-    config["teacher"] = _model_spec(config["teacher"], f"{path}: teacher", _TEACHER_DEFAULTS)
-    _number(config["teacher"]["seed"], f"{path}: teacher.seed", integer=True)
     config["student"] = _model_spec(config["student"], f"{path}: student", _MODEL_DEFAULTS)
     config["training"] = _training_spec(config["training"], _TRAINING_DEFAULTS, f"{path}: training")
-    # The teacher's own settings override the shared ones (a teacher often wants another optimizer and lr).
-    config["teacher"]["training"] = _training_spec(
-        config["teacher"]["training"], config["training"], f"{path}: teacher.training"
-    )
+    config["teacher"] = _teacher_spec(config["teacher"], config["training"], f"{path}: teacher")
+    _require(isinstance(config["teachers"], dict), f"{path}: teachers", "must be a mapping of name: teacher")
+    for name, teacher in config["teachers"].items():
+        _check_name(name, f"{path}: teachers")
+        config["teachers"][name] = _teacher_spec(teacher, config["training"], f"{path}: teachers.{name}")
     _require(
         _valid_seeds(config["seeds"]),
         f"{path}: seeds",
@@ -233,12 +248,28 @@ def check_config(mapping: dict, path: str) -> dict:
     _require(isinstance(config["rows"], list) and config["rows"], f"{path}: rows", "must be a non-empty list")
     config["rows"] = [_row_spec(row, i, path) for i, row in enumerate(config["rows"])]
     names = [row["name"] for row in config["rows"]]
-    duplicates = sorted({n for n in names if names.count(n) > 1} | ({"teacher"} & set(names)))
+    reserved = {"teacher", *(f"teacher-{name}" for name in config["teachers"])}
+    duplicates = sorted({n for n in names if names.count(n) > 1} | (reserved & set(names)))
     _require(not duplicates, f"{path}: rows", f"duplicate or reserved row name(s) {', '.join(duplicates)}")
     for index, row in enumerate(config["rows"]):
         if row.get("teacher_row") is not None:
             _check_teacher_row(row, config["rows"][:index], path)
+        if row.get("teacher") is not None:
+            _require(
+                isinstance(row["teacher"], str) and row["teacher"] in config["teachers"],
+                f"{path}: row '{row['name']}'.teacher",
+                f"{row['teacher']!r} is not one of the config's teachers ({', '.join(config['teachers']) or 'none'})",
+            )
     return config
+
+
+def _teacher_spec(values, training: dict, where: str) -> dict:
+    """A teacher's architecture, seed and training; its own settings override the shared `training` (a teacher
+    often wants another optimizer and lr)."""
+    teacher = _model_spec(values, where, _TEACHER_DEFAULTS)
+    _number(teacher["seed"], f"{where}.seed", integer=True)
+    teacher["training"] = _training_spec(teacher["training"], training, f"{where}.training")
+    return teacher
 
 
 def _check_teacher_row(row: dict, earlier: list[dict], path: str) -> None:

@@ -24,16 +24,23 @@ def write_report(experiment, command: str) -> dict:
 
     config = experiment.config
     teacher, results = experiment.collect()
-    rows = []
-    if teacher is not None:
-        rows.append(_summary("teacher", f"teacher ({teacher['model']})", "teacher", [teacher]))
-    for row in experiment.config["rows"]:
-        if results[row["name"]]:
-            rows.append(_summary(row["name"], row["label"], row["method"], results[row["name"]]))
-    _compare_with_scratch(experiment, rows[1 if teacher else 0 :], results)
-    if teacher is not None:
-        rows[0].update(paired_delta([], []), baseline=None)
-    machines = {machine_text(r["machine"]) for r in [teacher, *sum(results.values(), [])] if r}
+    # The experiment's teacher (None) and the named ones, those trained with the current settings.
+    teachers = {None: teacher, **{name: experiment.teacher_record(name) for name in config["teachers"]}}
+    teachers = {name: record for name, record in teachers.items() if record is not None}
+    rows = [
+        _summary(experiment.teacher_run(name), _teacher_label(name, record), "teacher", [record])
+        for name, record in teachers.items()
+    ]
+    for row in rows:
+        row.update(paired_delta([], []), baseline=None)
+    student_rows = [
+        _summary(row["name"], row["label"], row["method"], results[row["name"]])
+        for row in config["rows"]
+        if results[row["name"]]
+    ]
+    _compare_with_scratch(experiment, student_rows, results)
+    rows += student_rows
+    machines = {machine_text(r["machine"]) for r in [*teachers.values(), *sum(results.values(), [])]}
     report = {
         "name": experiment.config["name"],
         "budget": experiment.budget,
@@ -44,15 +51,19 @@ def write_report(experiment, command: str) -> dict:
         "training": experiment.config["training"],
         "rows": rows,
         "missing": [r["name"] for r in config["rows"] if len(results[r["name"]]) < len(experiment.row_seeds(r))],
-        "earlier_teacher": earlier_teacher(experiment, teacher, results),
+        "earlier_teacher": earlier_teacher(experiment, teachers, results),
     }
     artifacts.write_json(f"{experiment.report_base}.json", report)
     artifacts.write_text(
         f"{experiment.report_base}.md", _markdown(report, experiment.config, os.path.basename(experiment.report_base))
     )
     report["table"] = _table(rows)
-    _plot(rows, teacher, results, experiment.config, experiment.report_base)
+    _plot(rows, teachers, results, experiment.config, experiment.report_base)
     return report
+
+
+def _teacher_label(name: str | None, record: dict) -> str:
+    return f"teacher ({record['model']})" if name is None else f"teacher '{name}' ({record['model']})"
 
 
 def _compare_with_scratch(experiment, rows: list[dict], results: dict) -> None:
@@ -82,19 +93,23 @@ def _baseline(experiment, row: dict, scratch_rows: list[dict]) -> dict | None:
     return None
 
 
-def earlier_teacher(experiment, teacher: dict | None, results: dict) -> dict[str, list[int]]:
-    """The distillation runs (`{row: [seeds]}`) that learned from another training of the experiment's teacher than
-    the one in the table: a teacher retrained with the same settings (e.g. after a fresh checkout lost its weights) is
-    not bit-identical, and the rows distilled before keep their results.
+def earlier_teacher(experiment, teachers: dict, results: dict) -> dict[str, list[int]]:
+    """The distillation runs (`{row: [seeds]}`) that learned from another training of their teacher than the one in
+    the table: a teacher retrained with the same settings (e.g. after a fresh checkout lost its weights) is not
+    bit-identical, and the rows distilled before keep their results.
+
+    Args:
+        teachers: the teachers' records in the table, `{None: the experiment's, name: a named one's}`.
 
     A run is matched by the teacher's weight digest when both were recorded; runs recorded before digests were
     (and a teacher record without one) are matched by time: such a run learned from the current teacher only if it
     finished after it."""
-    if teacher is None:
-        return {}
     others = {}
     for row in experiment.config["rows"]:
         if not distills(row) or row.get("teacher_row") is not None:  # A teacher assistant's teacher is a row.
+            continue
+        teacher = teachers.get(row.get("teacher"))
+        if teacher is None:
             continue
         for record in results[row["name"]]:
             if "teacher_weights" in record and "weights" in teacher:
@@ -230,8 +245,9 @@ def _markdown(report: dict, config: dict, title: str) -> str:
         lines.append(f"Not finished for every seed yet: {', '.join(report['missing'])}.")
     if report["earlier_teacher"]:
         lines.append(
-            "Distilled from an earlier training of the teacher (same settings and seed, not bit-identical to the "
-            "one in the table, which replaced it; its record is in the history of teacher.json): "
+            "Distilled from an earlier training of their teacher (same settings and seed, not bit-identical to the "
+            "one in the table, which replaced it; its record is in the git history of teacher.json, or "
+            "teacher-NAME.json for a named teacher): "
             + "; ".join(
                 f"{name} (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
                 for name, seeds in report["earlier_teacher"].items()
@@ -277,7 +293,7 @@ def _table(rows: list[dict]) -> str:
     return markdown_table(header, cells, numeric)
 
 
-def _plot(rows: list[dict], teacher: dict | None, results: dict, config: dict, base: str) -> None:
+def _plot(rows: list[dict], teachers: dict, results: dict, config: dict, base: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # Files only; no display needed.
@@ -324,13 +340,14 @@ def _plot(rows: list[dict], teacher: dict | None, results: dict, config: dict, b
     plt.close(figure)
 
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    curves = [("teacher", [teacher] if teacher else [])] + [(r["label"], results[r["name"]]) for r in config["rows"]]
+    curves = [(_teacher_label(name, record), [record]) for name, record in teachers.items()]
+    curves += [(r["label"], results[r["name"]]) for r in config["rows"]]
     for label, records in curves:
         if records and "val_accuracy" in records[0]["history"]:
             values = records[0]["history"]["val_accuracy"]  # The first seed's curve.
             axes.plot(range(1, len(values) + 1), values, marker=".", label=label)
     axes.set_xlabel("epoch")
-    axes.set_ylabel("validation accuracy (student; teacher for 'teacher')")
+    axes.set_ylabel("validation accuracy (of each row's model)")
     axes.set_title(f"{config['name']}: validation accuracy per epoch (first seed)")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)

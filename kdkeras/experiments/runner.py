@@ -14,7 +14,7 @@ from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION
 from kdkeras.reporting import machine
 
 # Row keys added after results were recorded (left out of a row's spec while unset).
-_LATER_KEYS = ("teacher_row", "teacher_mimicry")
+_LATER_KEYS = ("teacher", "teacher_row", "teacher_mimicry")
 # Row keys that do not change what a row computes for one seed: its label, and which other seeds it runs.
 _NOT_SETTINGS = ("label", "seeds")
 
@@ -62,7 +62,18 @@ class Experiment:
 
     @property
     def teacher_path(self) -> str:
-        return os.path.join(self.models_dir, "teacher.keras")
+        """The experiment's teacher model."""
+        return self.teacher_file()
+
+    @staticmethod
+    def teacher_run(name: str | None = None) -> str:
+        """The file stem of a teacher's model, record and checkpoints: `teacher` for the experiment's teacher,
+        `teacher-NAME` for one of its named `teachers`."""
+        return "teacher" if name is None else f"teacher-{name}"
+
+    def teacher_file(self, name: str | None = None) -> str:
+        """The saved model of the experiment's teacher (`name=None`) or of a named one."""
+        return os.path.join(self.models_dir, f"{self.teacher_run(name)}.keras")
 
     def row_path(self, name: str, seed: int | None) -> str:
         """The result JSON of a row and seed; of the teacher with `seed=None`."""
@@ -88,10 +99,13 @@ class Experiment:
             verbose=self.verbose,
         )
 
-    def _teacher_config(self):
-        teacher = self.config["teacher"]
+    def _teacher(self, name: str | None) -> dict:
+        return self.config["teacher"] if name is None else self.config["teachers"][name]
+
+    def _teacher_config(self, name: str | None = None):
+        teacher = self._teacher(name)
         return self._train_config(
-            self.plan["teacher_epochs"], teacher["seed"], "teacher", teacher["training"], teacher["lr"]
+            self.plan["teacher_epochs"], teacher["seed"], self.teacher_run(name), teacher["training"], teacher["lr"]
         )
 
     def _row_config(self, row: dict, seed: int):
@@ -113,10 +127,10 @@ class Experiment:
             return None
         return os.path.join(self.models_dir, "teacher_cache")
 
-    def teacher_spec(self) -> dict:
-        """Everything the teacher's weights depend on; a saved teacher is reused only when this matches."""
-        teacher = self.config["teacher"]
-        config = self._teacher_config()
+    def teacher_spec(self, name: str | None = None) -> dict:
+        """Everything a teacher's weights depend on; a saved teacher is reused only when this matches."""
+        teacher = self._teacher(name)
+        config = self._teacher_config(name)
         return {
             "model": teacher["model"],
             "options": teacher["options"],
@@ -135,18 +149,19 @@ class Experiment:
         if distills(row):
             teacher_row = self._teacher_row(row)
             # A teacher assistant's spec includes its teacher row's: retraining that row makes this one stale.
-            teacher = self.teacher_spec() if teacher_row is None else self.row_spec(teacher_row, seed)
+            teacher = self.teacher_spec(row.get("teacher")) if teacher_row is None else self.row_spec(teacher_row, seed)
             spec["teacher"] = _fingerprint(teacher)
             # Cached logits are float16: results may differ from live ones in the last digits.
             spec["teacher_logits"] = "cache" if self._cache_dir(row) else "live"
         return spec
 
-    def _needs_experiment_teacher(self, row: dict) -> bool:
-        """Whether `row`, or the teacher row it learns from, distills from the experiment's teacher."""
+    def _teachers_needed(self, row: dict) -> set:
+        """The teachers (`None`: the experiment's; else a name in `teachers`) that `row`, or the teacher row it learns
+        from, distills from."""
         if not distills(row):
-            return False
+            return set()
         teacher_row = self._teacher_row(row)
-        return teacher_row is None or self._needs_experiment_teacher(teacher_row)
+        return {row.get("teacher")} if teacher_row is None else self._teachers_needed(teacher_row)
 
     def _teacher_row(self, row: dict) -> dict | None:
         """The earlier row whose model (same seed) teaches `row`, or None for the experiment's teacher."""
@@ -158,8 +173,11 @@ class Experiment:
     def _log(self, text: str) -> None:
         print(f"[{self.config['name']}/{self.budget}] {text}", flush=True)
 
-    def ensure_teacher(self) -> dict:
-        """Trains and saves the teacher, unless a saved one was trained from the same settings.
+    def ensure_teacher(self, name: str | None = None) -> dict:
+        """Trains and saves a teacher, unless a saved one was trained from the same settings.
+
+        Args:
+            name: one of the config's `teachers`; `None` (default) for the experiment's `teacher`.
 
         Returns:
             The teacher's record (spec, history, test accuracy, params, FLOPs, times).
@@ -168,27 +186,28 @@ class Experiment:
         from kdkeras.models import build_model
         from kdkeras.training import remove_backup, run_training, set_seed
 
-        spec = self.teacher_spec()
-        record_path = self.row_path("teacher", None)
+        run, path = self.teacher_run(name), self.teacher_file(name)
+        spec = self.teacher_spec(name)
+        record_path = self.row_path(run, None)
         record = read_json(record_path)
-        if record is not None and record.get("spec") == spec and os.path.exists(self.teacher_path):
-            self._log(f"teacher: reusing {self.teacher_path} (test accuracy {record['test_accuracy']:.4f})")
+        if record is not None and record.get("spec") == spec and os.path.exists(path):
+            self._log(f"{run}: reusing {path} (test accuracy {record['test_accuracy']:.4f})")
             if "weights" not in record:  # Recorded before teachers were identified: add the saved one's digest.
-                record["weights"] = artifacts.weights_digest(artifacts.load_model(self.teacher_path))
+                record["weights"] = artifacts.weights_digest(artifacts.load_model(path))
                 artifacts.write_json(record_path, record)
             return record
         if record is not None and record.get("spec") == spec:
-            self._log(f"teacher: {self.teacher_path} is missing; training it again (same settings)")
+            self._log(f"{run}: {path} is missing; training it again (same settings)")
         elif record is not None:
-            self._log("teacher: the saved one was trained from other settings; training it again")
-        config = self._teacher_config()
+            self._log(f"{run}: the saved one was trained from other settings; training it again")
+        config = self._teacher_config(name)
         set_seed(config.seed)
         info = _dataset_info(config)
         model = build_model(spec["model"], info.input_shape, info.num_classes, **spec["options"])
-        self._log(f"teacher: training {spec['model']} for {config.epochs} epoch(s)")
+        self._log(f"{run}: training {spec['model']} for {config.epochs} epoch(s)")
         record = self._record(spec, run_training(model, config))
         record["weights"] = artifacts.weights_digest(model)
-        artifacts.save_model(model, self.teacher_path)
+        artifacts.save_model(model, path)
         artifacts.write_json(record_path, record)
         remove_backup(config)
         return record
@@ -276,11 +295,11 @@ class Experiment:
         return record
 
     def _teacher_path(self, row: dict, seed: int) -> str:
-        """The teacher of a distillation row: the experiment's, or its teacher row's model of the same seed, which is
-        trained first when it is not finished yet (skipped when it is)."""
+        """The teacher of a distillation row: the experiment's, a named one, or its teacher row's model of the same
+        seed, which is trained first when it is not finished yet (skipped when it is)."""
         teacher_row = self._teacher_row(row)
         if teacher_row is None:
-            return self.teacher_path
+            return self.teacher_file(row.get("teacher"))
         record, _ = self.run_row(teacher_row, seed)
         if record is None:  # Another process is training it right now.
             raise RuntimeError(f"row '{teacher_row['name']}' seed {seed} is running elsewhere; run this row after it")
@@ -295,13 +314,19 @@ class Experiment:
         """The teacher, then every selected row for every selected seed; finished rows are skipped.
 
         Args:
-            rows: names of the rows to run (default all); `"teacher"` alone trains only the teacher.
+            rows: names of the rows to run (default all); `"teacher"` alone trains only the teacher, `"teacher-NAME"`
+                only the named teacher NAME. The teachers the selected rows learn from are trained first.
             seeds: the seeds to run (default `self.seeds`, the budget's). The report covers `self.seeds` whichever
                 ran, so runs split over several commands (`--seeds 1`, `--seeds 2`) each leave the whole table.
         """
         selected = self.select(rows)
-        if not rows or "teacher" in rows or any(self._needs_experiment_teacher(row) for row in selected):
-            self.ensure_teacher()
+        teachers = {None} if not rows or "teacher" in rows else set()
+        teachers |= {name for name in self.config["teachers"] if self.teacher_run(name) in (rows or [])}
+        teachers = teachers.union(*(self._teachers_needed(row) for row in selected))
+        # The experiment's teacher first, then the named ones in config order.
+        for name in [None, *self.config["teachers"]]:
+            if name in teachers:
+                self.ensure_teacher(name)
         for seed in seeds or self.seeds:
             for row in selected:
                 if seed in self.row_seeds(row):
@@ -315,18 +340,17 @@ class Experiment:
         if not names:
             return self.config["rows"]
         known = {row["name"]: row for row in self.config["rows"]}
-        unknown = [n for n in names if n not in known and n != "teacher"]
+        teachers = [self.teacher_run(name) for name in [None, *self.config["teachers"]]]
+        unknown = [n for n in names if n not in known and n not in teachers]
         if unknown:
-            raise ValueError(f"unknown row(s) {', '.join(unknown)}; the config has: teacher, {', '.join(known)}")
+            raise ValueError(f"unknown row(s) {', '.join(unknown)}; the config has: {', '.join([*teachers, *known])}")
         return [known[n] for n in names if n in known]
 
     # -- the report
 
     def collect(self) -> tuple[dict | None, dict[str, list[dict]]]:
         """The teacher's record and, per row, the records of the seeds finished with the current settings."""
-        teacher = read_json(self.row_path("teacher", None))
-        if teacher is not None and teacher.get("spec") != self.teacher_spec():
-            teacher = None
+        teacher = self.teacher_record()
         results = {}
         for row in self.config["rows"]:
             records = []
@@ -336,6 +360,11 @@ class Experiment:
                     records.append(record)
             results[row["name"]] = records
         return teacher, results
+
+    def teacher_record(self, name: str | None = None) -> dict | None:
+        """A teacher's record if it was trained with the current settings, else None."""
+        record = read_json(self.row_path(self.teacher_run(name), None))
+        return record if record is not None and record.get("spec") == self.teacher_spec(name) else None
 
     def report(self, command: str) -> dict:
         """Writes `NAME.md`, `NAME.json` and the plots from the finished rows (`kdkeras.experiments.report`)."""
