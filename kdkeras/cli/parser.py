@@ -200,7 +200,11 @@ def _experiment_parser(sub) -> argparse.ArgumentParser:
     # Not named "config": that is the option-file argument of other commands (see _apply_config_file).
     experiment.add_argument("path", metavar="CONFIG", help="experiment YAML, e.g. experiments/fashion_mnist.yaml")
     experiment.add_argument("--budget", choices=("quick", "full"), default="quick", help="the config's budget to run")
-    experiment.add_argument("--rows", default=None, help="comma-separated row names to run (default all)")
+    experiment.add_argument(
+        "--rows",
+        default=None,
+        help="comma-separated row names to run (default all); 'teacher' or 'teacher-NAME' trains only that teacher",
+    )
     experiment.add_argument(
         "--seeds",
         type=seeds,
