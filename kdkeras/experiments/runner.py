@@ -120,7 +120,8 @@ class Experiment:
         return {"model": student["model"], "options": {**student["options"], **row["options"]}}
 
     def _cache_dir(self, row: dict) -> str | None:
-        """Rows whose terms read only the teacher's logits share one teacher-output cache per seed."""
+        """Rows whose terms read only the teacher's logits share one teacher-output cache per teacher and seed (its
+        fingerprint covers the teacher's weights, so one folder holds them all)."""
         from kdkeras import terms as terms_lib
 
         if terms_lib.needs_live_teacher(row["terms"], row["collaborative"]):
@@ -164,7 +165,8 @@ class Experiment:
         return {row.get("teacher")} if teacher_row is None else self._teachers_needed(teacher_row)
 
     def _teacher_row(self, row: dict) -> dict | None:
-        """The earlier row whose model (same seed) teaches `row`, or None for the experiment's teacher."""
+        """The earlier row whose model (same seed) teaches `row`, or None when a teacher (the experiment's or a named
+        one) does."""
         name = row.get("teacher_row")
         return None if name is None else next(r for r in self.config["rows"] if r["name"] == name)
 
