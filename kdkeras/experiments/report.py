@@ -23,10 +23,7 @@ def write_report(experiment, command: str) -> dict:
     from kdkeras import artifacts
 
     config = experiment.config
-    teacher, results = experiment.collect()
-    # The experiment's teacher (None) and the named ones, those trained with the current settings.
-    teachers = {None: teacher, **{name: experiment.teacher_record(name) for name in config["teachers"]}}
-    teachers = {name: record for name, record in teachers.items() if record is not None}
+    teachers, results = experiment.collect()
     rows = [
         _summary(experiment.teacher_run(name), _teacher_label(name, record), "teacher", [record])
         for name, record in teachers.items()

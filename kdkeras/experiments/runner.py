@@ -71,6 +71,10 @@ class Experiment:
         `teacher-NAME` for one of its named `teachers`."""
         return "teacher" if name is None else f"teacher-{name}"
 
+    def teacher_names(self) -> list:
+        """Every teacher of the config: `None` for the experiment's, then the named ones in config order."""
+        return [None, *self.config["teachers"]]
+
     def teacher_file(self, name: str | None = None) -> str:
         """The saved model of the experiment's teacher (`name=None`) or of a named one."""
         return os.path.join(self.models_dir, f"{self.teacher_run(name)}.keras")
@@ -322,11 +326,10 @@ class Experiment:
                 ran, so runs split over several commands (`--seeds 1`, `--seeds 2`) each leave the whole table.
         """
         selected = self.select(rows)
-        teachers = {None} if not rows or "teacher" in rows else set()
-        teachers |= {name for name in self.config["teachers"] if self.teacher_run(name) in (rows or [])}
-        teachers = teachers.union(*(self._teachers_needed(row) for row in selected))
-        # The experiment's teacher first, then the named ones in config order.
-        for name in [None, *self.config["teachers"]]:
+        # Without a selection, the experiment's teacher is trained whatever the rows need (the table's first row).
+        requested = {name for name in self.teacher_names() if self.teacher_run(name) in (rows or ["teacher"])}
+        teachers = requested.union(*(self._teachers_needed(row) for row in selected))
+        for name in self.teacher_names():
             if name in teachers:
                 self.ensure_teacher(name)
         for seed in seeds or self.seeds:
@@ -342,7 +345,7 @@ class Experiment:
         if not names:
             return self.config["rows"]
         known = {row["name"]: row for row in self.config["rows"]}
-        teachers = [self.teacher_run(name) for name in [None, *self.config["teachers"]]]
+        teachers = [self.teacher_run(name) for name in self.teacher_names()]
         unknown = [n for n in names if n not in known and n not in teachers]
         if unknown:
             raise ValueError(f"unknown row(s) {', '.join(unknown)}; the config has: {', '.join([*teachers, *known])}")
@@ -350,9 +353,11 @@ class Experiment:
 
     # -- the report
 
-    def collect(self) -> tuple[dict | None, dict[str, list[dict]]]:
-        """The teacher's record and, per row, the records of the seeds finished with the current settings."""
-        teacher = self.teacher_record()
+    def collect(self) -> tuple[dict, dict[str, list[dict]]]:
+        """The records of the teachers trained with the current settings (`{None: the experiment's, name: a named
+        one's}`, the untrained left out) and, per row, those of the seeds finished with the current settings."""
+        teachers = {name: self.teacher_record(name) for name in self.teacher_names()}
+        teachers = {name: record for name, record in teachers.items() if record is not None}
         results = {}
         for row in self.config["rows"]:
             records = []
@@ -361,7 +366,7 @@ class Experiment:
                 if record is not None and _recorded_spec(record) == self.row_spec(row, seed):
                     records.append(record)
             results[row["name"]] = records
-        return teacher, results
+        return teachers, results
 
     def teacher_record(self, name: str | None = None) -> dict | None:
         """A teacher's record if it was trained with the current settings, else None."""
