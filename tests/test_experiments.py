@@ -238,6 +238,11 @@ def test_a_row_taught_by_another_rows_model_trains_that_row_first(tmp_path, caps
     wide, assisted = (json.loads((rows_dir / f"{n}-seed0.json").read_text()) for n in ("wide", "assisted"))
     # The frozen teacher's validation accuracy in the assisted run is the wide row's final one: the same model.
     assert assisted["history"]["val_teacher_accuracy"][0] == pytest.approx(wide["history"]["val_accuracy"][-1])
+    # The report names the row as the assistant's teacher, with its size against the student's.
+    report = {row["name"]: row for row in json.loads((tmp_path / "results" / "tiny-quick.json").read_text())["rows"]}
+    assert report["assisted"]["teacher"] == "wide"
+    assert report["assisted"]["teacher_ratio"]["params"] == pytest.approx(wide["params"] / assisted["params"])
+    assert report["assisted"]["teacher_ratio"]["params"] > 1
     capsys.readouterr()
     assert run(path, "--rows", "assisted") == 0
     assert "assisted seed 0: done already" in capsys.readouterr().out
@@ -282,6 +287,20 @@ def test_a_row_learns_from_a_named_teacher_trained_once_beside_the_experiments(t
     assert rows["teacher-big"]["label"] == f"teacher 'big' ({big['model']})"
     assert rows["teacher-big"]["params"] == big["params"] > rows["teacher"]["params"]
     assert rows["teacher-big"]["baseline"] is None and rows["kd_big"]["baseline"] == "scratch"
+    # Each distilling row names its own teacher and how many times the student's size it is; scratch has none.
+    assert (rows["kd_big"]["teacher"], rows["tskd"]["teacher"], rows["scratch"]["teacher"]) == (
+        "teacher-big",
+        "teacher",
+        None,
+    )
+    for name, teacher in (("kd_big", "teacher-big"), ("tskd", "teacher")):
+        ratio = rows[name]["teacher_ratio"]
+        assert ratio["params"] == pytest.approx(rows[teacher]["params"] / rows[name]["params"])
+        assert ratio["flops"] == pytest.approx(rows[teacher]["flops"] / rows[name]["flops"])
+    assert rows["kd_big"]["teacher_ratio"]["params"] > rows["tskd"]["teacher_ratio"]["params"] > 1
+    ratio = rows["kd_big"]["teacher_ratio"]
+    markdown = (tmp_path / "results" / "tiny-quick.md").read_text()
+    assert f"| teacher-big ({ratio['params']:.1f}×, {ratio['flops']:.1f}×) |" in markdown
     assert report["earlier_teacher"] == {}
 
     # Another training of the named teacher in the table flags the row that learned from it, and only that one.
@@ -343,9 +362,12 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert row["accuracy_std"] == pytest.approx(0.02)
     assert row["train_seconds_mean"] == pytest.approx(20.0) and row["seeds"] == [0, 1, 2] and row["epochs"] == 2
     row.update(delta_mean=0.015, delta_ci95=[0.005, 0.025], delta_per_seed={"0": 0.01, "1": 0.02})
-    assert "| KD | m | 10 | 0.0 | 2 | 0.9200 ± 0.0200 | 3 | +1.50 | [+0.50, +2.50] | +1.00 +2.00 |  |  | 20 | 40 |" in (
-        _table([row])
+    expected = (
+        "| KD | m | 10 | 0.0 |  | 2 | 0.9200 ± 0.0200 | 3 | +1.50 | [+0.50, +2.50] | +1.00 +2.00 |  |  | 20 | 40 |"
     )
+    assert expected in _table([row])
+    row.update(teacher="teacher-big", teacher_ratio={"params": 8.26, "flops": 14.04})
+    assert "| KD | m | 10 | 0.0 | teacher-big (8.3×, 14.0×) | 2 |" in _table([row])
     row["test_pairs"] = {"0": {"delta_se": 0.002, "mcnemar_p": 0.0312}, "1": {"delta_se": 0.004, "mcnemar_p": 0.5}}
     assert "| +1.00 +2.00 | 0.30 | 0.031 0.5 | 20 | 40 |" in _table([row])
     row["test_pairs"] = {"1": {"delta_se": 0.004, "mcnemar_p": 0.5}}  # Seed 0's runs kept no predictions.

@@ -36,6 +36,7 @@ def write_report(experiment, command: str) -> dict:
         if results[row["name"]]
     ]
     _compare_with_scratch(experiment, student_rows, results)
+    _compare_with_teacher(experiment, student_rows, teachers, results)
     rows += student_rows
     machines = {machine_text(r["machine"]) for r in [*teachers.values(), *sum(results.values(), [])]}
     report = {
@@ -75,6 +76,24 @@ def _compare_with_scratch(experiment, rows: list[dict], results: dict) -> None:
         row.update(paired_delta(results[config_row["name"]], baseline_records))
         row["test_pairs"] = paired_examples(results[config_row["name"]], baseline_records)
         row["baseline"] = baseline["name"] if baseline else None
+
+
+def _compare_with_teacher(experiment, rows: list[dict], teachers: dict, results: dict) -> None:
+    """Adds to each distillation row the run name of its teacher and how many times the student's parameters and
+    FLOPs that teacher has: a compression target such as "1/8 of the teacher" is read off the table."""
+    config_rows = [r for r in experiment.config["rows"] if results[r["name"]]]
+    for row, config_row in zip(rows, config_rows, strict=True):
+        row["teacher"] = row["teacher_ratio"] = None
+        if not distills(config_row):
+            continue
+        if config_row.get("teacher_row") is not None:
+            name, records = config_row["teacher_row"], results[config_row["teacher_row"]]
+            teacher = records[0] if records else None
+        else:
+            name, teacher = experiment.teacher_run(config_row.get("teacher")), teachers.get(config_row.get("teacher"))
+        row["teacher"] = name
+        if teacher is not None:
+            row["teacher_ratio"] = {key: teacher[key] / row[key] for key in ("params", "flops")}
 
 
 def _baseline(experiment, row: dict, scratch_rows: list[dict]) -> dict | None:
@@ -236,7 +255,9 @@ def _markdown(report: dict, config: dict, title: str) -> str:
         "Test-sample SE of Δ: how much of one seed's Δ the luck of the test sample alone could make (from the "
         "examples only one of the two models gets right; mean over the seeds whose runs recorded their "
         "predictions), and McNemar's exact p per such seed: whether that seed's two models differ by more than "
-        "that luck. A Δ well above its SE on every seed, with small p, is a gain the test set can see.",
+        "that luck. A Δ well above its SE on every seed, with small p, is a gain the test set can see. "
+        "Teacher ÷ student: the distilling row's teacher (a teacher run or the row that teaches it) and how many "
+        "times the student's parameters and FLOPs it has.",
     ]
     if report["missing"]:
         lines.append(f"Not finished for every seed yet: {', '.join(report['missing'])}.")
@@ -265,10 +286,10 @@ def _markdown(report: dict, config: dict, title: str) -> str:
 
 def _table(rows: list[dict]) -> str:
     """The comparison table in Markdown."""
-    header = ["method", "model", "params", "MFLOPs", "epochs", "test accuracy", "seeds", "Δ vs scratch (points)",
-              "95 % CI", "Δ per seed", "test-sample SE of Δ", "McNemar p per seed", "train time (s)",
-              "CPU time (s)"]  # fmt: skip
-    numeric = [False, False, True, True, True, True, True, True, False, False, True, False, True, True]
+    header = ["method", "model", "params", "MFLOPs", "teacher ÷ student (params, FLOPs)", "epochs", "test accuracy",
+              "seeds", "Δ vs scratch (points)", "95 % CI", "Δ per seed", "test-sample SE of Δ", "McNemar p per seed",
+              "train time (s)", "CPU time (s)"]  # fmt: skip
+    numeric = [False, False, True, True, False, True, True, True, True, False, False, True, False, True, True]
     cells = []
     for row in rows:
         spread = f" ± {row['accuracy_std']:.4f}" if row["accuracy_std"] is not None else ""
@@ -277,13 +298,15 @@ def _table(rows: list[dict]) -> str:
             "" if not row.get("delta_ci95") else "[{:+.2f}, {:+.2f}]".format(*(100 * v for v in row["delta_ci95"]))
         )
         per_seed = " ".join(f"{100 * v:+.2f}" for v in row.get("delta_per_seed", {}).values())
+        ratio = row.get("teacher_ratio")
+        to_teacher = "" if not ratio else f"{row['teacher']} ({ratio['params']:.1f}×, {ratio['flops']:.1f}×)"
         pairs = row.get("test_pairs", {})
         sample_se = f"{100 * sum(p['delta_se'] for p in pairs.values()) / len(pairs):.2f}" if pairs else ""
         # In the order of "Δ per seed"; "–" for a seed whose runs did not record their predictions.
         seeds = row.get("delta_per_seed", {}) if pairs else {}
         mcnemar = " ".join(f"{pairs[seed]['mcnemar_p']:.2g}" if seed in pairs else "–" for seed in seeds)
         cells.append([
-            row["label"], row["model"], f"{row['params']:,}", f"{row['flops'] / 1e6:.1f}", row["epochs"],
+            row["label"], row["model"], f"{row['params']:,}", f"{row['flops'] / 1e6:.1f}", to_teacher, row["epochs"],
             f"{row['accuracy_mean']:.4f}{spread}", len(row["seeds"]), delta, interval, per_seed, sample_se, mcnemar,
             f"{row['train_seconds_mean']:.0f}", f"{row['cpu_seconds_mean']:.0f}",
         ])  # fmt: skip
