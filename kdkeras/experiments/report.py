@@ -30,13 +30,10 @@ def write_report(experiment, command: str) -> dict:
     ]
     for row in rows:
         row.update(paired_delta([], []), baseline=None)
-    student_rows = [
-        _summary(row["name"], row["label"], row["method"], results[row["name"]])
-        for row in config["rows"]
-        if results[row["name"]]
-    ]
-    _compare_with_scratch(experiment, student_rows, results)
-    _compare_with_teacher(experiment, student_rows, teachers, results)
+    finished = [row for row in config["rows"] if results[row["name"]]]
+    student_rows = [_summary(row["name"], row["label"], row["method"], results[row["name"]]) for row in finished]
+    _compare_with_scratch(experiment, student_rows, finished, results)
+    _compare_with_teacher(experiment, student_rows, finished, teachers, results)
     rows += student_rows
     machines = {machine_text(r["machine"]) for r in [*teachers.values(), *sum(results.values(), [])]}
     report = {
@@ -64,11 +61,10 @@ def _teacher_label(name: str | None, record: dict) -> str:
     return f"teacher ({record['model']})" if name is None else f"teacher '{name}' ({record['model']})"
 
 
-def _compare_with_scratch(experiment, rows: list[dict], results: dict) -> None:
+def _compare_with_scratch(experiment, rows: list[dict], config_rows: list[dict], results: dict) -> None:
     """Adds to each row its paired Δ to the scratch row of the same architecture and the same number of epochs,
     seed by seed (the rows of one seed share the initial weights' seed, the data order and the augmentation
     draws). A longer scratch run is compared with the longest shorter one: how far from converged that budget is."""
-    config_rows = [r for r in experiment.config["rows"] if results[r["name"]]]
     scratch_rows = [r for r in experiment.config["rows"] if r["method"] == "scratch"]
     for row, config_row in zip(rows, config_rows, strict=True):
         baseline = _baseline(experiment, config_row, scratch_rows)
@@ -78,10 +74,9 @@ def _compare_with_scratch(experiment, rows: list[dict], results: dict) -> None:
         row["baseline"] = baseline["name"] if baseline else None
 
 
-def _compare_with_teacher(experiment, rows: list[dict], teachers: dict, results: dict) -> None:
+def _compare_with_teacher(experiment, rows: list[dict], config_rows: list[dict], teachers: dict, results: dict) -> None:
     """Adds to each distillation row the run name of its teacher and how many times the student's parameters and
     FLOPs that teacher has: a compression target such as "1/8 of the teacher" is read off the table."""
-    config_rows = [r for r in experiment.config["rows"] if results[r["name"]]]
     for row, config_row in zip(rows, config_rows, strict=True):
         row["teacher"] = row["teacher_ratio"] = None
         if not distills(config_row):
