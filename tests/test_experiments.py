@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -126,6 +127,41 @@ def test_rows_recorded_with_a_later_schema_key_at_its_default_still_count(tmp_pa
     assert "tskd seed 0: done already" in capsys.readouterr().out
 
 
+def test_a_row_reads_the_teacher_cache_unless_it_asks_for_the_live_teacher(tmp_path, capsys):
+    """A logits-only row fills and reads the teacher-output cache; `teacher_cache: false` runs the teacher each step
+    (nothing cached, nothing to refill when the row resumes on another machine), and the spec says which."""
+    config = tiny_config(str(tmp_path), rows=[{"name": "dist", "method": "dist"}])
+    path = write_config(str(tmp_path), config)
+    assert run(path) == 0
+    rows_dir = tmp_path / "results" / "tiny" / "quick"
+    cache_root = tmp_path / "models" / "tiny" / "quick" / "teacher_cache"
+    cached = json.loads((rows_dir / "dist-seed0.json").read_text())
+    assert cached["spec"]["teacher_logits"] == "cache" and "teacher_cache" not in cached["spec"]["row"]
+    (fill,) = os.listdir(cache_root)
+    shutil.rmtree(cache_root / fill)
+
+    config["rows"][0]["teacher_cache"] = False  # A setting: the row runs again, now with the live teacher.
+    write_config(str(tmp_path), config)
+    capsys.readouterr()
+    assert run(path) == 0
+    assert "dist seed 0: dist ds_alexnet" in capsys.readouterr().out
+    live = json.loads((rows_dir / "dist-seed0.json").read_text())
+    assert live["spec"]["teacher_logits"] == "live" and live["spec"]["row"]["teacher_cache"] is False
+    assert os.listdir(cache_root) == []
+
+    # Back to the default, written out: the cached row again, and the same spec as leaving the key unset.
+    config["rows"][0]["teacher_cache"] = True
+    write_config(str(tmp_path), config)
+    assert run(path) == 0
+    again = json.loads((rows_dir / "dist-seed0.json").read_text())
+    assert again["spec"]["teacher_logits"] == "cache" and len(os.listdir(cache_root)) == 1
+    del config["rows"][0]["teacher_cache"]
+    write_config(str(tmp_path), config)
+    capsys.readouterr()
+    assert run(path) == 0
+    assert "dist seed 0: done already" in capsys.readouterr().out
+
+
 def test_rows_option_runs_only_the_named_rows(tmp_path):
     path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
     assert run(path, "--rows", "scratch") == 0
@@ -176,6 +212,8 @@ def test_seeds_option_narrows_what_runs_not_what_the_report_covers(tmp_path):
         (lambda c: c["rows"][1].update(teacher_mimicry=-1), "row 'tskd'.teacher_mimicry: must be a finite number >= 0"),
         (lambda c: c["rows"][1].update(teacher_lr=float("inf")), "row 'tskd'.teacher_lr: must be a finite number > 0"),
         (lambda c: c["rows"][1].update(teacher_mimicry=float("nan")), "row 'tskd'.teacher_mimicry: must be a finite"),
+        (lambda c: c["rows"][1].update(teacher_cache="no"), "row 'tskd'.teacher_cache: must be true or false"),
+        (lambda c: c["rows"][0].update(teacher_cache=False), "row 'scratch': teacher_cache only apply to distillation"),
         (lambda c: c["rows"][1].update(teacher="big"), "row 'tskd'.teacher: 'big' is not one of the config's teachers"),
         (lambda c: c["rows"][0].update(teacher="big"), "row 'scratch': teacher only apply to distillation rows"),
         (lambda c: c["rows"][1].update(teacher="big", teacher_row="scratch"), "give either teacher (one of the"),

@@ -20,7 +20,8 @@ Row methods:
     a preset (`kd`, `kd_std`, `dkd`, `dist`, `fitnets`, `attention`, `tskd`; see `kdkeras.presets`): the student
         distilled with that term list; `temperature` and `pairs` override the preset's.
     distill: the student distilled with an explicit `terms` list (`kdkeras.terms` specs).
-    Distillation rows also take `collaborative`, `teacher_lr`, `teacher_mimicry`, and, instead of the experiment's
+    Distillation rows also take `collaborative`, `teacher_lr`, `teacher_mimicry`, `teacher_cache` (false: the
+    teacher runs live each step instead of filling the teacher-output cache first), and, instead of the experiment's
     teacher, either `teacher`: the name of one of the config's `teachers` (more teachers, each given like `teacher`
     and trained once, as `teacher-NAME`), or `teacher_row`: the name of an earlier row whose model (same seed) is
     the teacher, e.g. a teacher assistant (Mirzadeh et al., AAAI 2020). Either is trained first when it has not

@@ -61,6 +61,11 @@ _ROW_DEFAULTS = {
     "collaborative": False,
     "teacher_lr": None,
     "teacher_mimicry": None,
+    # distillation: false runs the teacher live each step instead of filling the teacher-output cache first; the
+    # same images and, but for float16 rounding, the same logits. The cache (~86 MB per seed at 80 epochs) stays
+    # on the machine that filled it, so a row resumed from its checkpoint elsewhere would first refill every epoch;
+    # live, the teacher's cost is spread over the steps and a resume repeats none of it.
+    "teacher_cache": True,
     # distillation: the teacher is one of the config's `teachers` (by name) instead of the experiment's `teacher`…
     "teacher": None,
     # …or the model an earlier row trained with the same seed (a teacher assistant)
@@ -72,6 +77,7 @@ _ROW_DEFAULTS = {
 }
 _DISTILL_KEYS = (
     "terms", "temperature", "pairs", "collaborative", "teacher_lr", "teacher_mimicry", "teacher", "teacher_row",
+    "teacher_cache",
 )  # fmt: skip
 
 
@@ -170,6 +176,7 @@ def _row_spec(values, index: int, path: str) -> dict:
     if row["pairs"] is not None:
         row["pairs"] = _feature_pairs(row["pairs"], f"{where}.pairs")
     _require(isinstance(row["collaborative"], bool), f"{where}.collaborative", "must be true or false")
+    _require(isinstance(row["teacher_cache"], bool), f"{where}.teacher_cache", "must be true or false")
     _require(
         row["teacher_row"] is None or isinstance(row["teacher_row"], str),
         f"{where}.teacher_row",

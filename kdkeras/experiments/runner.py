@@ -13,8 +13,8 @@ import time
 from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION
 from kdkeras.reporting import machine
 
-# Row keys added after results were recorded (left out of a row's spec while unset).
-_LATER_KEYS = ("teacher", "teacher_row", "teacher_mimicry")
+# Row keys added after results were recorded, with their defaults (left out of a row's spec while at the default).
+_LATER_KEYS = {"teacher": None, "teacher_row": None, "teacher_mimicry": None, "teacher_cache": True}
 # Row keys that do not change what a row computes for one seed: its label, and which other seeds it runs.
 _NOT_SETTINGS = ("label", "seeds")
 
@@ -22,7 +22,7 @@ _NOT_SETTINGS = ("label", "seeds")
 def _row_settings(row: dict) -> dict:
     """The row keys that decide one seed's result: not the label or seed list, and not a later key at its default
     (so rows finished before that key existed still match)."""
-    return {k: v for k, v in row.items() if k not in _NOT_SETTINGS and not (k in _LATER_KEYS and v is None)}
+    return {k: v for k, v in row.items() if k not in _NOT_SETTINGS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
 
 
 def _recorded_spec(record: dict) -> dict | None:
@@ -125,10 +125,11 @@ class Experiment:
 
     def _cache_dir(self, row: dict) -> str | None:
         """Rows whose terms read only the teacher's logits share one teacher-output cache per teacher and seed (its
-        fingerprint covers the teacher's weights, so one folder holds them all)."""
+        fingerprint covers the teacher's weights, so one folder holds them all), unless the row sets
+        `teacher_cache: false`."""
         from kdkeras import terms as terms_lib
 
-        if terms_lib.needs_live_teacher(row["terms"], row["collaborative"]):
+        if not row["teacher_cache"] or terms_lib.needs_live_teacher(row["terms"], row["collaborative"]):
             return None
         return os.path.join(self.models_dir, "teacher_cache")
 
