@@ -47,7 +47,7 @@ _TRAINING_DEFAULTS = {
     "validation_fraction": 0.1,
 }
 _BUDGET_DEFAULTS = {"epochs": None, "teacher_epochs": None, "max_train_examples": None, "seeds": None}
-_ROW_DEFAULTS = {
+ROW_DEFAULTS = {
     "name": None,
     "label": None,
     "method": None,
@@ -141,7 +141,7 @@ def _check_name(name, where: str) -> None:
 
 def _row_spec(values, index: int, path: str) -> dict:
     where = f"{path}: rows[{index}]"
-    row = _fill(values, _ROW_DEFAULTS, where)
+    row = _fill(values, ROW_DEFAULTS, where)
     name = row["name"]
     _check_name(name, f"{where}.name")
     where = f"{path}: row '{name}'"
@@ -158,7 +158,7 @@ def _row_spec(values, index: int, path: str) -> dict:
     _number(row["epochs_multiplier"], f"{where}.epochs_multiplier", 1, integer=True)
     _require(row["seeds"] is None or _valid_seeds(row["seeds"]), f"{where}.seeds", "must be a list of integers")
     if row["method"] in ("scratch", "reference"):
-        given = [k for k in _DISTILL_KEYS if values.get(k, _ROW_DEFAULTS[k]) != _ROW_DEFAULTS[k]]
+        given = [k for k in _DISTILL_KEYS if values.get(k, ROW_DEFAULTS[k]) != ROW_DEFAULTS[k]]
         _require(not given, where, f"{', '.join(given)} only apply to distillation rows")
         return {k: row[k] for k in ("name", "label", "method", "model", "options", "epochs_multiplier", "seeds")}
     from kdkeras import terms as terms_lib

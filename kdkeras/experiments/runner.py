@@ -10,11 +10,11 @@ import json
 import os
 import time
 
-from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION
+from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, ROW_DEFAULTS
 from kdkeras.reporting import machine
 
-# Row keys added after results were recorded, with their defaults (left out of a row's spec while at the default).
-_LATER_KEYS = {"teacher": None, "teacher_row": None, "teacher_mimicry": None, "teacher_cache": True}
+# Row keys added after results were recorded (left out of a row's spec while at their `ROW_DEFAULTS` value).
+_LATER_KEYS = ("teacher", "teacher_row", "teacher_mimicry", "teacher_cache")
 # Row keys that do not change what a row computes for one seed: its label, and which other seeds it runs.
 _NOT_SETTINGS = ("label", "seeds")
 
@@ -22,7 +22,7 @@ _NOT_SETTINGS = ("label", "seeds")
 def _row_settings(row: dict) -> dict:
     """The row keys that decide one seed's result: not the label or seed list, and not a later key at its default
     (so rows finished before that key existed still match)."""
-    return {k: v for k, v in row.items() if k not in _NOT_SETTINGS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])}
+    return {k: v for k, v in row.items() if k not in _NOT_SETTINGS and not (k in _LATER_KEYS and v == ROW_DEFAULTS[k])}
 
 
 def _recorded_spec(record: dict) -> dict | None:
