@@ -34,8 +34,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     The folder records `run_spec`, everything the weights depend on: a checkpoint of another run (another seed,
     learning rate, width, method …) is refused with a one-line error instead of being resumed into the wrong run.
-    It also records the per-epoch history and wall time, so `history` covers all epochs, not only those of the
-    last process, and `earlier_seconds` is the time earlier processes spent on the epochs resumed from.
+    It also records the per-epoch history, wall time and CPU time, so `history` covers all epochs, not only those
+    of the last process, and `earlier_seconds` is the wall time earlier processes spent on the epochs resumed from
+    (`recorded_cpu_seconds` reads their CPU time).
     The folder is *not* deleted when training ends: the caller removes it (`remove`) once the final artifact is
     safely written, so a kill during that save still resumes from the finished training.
 
@@ -52,7 +53,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self.history: dict[str, list[float]] = {}
         self.earlier_seconds = 0.0
         self._epoch_seconds: list[float] = []
+        self._epoch_cpu_seconds: list[float | None] = []
         self._epoch_start = None
+        self._epoch_cpu_start = None
 
     def _path(self, name: str) -> str:
         return os.path.join(self.backup_dir, name)
@@ -81,12 +84,16 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             timing = _read_json(self._path("timing.json")) or {}
             self._epoch_seconds = [float(s) for s in timing.get("epoch_seconds", [])][: self.resumed_epoch]
             self.earlier_seconds = sum(self._epoch_seconds)
+            # None for the epochs of a process whose code did not record CPU time yet.
+            cpu = list(timing.get("epoch_cpu_seconds", []))[: self.resumed_epoch]
+            self._epoch_cpu_seconds = cpu + [None] * (self.resumed_epoch - len(cpu))
             print(f"Resuming from checkpoint in {self.backup_dir}: {self.resumed_epoch} epoch(s) done", flush=True)
         elif self.run_spec is not None:
             artifacts.write_json(self._path("run.json"), self.run_spec)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
+        self._epoch_cpu_start = time.process_time()
         super().on_epoch_begin(epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -95,9 +102,11 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         self._epoch_seconds.append(time.perf_counter() - self._epoch_start)
+        self._epoch_cpu_seconds.append(time.process_time() - self._epoch_cpu_start)
         # Both before the epoch's checkpoint, so a checkpoint never counts epochs they do not hold.
         artifacts.write_json(self._path("history.json"), self.history)
-        artifacts.write_json(self._path("timing.json"), {"epoch_seconds": self._epoch_seconds})
+        timing = {"epoch_seconds": self._epoch_seconds, "epoch_cpu_seconds": self._epoch_cpu_seconds}
+        artifacts.write_json(self._path("timing.json"), timing)
         super().on_epoch_end(epoch, logs)
 
     def save_now(self) -> None:
@@ -109,6 +118,22 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         import shutil
 
         shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def recorded_cpu_seconds(backup_dir: str) -> float | None:
+    """The CPU seconds earlier processes spent on the epochs that the checkpoint in `backup_dir` holds: 0.0 when
+    there is no checkpoint, None when some of those epochs ran under code that did not record CPU time.
+
+    Read before resuming, so that a resumed run's CPU time can count every process, as its wall time does.
+    """
+    metadata = _read_json(os.path.join(backup_dir, "training_metadata.json"))
+    if not isinstance(metadata, dict):
+        return 0.0
+    epochs = int(metadata.get("epoch", 0))
+    cpu = ((_read_json(os.path.join(backup_dir, "timing.json")) or {}).get("epoch_cpu_seconds") or [])[:epochs]
+    if len(cpu) < epochs or any(seconds is None for seconds in cpu):
+        return None
+    return float(sum(cpu))
 
 
 def _read_json(path: str):

@@ -12,7 +12,14 @@ import keras
 import tensorflow as tf
 
 from kdkeras import terms as terms_lib
-from kdkeras.callbacks import ResumableBackup, SetEpoch, StopOnNonFinite, StopOnSignal, WarmStartBatchNorm
+from kdkeras.callbacks import (
+    ResumableBackup,
+    SetEpoch,
+    StopOnNonFinite,
+    StopOnSignal,
+    WarmStartBatchNorm,
+    recorded_cpu_seconds,
+)
 from kdkeras.data import DatasetInfo, EpochClock, load_dataset
 from kdkeras.distiller import Distiller
 from kdkeras.distribute import auto_shard_data
@@ -344,7 +351,8 @@ class RunResult:
 
     `record` holds `model`, `params`, `flops`, `test_accuracy`, `test_loss`, `test_examples`, `per_class` (when
     evaluated), `history` (every epoch, resumed ones too), `train_seconds` (wall time of `fit`, summed over the
-    processes of a resumed run) and `cpu_seconds` (this process' CPU time over its span).
+    processes of a resumed run) and `cpu_seconds` (this process' CPU time over its span, plus what earlier
+    processes of a resumed run spent on their epochs; None when one of them did not record it).
     """
 
     record: dict
@@ -376,6 +384,8 @@ def run_training(
         **distill_options: `distill`'s `terms`, `collaborative`, `teacher_lr`, `teacher_mimicry`,
             `synchronized_bn`, `teacher_cache`.
     """
+    # Read before training: the checkpoint then holds only the epochs of earlier processes.
+    earlier_cpu_seconds = recorded_cpu_seconds(config.backup_dir) if config.backup_dir else 0.0
     cpu_start = time.process_time()
     if teacher is None:
         if distill_options:
@@ -384,7 +394,7 @@ def run_training(
         history, seconds, info = train_classifier(model, config, callbacks)
     else:
         distiller, history, seconds, info = distill(teacher, model, config, callbacks, **distill_options)
-    cpu_seconds = time.process_time() - cpu_start
+    cpu_seconds = None if earlier_cpu_seconds is None else earlier_cpu_seconds + time.process_time() - cpu_start
     record = test_record(model, config) if evaluate else {"model": model.name}
     record.update(
         history={key: [float(v) for v in values] for key, values in history.items()},

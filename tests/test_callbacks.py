@@ -16,6 +16,7 @@ from kdkeras.callbacks import (
     ResumableBackup,
     StopOnNonFinite,
     StopOnSignal,
+    recorded_cpu_seconds,
 )
 from kdkeras.distiller import Distiller
 from kdkeras.models import build_model
@@ -98,9 +99,9 @@ def test_resumable_backup_reports_the_resumed_epoch(tmp_path):
     assert not os.path.exists(tmp_path / "b")
 
 
-def _classifier():
+def _classifier(classes=10):
     keras.utils.set_random_seed(0)
-    model = build_model("ds_alexnet", (28, 28, 1), 10, width=0.25)
+    model = build_model("ds_alexnet", (28, 28, 1), classes, width=0.25)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
@@ -180,3 +181,48 @@ def test_a_resumed_run_counts_the_time_of_every_process(tmp_path):
     history, seconds = _fit(_classifier(), train, None, config, [], EpochClock())
     assert len(history["loss"]) == 2
     assert 1000.0 < seconds < 1000.0 + 120  # The earlier process' epoch, and this process' one.
+
+
+def test_the_cpu_time_of_resumed_epochs_is_carried_over(tmp_path):
+    from kdkeras.training import run_training
+
+    backup_dir = str(tmp_path / "backup")
+    assert recorded_cpu_seconds(backup_dir) == 0.0  # No checkpoint yet.
+    busy = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: sum(range(200_000)))
+    first = ResumableBackup(backup_dir, run_spec={})
+    _classifier().fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[first, busy])  # Killed after 2 of 3.
+    with open(os.path.join(backup_dir, "timing.json")) as f:
+        recorded = json.load(f)["epoch_cpu_seconds"]
+    assert len(recorded) == 2 and all(seconds > 0 for seconds in recorded)
+    assert recorded_cpu_seconds(backup_dir) == pytest.approx(sum(recorded))
+
+    # A resumed run's record counts the earlier processes' epochs, as its wall time does.
+    from conftest import write_idx_folder
+
+    folder = write_idx_folder(str(tmp_path / "idx"), n_train=32, n_test=8, classes=3)
+    run_dir = str(tmp_path / "run")
+    config = TrainConfig(dataset=f"idx:{folder}", epochs=2, batch_size=16, backup_dir=run_dir, verbose=0)
+    crash = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: (_ for _ in ()).throw(RuntimeError("kill")))
+    with pytest.raises(RuntimeError, match="kill"):
+        run_training(_classifier(classes=3), config, callbacks=[crash], evaluate=False)  # Killed after epoch 1.
+    with open(os.path.join(run_dir, "timing.json"), "w") as f:
+        json.dump({"epoch_seconds": [1.0], "epoch_cpu_seconds": [1000.0]}, f)  # As if that process had been slow.
+    record = run_training(_classifier(classes=3), config, evaluate=False).record
+    assert 1000.0 < record["cpu_seconds"] < 1000.0 + 300  # The earlier process' epoch, and this process' span.
+    with open(os.path.join(run_dir, "timing.json")) as f:
+        cpu = json.load(f)["epoch_cpu_seconds"]
+    assert cpu[0] == 1000.0 and len(cpu) == 2 and cpu[1] > 0
+
+
+def test_cpu_time_is_unknown_when_an_earlier_process_did_not_record_it(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    first = ResumableBackup(backup_dir, run_spec={})
+    _classifier().fit(X, Y, batch_size=16, epochs=2, verbose=0, callbacks=[first])
+    with open(os.path.join(backup_dir, "timing.json"), "w") as f:
+        json.dump({"epoch_seconds": [1.0, 1.0]}, f)  # As written by code before CPU time was recorded.
+    assert recorded_cpu_seconds(backup_dir) is None
+    second = ResumableBackup(backup_dir, run_spec={})
+    _classifier().fit(X, Y, batch_size=16, epochs=3, verbose=0, callbacks=[second])
+    with open(os.path.join(backup_dir, "timing.json")) as f:
+        cpu = json.load(f)["epoch_cpu_seconds"]
+    assert cpu[:2] == [None, None] and cpu[2] > 0  # Still aligned with the epochs.

@@ -410,6 +410,8 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert "| +1.00 +2.00 | 0.30 | 0.031 0.5 | 20 | 40 |" in _table([row])
     row["test_pairs"] = {"1": {"delta_se": 0.004, "mcnemar_p": 0.5}}  # Seed 0's runs kept no predictions.
     assert "| +1.00 +2.00 | 0.40 | – 0.5 | 20 | 40 |" in _table([row])
+    records[1]["cpu_seconds"] = None  # A process of that run did not record its CPU time.
+    assert "| 20 | – |" in _table([_summary("kd", "KD", "distill", records)])
     single = _summary("kd", "KD", "distill", records[:1])
     assert single["accuracy_std"] is None and np.isclose(single["accuracy_mean"], 0.90)
 
