@@ -81,12 +81,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             self._current_epoch = self.resumed_epoch
             previous = _read_json(self._path("history.json")) or {}
             self.history = {k: list(v)[: self.resumed_epoch] for k, v in previous.items()}
-            timing = _read_json(self._path("timing.json")) or {}
-            self._epoch_seconds = [float(s) for s in timing.get("epoch_seconds", [])][: self.resumed_epoch]
+            self._epoch_seconds, self._epoch_cpu_seconds = _recorded_timing(self.backup_dir, self.resumed_epoch)
             self.earlier_seconds = sum(self._epoch_seconds)
-            # None for the epochs of a process whose code did not record CPU time yet.
-            cpu = list(timing.get("epoch_cpu_seconds", []))[: self.resumed_epoch]
-            self._epoch_cpu_seconds = cpu + [None] * (self.resumed_epoch - len(cpu))
             print(f"Resuming from checkpoint in {self.backup_dir}: {self.resumed_epoch} epoch(s) done", flush=True)
         elif self.run_spec is not None:
             artifacts.write_json(self._path("run.json"), self.run_spec)
@@ -129,11 +125,18 @@ def recorded_cpu_seconds(backup_dir: str) -> float | None:
     metadata = _read_json(os.path.join(backup_dir, "training_metadata.json"))
     if not isinstance(metadata, dict):
         return 0.0
-    epochs = int(metadata.get("epoch", 0))
-    cpu = ((_read_json(os.path.join(backup_dir, "timing.json")) or {}).get("epoch_cpu_seconds") or [])[:epochs]
-    if len(cpu) < epochs or any(seconds is None for seconds in cpu):
-        return None
-    return float(sum(cpu))
+    _, cpu = _recorded_timing(backup_dir, int(metadata.get("epoch", 0)))
+    return None if None in cpu else float(sum(cpu))
+
+
+def _recorded_timing(backup_dir: str, epochs: int) -> tuple[list[float], list[float | None]]:
+    """The wall and CPU seconds timing.json records for the first `epochs` epochs (those a checkpoint holds). CPU
+    seconds are None for epochs of a process whose code did not record them yet, so both lists stay aligned with
+    the epochs."""
+    timing = _read_json(os.path.join(backup_dir, "timing.json")) or {}
+    wall = [float(s) for s in timing.get("epoch_seconds", [])][:epochs]
+    cpu = [None if s is None else float(s) for s in timing.get("epoch_cpu_seconds") or []][:epochs]
+    return wall, cpu + [None] * (epochs - len(cpu))
 
 
 def _read_json(path: str):
