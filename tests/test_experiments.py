@@ -12,7 +12,7 @@ from conftest import write_idx_folder
 from kdkeras import cli, terms
 from kdkeras.evaluation import decode_classes, encode_classes
 from kdkeras.experiments import load_config, paired_delta, paired_examples
-from kdkeras.experiments.report import _summary, _table
+from kdkeras.experiments.report import _summary, _table, _teacher_label
 
 
 def tiny_config(root, **overrides) -> dict:
@@ -414,6 +414,12 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert "| 20 | – |" in _table([_summary("kd", "KD", "distill", records)])
     single = _summary("kd", "KD", "distill", records[:1])
     assert single["accuracy_std"] is None and np.isclose(single["accuracy_mean"], 0.90)
+
+
+def test_teacher_label_names_the_architecture_once():
+    assert _teacher_label(None, {"model": "resnet20"}) == "teacher (resnet20)"
+    assert _teacher_label("big", {"model": "alexnet"}) == "teacher 'big' (alexnet)"
+    assert _teacher_label("resnet56", {"model": "resnet56"}) == "teacher 'resnet56'"
 
 
 def _record(seed, accuracy):

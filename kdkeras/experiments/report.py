@@ -58,7 +58,11 @@ def write_report(experiment, command: str) -> dict:
 
 
 def _teacher_label(name: str | None, record: dict) -> str:
-    return f"teacher ({record['model']})" if name is None else f"teacher '{name}' ({record['model']})"
+    """The experiment's teacher by its architecture; a named one by its name, plus the architecture unless the name
+    already is it ("teacher 'resnet56'", not "teacher 'resnet56' (resnet56)")."""
+    if name is None:
+        return f"teacher ({record['model']})"
+    return f"teacher '{name}'" if name == record["model"] else f"teacher '{name}' ({record['model']})"
 
 
 def _compare_with_scratch(experiment, rows: list[dict], config_rows: list[dict], results: dict) -> None:
