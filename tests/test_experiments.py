@@ -11,8 +11,8 @@ from conftest import write_idx_folder
 
 from kdkeras import cli, terms
 from kdkeras.evaluation import decode_classes, encode_classes
-from kdkeras.experiments import load_config, paired_delta, paired_examples
-from kdkeras.experiments.report import _summary, _table, _teacher_label
+from kdkeras.experiments import Experiment, load_config, paired_delta, paired_examples
+from kdkeras.experiments.report import _summary, _table, _teacher_label, _val_curve_panels
 
 
 def tiny_config(root, **overrides) -> dict:
@@ -420,6 +420,30 @@ def test_teacher_label_names_the_architecture_once():
     assert _teacher_label(None, {"model": "resnet20"}) == "teacher (resnet20)"
     assert _teacher_label("big", {"model": "alexnet"}) == "teacher 'big' (alexnet)"
     assert _teacher_label("resnet56", {"model": "resnet56"}) == "teacher 'resnet56'"
+
+
+def test_validation_curves_get_one_panel_per_architecture_drawn_from_the_first_seed(tmp_path):
+    """Two dozen rows on one axes could not be read: the curves plot has a panel for the teachers and one per student
+    as configured, each row drawn from its first seed; a row without results adds nothing."""
+    config = tiny_config(str(tmp_path))
+    config["rows"] = [
+        {"name": "scratch", "method": "scratch"},
+        {"name": "kd", "method": "kd", "label": "KD"},
+        {"name": "scratch_wide", "method": "scratch", "options": {"width": 0.5}},
+        {"name": "kd_wide", "method": "kd", "options": {"width": 0.5}},
+    ]
+    experiment = Experiment(load_config(write_config(str(tmp_path), config)), "quick", verbose=0)
+
+    def record(first_value):
+        return {"history": {"val_accuracy": [first_value, 0.5]}}
+
+    teachers = {None: {"model": "alexnet", "history": {"val_accuracy": [0.3, 0.6]}}}
+    results = {"scratch": [record(0.1), record(0.2)], "kd": [record(0.3)], "scratch_wide": [record(0.4)], "kd_wide": []}
+    assert _val_curve_panels(experiment, teachers, results) == {
+        "teachers": [("teacher (alexnet)", [0.3, 0.6])],
+        "ds_alexnet (width 0.25)": [("scratch", [0.1, 0.5]), ("KD", [0.3, 0.5])],
+        "ds_alexnet (width 0.5)": [("scratch_wide", [0.4, 0.5])],
+    }
 
 
 def _record(seed, accuracy):

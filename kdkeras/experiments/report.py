@@ -53,7 +53,7 @@ def write_report(experiment, command: str) -> dict:
         f"{experiment.report_base}.md", _markdown(report, experiment.config, os.path.basename(experiment.report_base))
     )
     report["table"] = _table(rows)
-    _plot(rows, teachers, results, experiment.config, experiment.report_base)
+    _plot(rows, experiment, teachers, results, experiment.report_base)
     return report
 
 
@@ -320,7 +320,7 @@ def _table(rows: list[dict]) -> str:
     return markdown_table(header, cells, numeric)
 
 
-def _plot(rows: list[dict], teachers: dict, results: dict, config: dict, base: str) -> None:
+def _plot(rows: list[dict], experiment, teachers: dict, results: dict, base: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # Files only; no display needed.
@@ -343,7 +343,7 @@ def _plot(rows: list[dict], teachers: dict, results: dict, config: dict, base: s
         axes.grid(True, alpha=0.3)
     panels[0].set_ylabel("test accuracy (mean ± std over seeds)")
     panels[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    figure.suptitle(f"{config['name']}: accuracy vs. size")
+    figure.suptitle(f"{experiment.config['name']}: accuracy vs. size")
     figure.tight_layout()
     artifacts.save_figure(figure, f"{base}-accuracy_vs_params.png")
     plt.close(figure)
@@ -366,18 +366,48 @@ def _plot(rows: list[dict], teachers: dict, results: dict, config: dict, base: s
     artifacts.save_figure(figure, f"{base}-delta.png")
     plt.close(figure)
 
-    figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    curves = [(_teacher_label(name, record), [record]) for name, record in teachers.items()]
-    curves += [(r["label"], results[r["name"]]) for r in config["rows"]]
-    for label, records in curves:
-        if records and "val_accuracy" in records[0]["history"]:
-            values = records[0]["history"]["val_accuracy"]  # The first seed's curve.
-            axes.plot(range(1, len(values) + 1), values, marker=".", label=label)
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("validation accuracy (of each row's model)")
-    axes.set_title(f"{config['name']}: validation accuracy per epoch (first seed)")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
+    _plot_val_curves(experiment, teachers, results, base)
+
+
+def _val_curve_panels(experiment, teachers: dict, results: dict) -> dict[str, list[tuple[str, list[float]]]]:
+    """The first seed's validation curve of every teacher and row, one panel per architecture (the teachers, then each
+    student as configured), so that a panel compares methods on the same student rather than two dozen curves at
+    once."""
+    panels = {"teachers": [(_teacher_label(name, record), record) for name, record in teachers.items()]}
+    for row in experiment.config["rows"]:
+        model = experiment.row_model(row)
+        options = ", ".join(f"{key} {value}" for key, value in sorted(model["options"].items()))
+        title = f"{model['model']} ({options})" if options else model["model"]
+        panels.setdefault(title, []).extend((row["label"], record) for record in results[row["name"]][:1])
+    return {
+        title: [(label, record["history"]["val_accuracy"]) for label, record in curves
+                if "val_accuracy" in record["history"]]
+        for title, curves in panels.items()
+    }  # fmt: skip
+
+
+def _plot_val_curves(experiment, teachers: dict, results: dict, base: str) -> None:
+    import matplotlib.pyplot as plt
+    from cycler import cycler
+
+    from kdkeras import artifacts
+
+    panels = {title: curves for title, curves in _val_curve_panels(experiment, teachers, results).items() if curves}
+    if not panels:
+        return
+    # Ten colours, then the same ten dashed and dotted: no two curves of a panel look alike.
+    styles = cycler(linestyle=["-", "--", ":"]) * cycler(color=plt.get_cmap("tab10").colors)
+    figure, axes_list = plt.subplots(len(panels), 1, figsize=(12, 3.6 * len(panels)), squeeze=False)
+    for axes, (title, curves) in zip(axes_list[:, 0], panels.items(), strict=True):
+        axes.set_prop_cycle(styles)
+        for label, values in curves:
+            axes.plot(range(1, len(values) + 1), values, linewidth=1.2, label=label)
+        axes.set_title(title, fontsize=10)
+        axes.set_ylabel("validation accuracy")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes_list[-1, 0].set_xlabel("epoch")
+    figure.suptitle(f"{experiment.config['name']}: validation accuracy per epoch (first seed of each row)")
     figure.tight_layout()
     artifacts.save_figure(figure, f"{base}-val_curves.png")
     plt.close(figure)
