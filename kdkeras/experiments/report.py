@@ -329,13 +329,15 @@ def _plot(rows: list[dict], experiment, teachers: dict, results: dict, base: str
     from kdkeras import artifacts
 
     figure, panels = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    colours = plt.get_cmap("tab10").colors
     for axes, key, label in ((panels[0], "params", "parameters"), (panels[1], "flops", "FLOPs per image")):
-        for row in rows:
-            # Students share one size: a legend names the points instead of labels that would overlap.
-            marker = "s" if row["method"] in ("teacher", "reference") else "o"
+        for i, row in enumerate(rows):
+            # Students share one size: a legend names the points instead of labels that would overlap, so each row
+            # gets its own colour and marker pair (ten colours, then the next marker); teachers and references squares.
+            marker = "s" if row["method"] in ("teacher", "reference") else "o^vD<>"[(i // len(colours)) % 6]
             axes.errorbar(
                 row[key], row["accuracy_mean"], yerr=row["accuracy_std"] or 0, fmt=marker, capsize=3,
-                label=f"{row['label']} ({row['accuracy_mean']:.4f})",
+                color=colours[i % len(colours)], label=f"{row['label']} ({row['accuracy_mean']:.4f})",
             )  # fmt: skip
         axes.margins(x=0.25, y=0.15)
         axes.set_xscale("log")
