@@ -12,7 +12,15 @@ from conftest import write_idx_folder
 from kdkeras import cli, terms
 from kdkeras.evaluation import decode_classes, encode_classes
 from kdkeras.experiments import Experiment, load_config, paired_delta, paired_examples
-from kdkeras.experiments.report import _summary, _table, _teacher_label, _val_curve_panels
+from kdkeras.experiments.report import (
+    _plot,
+    _summary,
+    _table,
+    _teacher_label,
+    _val_curve_panels,
+    distinct_styles,
+    reaches_target,
+)
 
 
 def tiny_config(root, **overrides) -> dict:
@@ -49,7 +57,7 @@ def run(path, *extra):
 
 
 def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_path, capsys):
-    path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
+    path = write_config(str(tmp_path), tiny_config(str(tmp_path), target_delta=0.008))
     assert run(path) == 0
     rows_dir = tmp_path / "results" / "tiny" / "quick"
     records = {name: json.loads((rows_dir / f"{name}.json").read_text()) for name in ("teacher", "scratch-seed0")}
@@ -80,8 +88,14 @@ def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_pat
     assert by_name["tskd"]["delta_mean"] == pytest.approx(
         records["tskd-seed0"]["test_accuracy"] - records["scratch-seed0"]["test_accuracy"]
     )
+    assert report["target_delta"] == 0.008
+    assert report["reach_target"] == (["tskd"] if by_name["tskd"]["delta_mean"] >= 0.008 else [])
     markdown = (tmp_path / "results" / "tiny-quick.md").read_text()
     assert "| tskd | ds_alexnet |" in markdown and "python -m kdkeras.experiments" in markdown
+    reached = "reached by tskd" if report["reach_target"] else "reached by no row"
+    assert (
+        f"Target: Δ vs scratch ≥ +0.80 points in the mean and on every seed, all seeds finished: {reached}." in markdown
+    )
     for plot in ("accuracy_vs_params", "val_curves"):
         assert (tmp_path / "results" / f"tiny-quick-{plot}.png").stat().st_size > 1000
 
@@ -221,6 +235,8 @@ def test_seeds_option_narrows_what_runs_not_what_the_report_covers(tmp_path):
         (lambda c: c.update(teachers={"big": {"model": "alexnet", "seed": 0.5}}), "teachers.big.seed: must be an"),
         (lambda c: c.update(teachers={"a/b": {"model": "alexnet"}}), "teachers: must be a name of letters, digits"),
         (lambda c: c.update(teachers=["big"]), "teachers: must be a mapping of name: teacher"),
+        (lambda c: c.update(target_delta=0), "target_delta: must be a finite number > 0"),
+        (lambda c: c.update(target_delta=0.8 * 100), "target_delta: must be a fraction of accuracy below 1"),
         (
             lambda c: c.update(teachers={"big": {"model": "alexnet"}}, rows=[{"name": "teacher-big", "method": "kd"}]),
             "duplicate or reserved row name(s) teacher-big",
@@ -444,6 +460,45 @@ def test_validation_curves_get_one_panel_per_architecture_drawn_from_the_first_s
         "ds_alexnet (width 0.25)": [("scratch", [0.1, 0.5]), ("KD", [0.3, 0.5])],
         "ds_alexnet (width 0.5)": [("scratch_wide", [0.4, 0.5])],
     }
+
+
+def test_a_row_reaches_the_target_only_in_the_mean_and_on_every_seed():
+    def row(per_seed):
+        return {"delta_mean": float(np.mean(per_seed)), "delta_per_seed": dict(enumerate(per_seed))}
+
+    assert reaches_target(row([0.009, 0.008, 0.012]), 0.008)
+    assert not reaches_target(row([0.004, 0.012, 0.014]), 0.008)  # Mean +1.0, but one seed below the target.
+    assert not reaches_target(row([0.009, 0.008, 0.012]), None)  # No target set.
+    assert not reaches_target({"delta_mean": None, "delta_per_seed": {}}, 0.008)  # The scratch row itself.
+
+
+def test_distinct_styles_pair_each_colour_with_each_look_before_repeating():
+    styles = distinct_styles("marker", list("o^"))
+    pairs = [(style["color"], style["marker"]) for style in (next(styles) for _ in range(21))]
+    assert len(set(pairs[:20])) == 20 and [marker for _, marker in pairs[:11]] == ["o"] * 10 + ["^"]
+    assert pairs[20] == pairs[0]  # Endless: after every pair, the cycle starts again.
+
+
+def test_delta_plot_marks_the_target_and_the_report_names_who_reaches_it(tmp_path, monkeypatch):
+    from kdkeras import artifacts
+
+    config = tiny_config(str(tmp_path), target_delta=0.008)
+    experiment = Experiment(load_config(write_config(str(tmp_path), config)), "quick", verbose=0)
+    figures = {}
+    monkeypatch.setattr(artifacts, "save_figure", lambda figure, path: figures.update({os.path.basename(path): figure}))
+    student = {"params": 10, "flops": 20, "accuracy_std": 0.001, "model": "m"}
+    rows = [
+        {**student, "name": "scratch", "label": "scratch", "method": "scratch", "accuracy_mean": 0.90},
+        {
+            **student, "name": "tskd", "label": "TSKD", "method": "tskd", "accuracy_mean": 0.91, "delta_mean": 0.01,
+            "delta_ci95": [0.005, 0.015], "delta_per_seed": {"0": 0.01},
+        },
+    ]  # fmt: skip
+    _plot(rows, experiment, {}, {"scratch": [], "tskd": []}, str(tmp_path / "tiny-quick"))
+    axes = figures["tiny-quick-delta.png"].axes[0]
+    vertical = [line.get_xdata()[0] for line in axes.get_lines() if len(set(line.get_xdata())) == 1]
+    assert pytest.approx(0.8) in vertical and 0 in vertical  # +0.8 points, beside the zero line.
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["target +0.80"]
 
 
 def _record(seed, accuracy):

@@ -26,7 +26,9 @@ Row methods:
     and trained once, as `teacher-NAME`), or `teacher_row`: the name of an earlier row whose model (same seed) is
     the teacher, e.g. a teacher assistant (Mirzadeh et al., AAAI 2020). Either is trained first when it has not
     run yet.
-The teachers are the table's first rows: the experiment's, then the named ones.
+The teachers are the table's first rows: the experiment's, then the named ones. An optional `target_delta` (a
+fraction of accuracy: 0.008 is +0.8 points) is the gain over scratch the experiment sets out to show: the Δ plot
+marks it, and the report names the rows that reach it in the mean and on every seed.
 """
 
 from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, check_config, load_config

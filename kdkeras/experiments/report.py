@@ -47,7 +47,12 @@ def write_report(experiment, command: str) -> dict:
         "rows": rows,
         "missing": [r["name"] for r in config["rows"] if len(results[r["name"]]) < len(experiment.row_seeds(r))],
         "earlier_teacher": earlier_teacher(experiment, teachers, results),
+        "target_delta": config["target_delta"],
     }
+    report["reach_target"] = [
+        row["name"] for row in student_rows
+        if row["name"] not in report["missing"] and reaches_target(row, config["target_delta"])
+    ]  # fmt: skip
     artifacts.write_json(f"{experiment.report_base}.json", report)
     artifacts.write_text(
         f"{experiment.report_base}.md", _markdown(report, experiment.config, os.path.basename(experiment.report_base))
@@ -55,6 +60,13 @@ def write_report(experiment, command: str) -> dict:
     report["table"] = _table(rows)
     _plot(rows, experiment, teachers, results, experiment.report_base)
     return report
+
+
+def reaches_target(row: dict, target: float | None) -> bool:
+    """Whether a row's gain over scratch is at least `target` in the mean and on every seed (the claim a reader can
+    check seed by seed, not a mean lifted by one lucky seed)."""
+    per_seed = list(row.get("delta_per_seed", {}).values())
+    return target is not None and bool(per_seed) and row["delta_mean"] >= target and min(per_seed) >= target
 
 
 def _teacher_label(name: str | None, record: dict) -> str:
@@ -267,6 +279,12 @@ def _markdown(report: dict, config: dict, title: str) -> str:
     ]
     if report["missing"]:
         lines.append(f"Not finished for every seed yet: {', '.join(report['missing'])}.")
+    if report["target_delta"] is not None:
+        reached = [row["label"] for row in report["rows"] if row["name"] in report["reach_target"]]
+        lines.append(
+            f"Target: Δ vs scratch ≥ {100 * report['target_delta']:+.2f} points in the mean and on every seed, "
+            f"all seeds finished: {'reached by ' + ', '.join(reached) if reached else 'reached by no row'}."
+        )
     if report["earlier_teacher"]:
         lines.append(
             "Distilled from an earlier training of their teacher (same settings and seed, not bit-identical to the "
@@ -329,15 +347,14 @@ def _plot(rows: list[dict], experiment, teachers: dict, results: dict, base: str
     from kdkeras import artifacts
 
     figure, panels = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    colours = plt.get_cmap("tab10").colors
     for axes, key, label in ((panels[0], "params", "parameters"), (panels[1], "flops", "FLOPs per image")):
-        for i, row in enumerate(rows):
-            # Students share one size: a legend names the points instead of labels that would overlap, so each row
-            # gets its own colour and marker pair (ten colours, then the next marker); teachers and references squares.
-            marker = "s" if row["method"] in ("teacher", "reference") else "o^vD<>"[(i // len(colours)) % 6]
+        # Students share one size: a legend names the points instead of labels that would overlap, so each row gets
+        # its own colour and marker pair; teachers and references are squares.
+        for row, style in zip(rows, distinct_styles("marker", list("o^vD<>")), strict=False):
+            marker = "s" if row["method"] in ("teacher", "reference") else style["marker"]
             axes.errorbar(
                 row[key], row["accuracy_mean"], yerr=row["accuracy_std"] or 0, fmt=marker, capsize=3,
-                color=colours[i % len(colours)], label=f"{row['label']} ({row['accuracy_mean']:.4f})",
+                color=style["color"], label=f"{row['label']} ({row['accuracy_mean']:.4f})",
             )  # fmt: skip
         axes.margins(x=0.25, y=0.15)
         axes.set_xscale("log")
@@ -359,6 +376,10 @@ def _plot(rows: list[dict], experiment, teachers: dict, results: dict, base: str
         seeds = [100 * v for v in row["delta_per_seed"].values()]
         axes.scatter(seeds, [i] * len(seeds), marker="x", color="gray", zorder=3)
     axes.axvline(0, color="black", linewidth=0.8)
+    target = experiment.config["target_delta"]
+    if target is not None:
+        axes.axvline(100 * target, color="tab:green", linestyle="--", label=f"target {100 * target:+.2f}")
+        axes.legend(fontsize=8, loc="lower right")
     axes.set_yticks(
         range(len(compared)), [f"{r['label']} (n={len(r['delta_per_seed'])})" for r in compared], fontsize=8
     )
@@ -369,6 +390,15 @@ def _plot(rows: list[dict], experiment, teachers: dict, results: dict, base: str
     plt.close(figure)
 
     _plot_val_curves(experiment, teachers, results, base)
+
+
+def distinct_styles(key: str, values: list):
+    """An endless iterator of `{key: value, "color": colour}` styles (e.g. `key="marker"`), no two alike until every
+    pair is used: the ten tab10 colours with the first value, then with the next one, and so on."""
+    import matplotlib.pyplot as plt
+    from cycler import cycler
+
+    return (cycler(**{key: values}) * cycler(color=plt.get_cmap("tab10").colors))()
 
 
 def _val_curve_panels(experiment, teachers: dict, results: dict) -> dict[str, list[tuple[str, list[float]]]]:
@@ -390,20 +420,17 @@ def _val_curve_panels(experiment, teachers: dict, results: dict) -> dict[str, li
 
 def _plot_val_curves(experiment, teachers: dict, results: dict, base: str) -> None:
     import matplotlib.pyplot as plt
-    from cycler import cycler
 
     from kdkeras import artifacts
 
     panels = {title: curves for title, curves in _val_curve_panels(experiment, teachers, results).items() if curves}
     if not panels:
         return
-    # Ten colours, then the same ten dashed and dotted: no two curves of a panel look alike.
-    styles = cycler(linestyle=["-", "--", ":"]) * cycler(color=plt.get_cmap("tab10").colors)
     figure, axes_list = plt.subplots(len(panels), 1, figsize=(12, 3.6 * len(panels)), squeeze=False)
     for axes, (title, curves) in zip(axes_list[:, 0], panels.items(), strict=True):
-        axes.set_prop_cycle(styles)
-        for label, values in curves:
-            axes.plot(range(1, len(values) + 1), values, linewidth=1.2, label=label)
+        # Ten colours solid, then dashed, then dotted: no two curves of a panel look alike.
+        for (label, values), style in zip(curves, distinct_styles("linestyle", ["-", "--", ":"]), strict=False):
+            axes.plot(range(1, len(values) + 1), values, linewidth=1.2, label=label, **style)
         axes.set_title(title, fontsize=10)
         axes.set_ylabel("validation accuracy")
         axes.grid(True, alpha=0.3)
