@@ -20,6 +20,7 @@ from kdkeras.experiments.report import (
     _val_curve_panels,
     distinct_styles,
     reaches_target,
+    rows_reaching_target,
 )
 
 
@@ -470,6 +471,20 @@ def test_a_row_reaches_the_target_only_in_the_mean_and_on_every_seed():
     assert not reaches_target(row([0.004, 0.012, 0.014]), 0.008)  # Mean +1.0, but one seed below the target.
     assert not reaches_target(row([0.009, 0.008, 0.012]), None)  # No target set.
     assert not reaches_target({"delta_mean": None, "delta_per_seed": {}}, 0.008)  # The scratch row itself.
+
+
+def test_only_finished_distilling_rows_are_named_as_reaching_the_target():
+    config_rows = [
+        {"name": "scratch_2x", "method": "scratch"}, {"name": "dist", "method": "dist"},
+        {"name": "kd", "method": "kd"}, {"name": "dkd", "method": "dkd"},
+    ]  # fmt: skip
+    gains = {"scratch_2x": [0.012, 0.011], "dist": [0.009, 0.010], "kd": [0.02], "dkd": [0.001, 0.02]}
+    summaries = [
+        {"name": name, "delta_mean": float(np.mean(v)), "delta_per_seed": dict(enumerate(v))}
+        for name, v in gains.items()
+    ]
+    # scratch_2x: Δ against a shorter scratch row; kd: a seed still missing; dkd: one seed below the target.
+    assert rows_reaching_target(config_rows, summaries, ["kd"], 0.008) == ["dist"]
 
 
 def test_distinct_styles_pair_each_colour_with_each_look_before_repeating():

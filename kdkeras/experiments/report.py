@@ -49,10 +49,7 @@ def write_report(experiment, command: str) -> dict:
         "earlier_teacher": earlier_teacher(experiment, teachers, results),
         "target_delta": config["target_delta"],
     }
-    report["reach_target"] = [
-        row["name"] for row in student_rows
-        if row["name"] not in report["missing"] and reaches_target(row, config["target_delta"])
-    ]  # fmt: skip
+    report["reach_target"] = rows_reaching_target(finished, student_rows, report["missing"], config["target_delta"])
     artifacts.write_json(f"{experiment.report_base}.json", report)
     artifacts.write_text(
         f"{experiment.report_base}.md", _markdown(report, experiment.config, os.path.basename(experiment.report_base))
@@ -67,6 +64,15 @@ def reaches_target(row: dict, target: float | None) -> bool:
     check seed by seed, not a mean lifted by one lucky seed)."""
     per_seed = list(row.get("delta_per_seed", {}).values())
     return target is not None and bool(per_seed) and row["delta_mean"] >= target and min(per_seed) >= target
+
+
+def rows_reaching_target(config_rows: list[dict], summaries: list[dict], missing: list[str], target) -> list[str]:
+    """The names of the distilling rows, finished for every seed, that reach `target` (a longer scratch row also has a
+    Δ, against a shorter scratch row, but it is not what the target is about)."""
+    return [
+        summary["name"] for row, summary in zip(config_rows, summaries, strict=True)
+        if distills(row) and summary["name"] not in missing and reaches_target(summary, target)
+    ]  # fmt: skip
 
 
 def _teacher_label(name: str | None, record: dict) -> str:
