@@ -494,7 +494,7 @@ def test_distinct_styles_pair_each_colour_with_each_look_before_repeating():
     assert pairs[20] == pairs[0]  # Endless: after every pair, the cycle starts again.
 
 
-def test_delta_plot_marks_the_target_and_the_report_names_who_reaches_it(tmp_path, monkeypatch):
+def test_delta_plot_marks_the_target_beside_the_zero_line(tmp_path, monkeypatch):
     from kdkeras import artifacts
 
     config = tiny_config(str(tmp_path), target_delta=0.008)
