@@ -148,7 +148,7 @@ def test_compress_fine_tuning_resumes_after_sigkill(setup):
     backup_dir = str(root / "compressed.backup")
     argv = kdkeras(
         "compress", "--model", teacher, "--teacher", teacher, "--dataset", dataset, "--prune", "0.5",
-        "--epochs", "4", "--batch-size", "10", "--max-drop", "100", "--out", out,
+        "--epochs", "4", "--batch-size", "10", "--max-train-examples", "400", "--max-drop", "100", "--out", out,
     )  # fmt: skip
     process = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
