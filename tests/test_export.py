@@ -16,7 +16,6 @@ from kdkeras.export import (
     TFLiteModel,
     export_model,
     representative_images,
-    tflite_bytes,
 )
 from kdkeras.models import build_model
 from kdkeras.training import TrainConfig, train_classifier
@@ -39,13 +38,25 @@ def trained(tmp_path_factory):
     return model, path, test, info, representative_images(train, 100, info.input_shape)
 
 
+@pytest.fixture(scope="module")
+def tflite_exports(trained, tmp_path_factory):
+    """The student exported (and verified) once per quantization, `{quantize: (path, record)}`: each conversion takes
+    seconds, and the tests below read the same four files."""
+    model, _, test, info, representative = trained
+    folder = tmp_path_factory.mktemp("tflite")
+    exports = {}
+    for quantize in ("none", "float16", "dynamic", "int8"):
+        out = str(folder / f"m_{quantize}.tflite")
+        exports[quantize] = out, export_model(model, out, "tflite", test, info.class_names, quantize, representative)
+    return exports
+
+
 @pytest.mark.parametrize(
     "quantize, min_agreement", [("none", 1.0), ("float16", 0.99), ("dynamic", 0.95), ("int8", 0.9)]
 )
-def test_tflite_round_trips_top1(trained, tmp_path, quantize, min_agreement):
-    model, _, test, info, representative = trained
-    out = str(tmp_path / f"m_{quantize}.tflite")
-    record = export_model(model, out, "tflite", test, info.class_names, quantize, representative)
+def test_tflite_round_trips_top1(trained, tflite_exports, quantize, min_agreement):
+    model, _, test, _, _ = trained
+    out, record = tflite_exports[quantize]
     assert record["passed"] and os.path.exists(out)
     assert json.loads(open(out + ".verify.json").read())["quantize"] == quantize
     images = next(iter(test))[0].numpy()
@@ -56,9 +67,8 @@ def test_tflite_round_trips_top1(trained, tmp_path, quantize, min_agreement):
         assert interpreter.input["dtype"] == np.int8 and interpreter.output["dtype"] == np.int8
 
 
-def test_quantized_files_are_smaller(trained, tmp_path):
-    model, _, _, _, representative = trained
-    sizes = {q: len(tflite_bytes(model, q, representative)) for q in ("none", "float16", "dynamic", "int8")}
+def test_quantized_files_are_smaller(tflite_exports):
+    sizes = {quantize: os.path.getsize(path) for quantize, (path, _) in tflite_exports.items()}
     # A small model's file is partly graph structure, so the ratios are below the 2× and 4× of the weights.
     assert sizes["dynamic"] < sizes["float16"] < sizes["none"]
     assert sizes["int8"] < sizes["float16"]
@@ -140,12 +150,10 @@ def test_export_cli_and_its_bad_input(trained, tmp_path, capsys):
         assert len(err) == 1 and message in err[0], (argv, err)
 
 
-def test_tflite_model_refuses_wrong_input_and_bad_files(trained, tmp_path):
-    model, _, _, _, _ = trained
-    path = tmp_path / "m.tflite"
-    path.write_bytes(tflite_bytes(model))
+def test_tflite_model_refuses_wrong_input_and_bad_files(tflite_exports, tmp_path):
+    path, _ = tflite_exports["none"]
     with pytest.raises(ValueError, match=r"the model takes \(28, 28, 1\)"):
-        TFLiteModel(str(path)).logits(np.zeros((1, 32, 32, 3), np.float32))
+        TFLiteModel(path).logits(np.zeros((1, 32, 32, 3), np.float32))
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer")
     with pytest.raises(ValueError, match="not a valid TFLite model"):
