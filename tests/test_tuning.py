@@ -47,7 +47,7 @@ def _search(setup, directory, max_trials):
 
 def test_search_uses_the_trial_values_shares_an_unchanged_teacher_and_resumes(setup, tmp_path):
     directory = str(tmp_path / "search")
-    teacher_path = setup[2]
+    _, _, teacher_path, *_ = setup
     before = [np.array(w) for w in tuning.load_teacher(teacher_path).weights]
     tuner, teacher = _search(setup, directory, 2)
     # The trials trained students only: the shared teacher's weights are those of its file, which is untouched.
