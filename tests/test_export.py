@@ -12,6 +12,7 @@ from conftest import requires_fashion_mnist
 from kdkeras import artifacts, cli
 from kdkeras.data import load_dataset
 from kdkeras.export import (
+    QUANTIZATIONS,
     ExportVerificationError,
     TFLiteModel,
     export_model,
@@ -45,7 +46,7 @@ def tflite_exports(trained, tmp_path_factory):
     model, _, test, info, representative = trained
     folder = tmp_path_factory.mktemp("tflite")
     exports = {}
-    for quantize in ("none", "float16", "dynamic", "int8"):
+    for quantize in QUANTIZATIONS:
         out = str(folder / f"m_{quantize}.tflite")
         exports[quantize] = out, export_model(model, out, "tflite", test, info.class_names, quantize, representative)
     return exports
