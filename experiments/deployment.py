@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from kdkeras import artifacts, compression  # noqa: E402
 from kdkeras.benchmark import benchmark_file  # noqa: E402
 from kdkeras.data import load_dataset  # noqa: E402
-from kdkeras.export import TFLiteModel, accuracy_of, representative_images, tflite_bytes  # noqa: E402
+from kdkeras.export import QUANTIZATIONS, TFLiteModel, accuracy_of, representative_images, tflite_bytes  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -43,7 +43,7 @@ def measure(label: str, path: str, predict, test) -> dict:
 def rows_for(role: str, path: str, teacher, test, train, representative, args) -> list[dict]:
     model = artifacts.load_model(path)
     rows = [measure(f"{role}: Keras", path, lambda x: np.argmax(model.predict_on_batch(x), -1), test)]
-    for quantize in ("none", "float16", "dynamic", "int8"):
+    for quantize in QUANTIZATIONS:
         out = os.path.join(args.work_dir, f"{role}_{quantize}.tflite")
         with artifacts.atomic_path(out) as tmp, open(tmp, "wb") as f:
             f.write(tflite_bytes(model, quantize, representative))

@@ -18,9 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdkeras import artifacts
-
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-FORMATS = ("saved_model", "tflite")
+from kdkeras.export_choices import FORMATS, QUANTIZATIONS
 
 
 class ExportVerificationError(ValueError):

@@ -191,6 +191,25 @@ def test_console_script_prints_one_line_and_no_tensorflow_start_up_lines(tmp_pat
     assert result.stderr.strip().splitlines() == [f"kdkeras: error: model file not found: {tmp_path / 'none.keras'}"]
 
 
+def test_the_parser_offers_what_export_writes_without_loading_tensorflow():
+    """`export` and `compress` offer exactly the formats and precisions `kdkeras.export` accepts, and building the
+    parser (all `--help` needs) imports neither TensorFlow nor Keras."""
+    script = (
+        "import sys\n"
+        "from kdkeras.cli.parser import build_parser\n"
+        "parser = build_parser()\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'parser loaded TensorFlow'\n"
+        "sub = next(a for a in parser._actions if a.dest == 'command').choices\n"
+        "options = {c: {a.dest: a.choices for a in sub[c]._actions} for c in ('export', 'compress')}\n"
+        "print(options['export']['format'], options['export']['quantize'], options['compress']['quantize'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    from kdkeras.export import FORMATS, QUANTIZATIONS
+
+    assert result.stdout.strip() == f"{FORMATS} {QUANTIZATIONS} {QUANTIZATIONS}"
+
+
 def test_a_second_interrupt_stops_a_process_whose_main_thread_does_not_return(tmp_path):
     """The second Ctrl-C ends the process even when Python's handler never gets to run (simulated by a handler
     that ignores the signal, as a main thread stuck in a long TensorFlow call would)."""

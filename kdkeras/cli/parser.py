@@ -19,6 +19,7 @@ from kdkeras.cli.options import (
     seeds,
     shape,
 )
+from kdkeras.export_choices import FORMATS, QUANTIZATIONS
 
 
 def _train_parser(sub) -> argparse.ArgumentParser:
@@ -127,8 +128,8 @@ def _tune_parser(sub) -> argparse.ArgumentParser:
 def _export_parser(sub) -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="SavedModel or TFLite export, verified on the test set")
     exp.add_argument("--model", required=True, help=".keras file")
-    exp.add_argument("--format", choices=("saved_model", "tflite"), default="tflite")
-    exp.add_argument("--quantize", choices=("none", "float16", "dynamic", "int8"), default="none")
+    exp.add_argument("--format", choices=FORMATS, default="tflite")
+    exp.add_argument("--quantize", choices=QUANTIZATIONS, default="none")
     exp.add_argument("--out", required=True, help=".tflite file, or SavedModel folder")
     exp.add_argument("--dataset", default="fashion_mnist", help="test data for the verification")
     exp.add_argument("--data-dir", default=None)
@@ -149,7 +150,7 @@ def _compress_parser(sub) -> argparse.ArgumentParser:
     how.add_argument("--cluster", type=clusters, default=None, metavar="K", help="weight clustering into K centroids")
     comp.add_argument(
         "--quantize",
-        choices=("none", "float16", "dynamic", "int8"),
+        choices=QUANTIZATIONS,
         default=None,
         help="TFLite quantization (default: none; dynamic for --qat)",
     )

@@ -1,0 +1,8 @@
+"""What `kdkeras.export` can write: the export formats and the TFLite precisions.
+
+Kept apart from `kdkeras.export`, which imports TensorFlow, so that the command line can offer these choices (and
+answer `--help`) before TensorFlow is loaded.
+"""
+
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+FORMATS = ("saved_model", "tflite")
