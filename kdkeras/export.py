@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdkeras import artifacts
-from kdkeras.export_choices import FORMATS, QUANTIZATIONS
+from kdkeras.export_choices import FORMATS, QUANTIZATIONS, check_quantization  # noqa: F401 (QUANTIZATIONS re-exported)
 
 
 class ExportVerificationError(ValueError):
@@ -92,8 +92,7 @@ def tflite_bytes(model: keras.Model, quantize: str = "none", representative: np.
     Returns:
         The `.tflite` file content.
     """
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization '{quantize}'; choose one of: {', '.join(QUANTIZATIONS)}")
+    check_quantization(quantize)
     # Through a SavedModel: converting a concrete function directly keeps Keras 3's resource variables as
     # READ_VARIABLE ops, which the interpreter runs uninitialized (NaN outputs); from a SavedModel they are frozen.
     with tempfile.TemporaryDirectory() as folder:
@@ -111,8 +110,7 @@ def tflite_bytes(model: keras.Model, quantize: str = "none", representative: np.
 
 def configure_converter(converter, quantize: str, representative: np.ndarray | None = None):
     """Sets a `TFLiteConverter` up for one of `QUANTIZATIONS` (see `tflite_bytes`) and returns it."""
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization '{quantize}'; choose one of: {', '.join(QUANTIZATIONS)}")
+    check_quantization(quantize)
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":

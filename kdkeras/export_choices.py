@@ -6,3 +6,9 @@ answer `--help`) before TensorFlow is loaded.
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 FORMATS = ("saved_model", "tflite")
+
+
+def check_quantization(quantize: str) -> None:
+    """Raises a one-line `ValueError` unless `quantize` is one of `QUANTIZATIONS`."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization '{quantize}'; choose one of: {', '.join(QUANTIZATIONS)}")

@@ -15,8 +15,10 @@ from kdkeras.export import (
     QUANTIZATIONS,
     ExportVerificationError,
     TFLiteModel,
+    configure_converter,
     export_model,
     representative_images,
+    tflite_bytes,
 )
 from kdkeras.models import build_model
 from kdkeras.training import TrainConfig, train_classifier
@@ -122,6 +124,16 @@ def test_representative_images_of_the_wrong_size_are_refused(trained):
     cifar_like = [(np.zeros((4, 32, 32, 3), np.float32), np.zeros(4))]
     with pytest.raises(ValueError, match=r"representative images have shape \(32, 32, 3\), the model takes"):
         representative_images(cifar_like, 4, model.inputs[0].shape[1:])
+
+
+def test_an_unknown_quantization_is_refused_by_both_converter_paths(trained):
+    model, _, _, _, _ = trained
+    message = "unknown quantization 'int4'; choose one of: none, float16, dynamic, int8"
+    with pytest.raises(ValueError, match=message):
+        tflite_bytes(model, quantize="int4")
+    # The compression path configures its own converter: the same check guards it.
+    with pytest.raises(ValueError, match=message):
+        configure_converter(converter=None, quantize="int4")
 
 
 def test_export_cli_and_its_bad_input(trained, tmp_path, capsys):
