@@ -38,7 +38,7 @@ demo: install
 
 # One pytest worker per core (at most 4: each holds its own TensorFlow runtime). Most tests train tiny models,
 # whose steps are bound by Python and op dispatch on one core, so two workers on 2 cores took the suite from about
-# 19 to 8 minutes when it was smaller (it has since grown to 12-19 minutes with two workers, by machine; one TensorFlow
+# 19 to 8 minutes when it was smaller (it has since grown to 12-20 minutes with two workers, by machine; one TensorFlow
 # thread per worker measured no faster). `TEST_WORKERS=0 make test` runs it in one process.
 TEST_WORKERS ?= auto
 test: install
