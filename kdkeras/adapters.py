@@ -1,9 +1,10 @@
-"""Feature adapters: map a student feature map to the teacher's channel count for the hint loss."""
+"""Adapters between teacher and student: `FeatureAdapter` maps a student feature map to the teacher's channels (for
+the hint loss); `ImageConversion` gives a teacher with its own input size and channel count the student's images."""
 
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 from kdkeras.models.layers import batch_norm
 
@@ -48,3 +49,65 @@ class FeatureAdapter(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "synchronized_bn": self.synchronized_bn}
+
+
+# ITU-R BT.601 luma, the weights of tf.image.rgb_to_grayscale.
+_LUMA = (0.2989, 0.5870, 0.1140)
+
+
+@keras.saving.register_keras_serializable(package="kdkeras")
+class ImageConversion(layers.Layer):
+    """Resizes `(batch, H, W, C)` images to `target_shape`'s height and width (bilinear) and converts channels:
+    gray to RGB by repeating the channel, RGB to gray by BT.601 luma (`tf.image.rgb_to_grayscale`'s weights).
+
+    It lets a teacher trained at another size (an ImageNet model at 224×224 RGB, a CIFAR model at 32×32) teach a
+    student of 28×28 gray images: the distiller and the teacher cache put it in front of such a teacher. Pixel
+    values pass through unchanged (kdkeras feeds [0, 255]; a teacher expecting another range says so itself).
+
+    Args:
+        target_shape: `(height, width, channels)` of the images produced.
+
+    Example:
+        >>> ImageConversion((32, 32, 3))(keras.ops.ones((2, 28, 28, 1))).shape
+        (2, 32, 32, 3)
+    """
+
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        if len(target_shape) != 3 or not all(int(d) >= 1 for d in target_shape):
+            raise ValueError(f"target_shape must be (height, width, channels), got {tuple(target_shape)}")
+        self.target_shape = tuple(int(d) for d in target_shape)
+
+    def build(self, input_shape):
+        source, target = int(input_shape[-1]), self.target_shape[-1]
+        if source != target and (source, target) not in ((1, 3), (3, 1)):
+            raise ValueError(f"cannot convert images of {source} channels to {target}: only gray <-> RGB is defined")
+        self.built = True
+
+    def call(self, images):
+        height, width, channels = self.target_shape
+        images = ops.cast(images, self.compute_dtype)
+        if tuple(images.shape[1:3]) != (height, width):
+            images = ops.image.resize(images, (height, width), interpolation="bilinear")
+        source = images.shape[-1]
+        if source == 1 and channels == 3:
+            images = ops.repeat(images, 3, axis=-1)
+        elif source == 3 and channels == 1:
+            images = ops.sum(images * ops.convert_to_tensor(_LUMA, images.dtype), axis=-1, keepdims=True)
+        return images
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.target_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+
+def on_images_of(model: keras.Model, input_shape, name: str | None = None) -> keras.Model:
+    """`model` itself when it takes `input_shape` images, else a model that takes them and runs `model` on their
+    `ImageConversion` to its own input shape (sharing its layers and weights)."""
+    own = tuple(model.inputs[0].shape[1:])
+    if own == tuple(input_shape):
+        return model
+    images = keras.Input(tuple(input_shape), name="images")
+    return keras.Model(images, model(ImageConversion(own, name="to_teacher_input")(images)), name=name or model.name)

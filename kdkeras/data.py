@@ -105,8 +105,10 @@ def load_dataset(
         max_examples: keep only the first N examples of the split (after the seeded permutation), for quick runs.
         data_dir: TFDS data directory.
         drop_remainder: drop the last partial batch.
-        clock: the `EpochClock` whose epoch each pass draws its order and augmentation for (set it with
-            `kdkeras.callbacks.SetEpoch`); without one every pass is epoch 0.
+        clock: the `EpochClock` each pass draws its epoch from. Every pass (every Keras epoch, every `for` loop over
+            the dataset) takes the clock's epoch and advances it by one, so plain `fit` sees a new order and new
+            augmentation in every epoch; `kdkeras.callbacks.SetEpoch(clock)` sets it at each epoch's start, so
+            that a resumed run sees the epochs it resumes at. Default: a clock of the dataset's own, from 0.
         epoch: a fixed epoch instead of a clock (the teacher-output cache precomputes epoch by epoch).
         teacher_logits: `epoch -> (num_examples, classes) float16 array` of cached teacher logits; batches are then
             `(images, {"labels": labels, "teacher_logits": logits})`, what `kdkeras.distiller.Distiller` takes.
@@ -141,10 +143,10 @@ def load_dataset(
     if epoch is not None:
         dataset = epoch_examples(tf.constant(epoch, tf.int64))
     else:
-        # The epoch is read once per pass, when the pass starts (Keras starts one per epoch, after the callbacks'
+        # The epoch is taken once per pass, when the pass starts (Keras starts one per epoch, after the callbacks'
         # on_epoch_begin): order and augmentation are a pure function of (seed, epoch, example index).
         clock = clock or EpochClock()
-        dataset = tf.data.Dataset.from_tensors(0).map(lambda _: clock.variable.read_value()).flat_map(epoch_examples)
+        dataset = tf.data.Dataset.from_tensors(0).map(lambda _: clock.take()).flat_map(epoch_examples)
     if teacher_logits is None and not return_index:
         dataset = dataset.map(lambda image, label, index: (image, label))
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
@@ -217,17 +219,26 @@ def _epoch_examples(source: Source, x, y, seed: int, shuffle: bool, augmentation
 
 
 class EpochClock:
-    """The epoch a training pipeline draws its order and augmentation for.
+    """The current epoch, for what depends on it: a training pipeline's order and augmentation, a term's schedule.
 
-    A `tf.Variable` that `kdkeras.callbacks.SetEpoch(clock)` sets at the start of every epoch; resumed runs set it
-    to the epoch they resume at, so a resumed run sees the same images as an uninterrupted one.
+    A `tf.Variable` that `kdkeras.callbacks.SetEpoch(clock)` sets at the start of every epoch (a resumed run to
+    the epoch it resumes at, so it sees the same images as an uninterrupted one). A pipeline also advances its
+    clock by one at every pass (`take`), so without the callback each pass is the next epoch.
+
+    Args:
+        variable: an int64 scalar variable to hold the epoch (a model's, so that it is saved with it); default a
+            new one at 0.
     """
 
-    def __init__(self):
-        self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_epoch")
+    def __init__(self, variable=None):
+        self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch") if variable is None else variable
 
     def set(self, epoch: int) -> None:
         self.variable.assign(epoch)
+
+    def take(self):
+        """The current epoch, advancing the clock to the next one (a pass of a pipeline calls it once)."""
+        return self.variable.assign_add(1, read_value=True) - 1
 
 
 def epoch_order(num_examples: int, seed: int, epoch):

@@ -10,7 +10,10 @@ import tensorflow as tf
 from keras import ops
 
 from kdkeras import terms as terms_lib
-from kdkeras.models import require_layers
+from kdkeras.adapters import on_images_of
+from kdkeras.callbacks import SetEpoch
+from kdkeras.data import EpochClock
+from kdkeras.models import logits_tensor, require_layers, signature
 from kdkeras.presets import DEFAULT_PRESET
 from kdkeras.terms import Outputs, Term
 from kdkeras.validation import check_number
@@ -19,10 +22,14 @@ from kdkeras.validation import check_number
 _RESERVED_NAMES = ("loss", "accuracy", "teacher_accuracy", "teacher_loss")
 
 
+# `compile(metrics=[...])` names of the student accuracy the distiller reports anyway.
+_ACCURACY_NAMES = ("accuracy", "acc", "sparse_categorical_accuracy")
+
+
 def _tap(model: keras.Model, layer_names: Sequence[str], role: str) -> keras.Model:
     """A model sharing `model`'s layers that returns `[logits, *features of layer_names]` in one forward pass."""
-    outputs = [model.output] + [layer.output for layer in require_layers(model, layer_names, role)]
-    return keras.Model(model.input, outputs, name=f"{model.name}_taps")
+    outputs = [logits_tensor(model, role)] + [layer.output for layer in require_layers(model, layer_names, role)]
+    return keras.Model(model.inputs[0], outputs, name=f"{model.name}_taps")
 
 
 def _as_list(outputs):
@@ -36,13 +43,6 @@ def _in_multi_worker_mode(strategy) -> bool:
 
 def _per_example_ce(labels, logits):
     return keras.losses.sparse_categorical_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)
-
-
-class _EpochCounter(keras.callbacks.Callback):
-    """Keeps the distiller's `epoch` variable at the current (0-based) epoch, for term schedules."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.model.epoch.assign(epoch)
 
 
 @keras.saving.register_keras_serializable(package="kdkeras")
@@ -64,6 +64,10 @@ class Distiller(keras.Model):
     Xiang, Hospedales & Lu, "Deep Mutual Learning", 2018), scaled by `teacher_mimicry`. Feature terms train only
     the student. Each network's targets from the other are constants (no gradient flows across).
 
+    The teacher may take images of another size or channel count than the student (a 32×32 RGB teacher, a
+    28×28 gray student): it is given the student's batch resized and converted (`kdkeras.adapters.ImageConversion`).
+    Teacher and student may be functional or Sequential models (built, with one logits output).
+
     Teacher logits can come with the data instead of from a forward pass (a teacher-output cache, see
     `kdkeras.teacher_cache`): a batch `(images, {"labels": y, "teacher_logits": t})` skips the teacher. Terms that
     need teacher features, and collaborative mode, need the live teacher.
@@ -75,8 +79,9 @@ class Distiller(keras.Model):
     includes them, the per-term logs do not.
 
     Args:
-        teacher: a built functional `keras.Model` returning logits.
-        student: a built functional `keras.Model` returning logits, same input shape and number of classes.
+        teacher: a built `keras.Model` (functional or Sequential) returning logits.
+        student: a built `keras.Model` returning logits for as many classes; its input shape may differ from the
+            teacher's.
         terms: `Term`s, registered names or dicts (`kdkeras.terms.get`); default the default preset
             (`kdkeras.presets.DEFAULT_PRESET`).
         collaborative: also train the teacher (mutual learning).
@@ -91,7 +96,7 @@ class Distiller(keras.Model):
     Example:
         >>> distiller = Distiller(teacher, student, terms=[
         ...     {"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}, "hint"])
-        >>> distiller.compile(optimizer="adam")
+        >>> distiller.compile(optimizer="adam", metrics=[keras.metrics.SparseTopKCategoricalAccuracy(3)])
         >>> distiller.fit(train_ds, validation_data=val_ds, epochs=10)
         >>> distiller.student.save("student.keras")
     """
@@ -125,6 +130,7 @@ class Distiller(keras.Model):
         # Variables of the terms (adapters) and the taps are built here, eagerly, so that `load_weights` and Keras
         # Tuner's reload find every variable before the first step.
         self.epoch = keras.Variable(0, dtype="int64", trainable=False, name="epoch")
+        self.clock = EpochClock(self.epoch)  # Set by `fit` at every epoch's start.
         for term in self.terms:
             if hasattr(term, "synchronized_bn"):
                 term.synchronized_bn = term.synchronized_bn or self.synchronized_bn
@@ -133,7 +139,10 @@ class Distiller(keras.Model):
         self.adapters = [layer for term in self.terms for layer in term.layers]
         self._teacher_layers = _unique(name for term in self.terms for name in term.teacher_layers)
         self._student_layers = _unique(name for term in self.terms for name in term.student_layers)
-        self._teacher_taps = _tap(teacher, self._teacher_layers, "teacher")
+        # A teacher with its own input size sees the student's images converted to it, in the same forward pass.
+        self._teacher_taps = on_images_of(
+            _tap(teacher, self._teacher_layers, "teacher"), student.inputs[0].shape[1:], f"{teacher.name}_taps"
+        )
         self._student_taps = _tap(student, self._student_layers, "student")
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -141,6 +150,7 @@ class Distiller(keras.Model):
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.teacher_accuracy = keras.metrics.SparseCategoricalAccuracy(name="teacher_accuracy")
         self.teacher_loss_tracker = keras.metrics.Mean(name="teacher_loss")
+        self.student_metrics = []
         self.teacher_optimizer = None
         self.built = True
 
@@ -161,36 +171,31 @@ class Distiller(keras.Model):
 
     @staticmethod
     def _validate(teacher, student):
-        for role, model in (("teacher", teacher), ("student", student)):
-            if not isinstance(model, keras.Model) or not model.built or not getattr(model, "inputs", None):
-                raise ValueError(f"the {role} must be a built functional keras.Model, got {type(model).__name__}")
-        if teacher.output.shape[-1] != student.output.shape[-1]:
+        (_, teacher_classes), (_, student_classes) = signature(teacher, "teacher"), signature(student, "student")
+        if teacher_classes != student_classes:
             raise ValueError(
-                f"teacher has {teacher.output.shape[-1]} classes, student {student.output.shape[-1]}: "
-                "they must be equal"
-            )
-        if tuple(teacher.inputs[0].shape[1:]) != tuple(student.inputs[0].shape[1:]):
-            raise ValueError(
-                f"teacher input {tuple(teacher.inputs[0].shape[1:])} differs from student input "
-                f"{tuple(student.inputs[0].shape[1:])}"
+                f"teacher has {teacher_classes} classes, student {student_classes}: they must be equal"
             )
 
     def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, keeping the `epoch` variable that term schedules (DKD's warm-up) read up to date."""
-        return super().fit(*args, callbacks=[_EpochCounter(), *(callbacks or [])], **kwargs)
+        """`keras.Model.fit`, keeping the `epoch` that term schedules (DKD's warm-up) read up to date."""
+        return super().fit(*args, callbacks=[SetEpoch(self.clock), *(callbacks or [])], **kwargs)
 
-    def compile(self, optimizer="adam", teacher_optimizer=None, **kwargs):
+    def compile(self, optimizer="adam", teacher_optimizer=None, metrics=None, **kwargs):
         """Configures training.
 
         Args:
             optimizer: the student's (and adapters') optimizer.
             teacher_optimizer: the teacher's optimizer in collaborative mode; default a fresh copy of `optimizer`.
-            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`, `steps_per_execution`). Losses and
-                metrics are the distiller's own, so `loss` and `metrics` are not taken.
+            metrics: more metrics of the student, as for `keras.Model.compile`: names or `keras.metrics.Metric`s,
+                updated with `(labels, student logits)`. The student's accuracy (`accuracy`), the teacher's, the
+                loss and each term are always reported.
+            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`, `steps_per_execution`). The loss is
+                the terms' sum, so `loss` is not taken.
         """
-        for key in ("loss", "metrics"):
-            if kwargs.get(key) is not None:
-                raise ValueError(f"Distiller.compile takes no '{key}': the distiller defines its own")
+        if kwargs.get("loss") is not None:
+            raise ValueError("Distiller.compile takes no 'loss': the loss is the weighted sum of the terms")
+        self.student_metrics = self._student_metrics(metrics)
         optimizer = keras.optimizers.get(optimizer)
         # Under a "mixed_float16" policy Keras wraps `optimizer` in a LossScaleOptimizer here.
         super().compile(optimizer=optimizer, **kwargs)
@@ -216,6 +221,8 @@ class Distiller(keras.Model):
         config = {"optimizer": keras.optimizers.serialize(self.optimizer)}
         if getattr(self, "teacher_optimizer", None) is not None:
             config["teacher_optimizer"] = keras.optimizers.serialize(self.teacher_optimizer)
+        if self.student_metrics:
+            config["metrics"] = [keras.metrics.serialize(metric) for metric in self.student_metrics]
         return config
 
     def compile_from_config(self, config):
@@ -224,7 +231,27 @@ class Distiller(keras.Model):
             teacher_optimizer=(
                 keras.optimizers.deserialize(config["teacher_optimizer"]) if "teacher_optimizer" in config else None
             ),
+            metrics=[keras.metrics.deserialize(metric) for metric in config.get("metrics", [])] or None,
         )
+
+    def _student_metrics(self, metrics) -> list[keras.metrics.Metric]:
+        if metrics is None:
+            return []
+        if isinstance(metrics, (str, keras.metrics.Metric)) or not isinstance(metrics, Sequence):
+            raise ValueError(f"metrics must be a list of metric names or keras.metrics.Metric objects, got {metrics!r}")
+        built = []
+        for metric in metrics:
+            if isinstance(metric, str) and metric in _ACCURACY_NAMES:
+                continue  # Reported as `accuracy` already.
+            try:
+                built.append(keras.metrics.get(metric))
+            except ValueError as error:
+                raise ValueError(f"unknown metric {metric!r}: {str(error).splitlines()[0]}") from None
+        taken = {t.name for t in self.terms} | set(_RESERVED_NAMES)
+        clashes = [m.name for m in built if m.name in taken]
+        if clashes or len({m.name for m in built}) != len(built):
+            raise ValueError(f"metric name(s) {', '.join(clashes) or 'repeated'} taken: give the metric another name")
+        return built
 
     @property
     def _student_variables(self):
@@ -232,7 +259,8 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        tracked = [self.loss_tracker, *self.term_trackers, self.accuracy, self.teacher_accuracy]
+        tracked = [self.loss_tracker, *self.term_trackers, self.accuracy, self.teacher_accuracy,
+                   *getattr(self, "student_metrics", [])]  # fmt: skip
         if self.collaborative:
             tracked.append(self.teacher_loss_tracker)
         return tracked
@@ -293,6 +321,8 @@ class Distiller(keras.Model):
         if teacher_loss is not None:
             self.teacher_loss_tracker.update_state(ops.mean(teacher_loss), sample_weight=batch)
         self.accuracy.update_state(labels, student_logits, sample_weight=sample_weight)
+        for metric in self.student_metrics:
+            metric.update_state(labels, student_logits, sample_weight=sample_weight)
         self.teacher_accuracy.update_state(labels, teacher_logits, sample_weight=sample_weight)
         logs = {m.name: m.result() for m in self.metrics}
         if _in_multi_worker_mode(self.distribute_strategy):

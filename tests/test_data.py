@@ -103,12 +103,28 @@ def test_augmented_pipeline_shapes_and_epoch_reshuffle(idx_folder):
     )
     assert len(dataset) == 5
     first, labels_1 = _all(dataset)
+    second, labels_2 = _all(dataset)  # Every pass is the next epoch: a new order and new crops.
+    assert int(clock.variable.numpy()) == 2
+    clock.set(0)
     again, _ = _all(dataset)
-    clock.set(1)
-    second, labels_2 = _all(dataset)
     assert first.shape == (48, 28, 28, 1)
     np.testing.assert_array_equal(first, again)  # The same epoch: the same images in the same order.
     assert sorted(labels_1) == sorted(labels_2) and not np.array_equal(first, second)
+
+
+def test_plain_iteration_without_a_clock_draws_a_new_epoch_per_pass(idx_folder):
+    """What `fit(load_dataset(...))` sees without kdkeras' callbacks: each pass is the next epoch of the seeded
+    sequence, the same sequence on every run."""
+    spec = f"idx:{idx_folder}"
+
+    def passes(n):
+        dataset, _ = load_dataset(spec, "train", 12, augment_images=True, validation_fraction=0.2, seed=3)
+        return [_all(dataset)[0] for _ in range(n)]
+
+    first_run, second_run = passes(3), passes(3)
+    for a, b in zip(first_run, second_run, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first_run[0], first_run[1]) and not np.array_equal(first_run[1], first_run[2])
 
 
 def _write_images(root, classes, count, size, mode):

@@ -209,8 +209,12 @@ def test_mismatched_models_are_refused():
     teacher, _ = small_pair()
     with pytest.raises(ValueError, match="teacher has 10 classes, student 3"):
         Distiller(teacher, build_model("ds_alexnet", SHAPE, 3, width=0.25))
-    with pytest.raises(ValueError, match="differs from student input"):
-        Distiller(teacher, build_model("ds_alexnet", (32, 32, 1), 10, width=0.25))
+    two_outputs = keras.Model(teacher.inputs, [teacher.output, teacher.output])
+    with pytest.raises(ValueError, match="2 output"):
+        Distiller(two_outputs, build_model("ds_alexnet", SHAPE, 10, width=0.25))
+    unbuilt = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match="not built: start a Sequential model with keras.Input"):
+        Distiller(teacher, unbuilt)
     with pytest.raises(ValueError, match="only used with collaborative=True"):
         Distiller(teacher, build_model("ds_alexnet", SHAPE, 10, width=0.25)).compile("adam", "adam")
 
@@ -362,3 +366,76 @@ def test_collaborative_teacher_is_refined_at_a_hundredth_of_the_student_lr_by_de
     assert float(distiller.optimizer._learning_rate(0)) == pytest.approx(2e-3)
     distiller, _, _, _ = distill(teacher, student, config, collaborative=True, teacher_lr=1e-4)
     assert float(distiller.teacher_optimizer._learning_rate(0)) == pytest.approx(1e-4)
+
+
+def _sequential(shape, name):
+    return keras.Sequential(
+        [keras.Input(shape), keras.layers.Rescaling(1 / 255), keras.layers.Conv2D(6, 3, strides=2, name="stage1"),
+         keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10, name="logits")],
+        name=name,
+    )  # fmt: skip
+
+
+def test_a_teacher_of_another_size_sees_the_students_images_resized_and_converted():
+    """A 32×32 RGB Sequential teacher, a 28×28 gray Sequential student, a feature term between them: the teacher's
+    logits and features are those of the student's batch resized and repeated to RGB by hand."""
+    keras.utils.set_random_seed(0)
+    teacher, student = _sequential((32, 32, 3), "teacher"), _sequential(SHAPE, "student")
+    distiller = Distiller(teacher, student, ["ce", "kd", {"name": "hint", "pairs": [["stage1", "stage1"]]}])
+    labels, seen_by_teacher, _ = distiller._forward(X, Y, training=False)
+    by_hand = np.repeat(np.array(keras.ops.image.resize(X, (32, 32))), 3, axis=-1)
+    np.testing.assert_allclose(seen_by_teacher.logits, teacher(by_hand), rtol=1e-5, atol=1e-4)
+    features = keras.Model(teacher.inputs[0], teacher.get_layer("stage1").output)(by_hand)
+    np.testing.assert_allclose(seen_by_teacher["stage1"], features, rtol=1e-5, atol=1e-3)
+    distiller.compile("adam")
+    logs = distiller.train_on_batch(X, Y, return_dict=True)
+    assert all(np.isfinite(logs[k]) for k in ("ce", "kd", "hint", "loss"))
+
+
+def test_compile_metrics_are_the_students_and_reload_with_the_distiller(tmp_path):
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student)
+    distiller.compile("adam", metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(3, name="top3")])
+    logs = distiller.evaluate(X, Y, verbose=0, return_dict=True)
+    top3 = np.mean([y in np.argsort(row)[-3:] for y, row in zip(Y, np.array(student(X)), strict=True)])
+    np.testing.assert_allclose(logs["top3"], top3)
+    assert "accuracy" in logs and sum(name.endswith("accuracy") for name in logs) == 2  # Not reported twice.
+    distiller.save(tmp_path / "d.keras")
+    assert [m.name for m in keras.saving.load_model(tmp_path / "d.keras").student_metrics] == ["top3"]
+    with pytest.raises(ValueError, match="metric name.*teacher_accuracy.*taken"):
+        distiller.compile("adam", metrics=[keras.metrics.SparseCategoricalAccuracy(name="teacher_accuracy")])
+    with pytest.raises(ValueError, match="takes no 'loss'"):
+        distiller.compile("adam", loss="mse")
+
+
+def test_plain_numpy_fit_gives_the_losses_of_a_hand_written_step():
+    """`fit(x, y)` on arrays: every step's loss is 0.4·CE + 0.6·KD(T 2) of that batch, and the update plain SGD on
+    it, as a GradientTape loop written from the formula computes them (the regression check of the API)."""
+    teacher, _ = small_pair()
+    student = build_model("ds_alexnet", SHAPE, 10, width=0.25, dropout=0.0)  # A deterministic step.
+    twin = keras.models.clone_model(student)
+    twin.set_weights(student.get_weights())
+    distiller = Distiller(teacher, student, [{"name": "ce", "weight": 0.4}, {"name": "kd", "weight": 0.6,
+                                                                              "temperature": 2.0}])  # fmt: skip
+    distiller.compile(keras.optimizers.SGD(0.05))
+    history = distiller.fit(X, Y, batch_size=8, epochs=2, shuffle=False, verbose=0).history
+
+    import tensorflow as tf
+
+    optimizer, expected = keras.optimizers.SGD(0.05), []
+    for _ in range(2):
+        losses = []
+        for start in (0, 8):
+            x, y = X[start : start + 8], Y[start : start + 8]
+            t = np.array(teacher(x, training=False))
+            with tf.GradientTape() as tape:
+                s = twin(x, training=True)
+                log_t, log_s = tf.nn.log_softmax(t / 2.0), tf.nn.log_softmax(s / 2.0)
+                kd = 4.0 * tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=-1)
+                ce = tf.keras.losses.sparse_categorical_crossentropy(y, s, from_logits=True)
+                loss = tf.reduce_mean(0.4 * ce + 0.6 * kd)
+            optimizer.apply(tape.gradient(loss, twin.trainable_variables), twin.trainable_variables)
+            losses.append(float(loss))
+        expected.append(np.mean(losses))
+    np.testing.assert_allclose(history["loss"], expected, rtol=2e-4)
+    np.testing.assert_allclose(distiller.predict(X, verbose=0), twin.predict(X, verbose=0), rtol=1e-3, atol=1e-4)

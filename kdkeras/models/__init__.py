@@ -1,7 +1,8 @@
 """Model registry: `build_model(name, input_shape, num_classes, **kwargs)` and stage-output helpers.
 
 Every builder is a functional-API function returning logits, whose stage outputs are layers named `stage1`,
-`stage2`, … so that feature distillation can tap them by name.
+`stage2`, … so that feature distillation can tap them by name. Models of your own (functional or Sequential) serve
+as teacher or student too; `signature` says what kdkeras reads from them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,43 @@ def build_model(name: str, input_shape, num_classes: int, **kwargs) -> keras.Mod
         return builder(tuple(int(d) for d in input_shape), int(num_classes), **kwargs)
     except TypeError as error:
         raise ValueError(f"model '{name}' does not take these options {sorted(kwargs)}: {error}") from None
+
+
+def logits_tensor(model: keras.Model, role: str = "model"):
+    """The symbolic logits of a built functional or Sequential model with one `(batch, classes)` output.
+
+    Raises:
+        ValueError: for a model that is not built (a Sequential without an `Input`), or has several outputs, or
+            one that is not `(batch, classes)`; the message says how to fix it.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"the {role} must be a keras.Model, got {type(model).__name__}")
+    try:
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        inputs = outputs = None
+    if not inputs or not outputs:
+        raise ValueError(
+            f"the {role} '{model.name}' is not built: start a Sequential model with keras.Input(shape) "
+            "(or call model.build((None, height, width, channels)))"
+        )
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(
+            f"the {role} '{model.name}' has {len(inputs)} input(s) and {len(outputs)} output(s): kdkeras needs one "
+            "image input and one (batch, classes) logits output"
+        )
+    if len(outputs[0].shape) != 2 or len(inputs[0].shape) != 4:
+        raise ValueError(
+            f"the {role} '{model.name}' maps {tuple(inputs[0].shape)} to {tuple(outputs[0].shape)}: kdkeras needs "
+            "(batch, height, width, channels) images in and (batch, classes) logits out"
+        )
+    return outputs[0]
+
+
+def signature(model: keras.Model, role: str = "model") -> tuple[tuple[int, int, int], int]:
+    """`(input shape (height, width, channels), number of classes)` of a classifier (see `logits_tensor`)."""
+    classes = logits_tensor(model, role).shape[-1]
+    return tuple(model.inputs[0].shape[1:]), int(classes)
 
 
 def stage_layers(model: keras.Model) -> dict[str, tuple]:
