@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kdkeras.adapters import on_images_of
 from kdkeras.callbacks import StopOnNonFinite, StopOnSignal
 from kdkeras.losses import soft_target_kl
 
@@ -194,6 +195,7 @@ def fine_tune(
     steps_per_epoch = int(train_dataset.cardinality())
     wrapped, callbacks = _wrap(to_tf_keras(student), method, epochs * steps_per_epoch, sparsity, clusters)
     optimizer = tf_keras.optimizers.Adam(lr)
+    teacher = on_images_of(teacher, student.inputs[0].shape[1:])  # A teacher of its own input size.
 
     @tf.function
     def train_step(images, labels):

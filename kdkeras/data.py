@@ -127,18 +127,91 @@ def load_dataset(
     """
     source = load_source(spec, data_dir)
     x, y = _select(source, spec, split, validation_fraction, seed, max_examples, batch_size)
-    info = DatasetInfo(
-        name=spec,
-        num_classes=len(source.class_names),
-        class_names=source.class_names,
-        input_shape=source.input_shape,
-        num_examples=len(x),
-    )
     shuffle = split == "train" if shuffle is None else shuffle
+    flip = default_flip(spec) if flip is None else flip
+    dataset = _pipeline(source, x, y, batch_size, seed, shuffle, augment_images, flip, drop_remainder, clock, epoch,
+                        teacher_logits, return_index)  # fmt: skip
+    return dataset, DatasetInfo(spec, len(source.class_names), source.class_names, source.input_shape, len(x))
+
+
+def from_arrays(
+    x,
+    y,
+    batch_size: int = 128,
+    *,
+    class_names=None,
+    seed: int = 0,
+    shuffle: bool = True,
+    augment_images: bool = False,
+    flip: bool = False,
+    clock: EpochClock | None = None,
+    name: str = "arrays",
+) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """`load_dataset`'s pipeline over in-memory arrays: the same seeded order and augmentation per pass.
+
+    Args:
+        x: `(examples, height, width, channels)` images (or `(examples, height, width)` gray ones), pixel values
+            in [0, 255].
+        y: `(examples,)` integer class labels 0, 1, 2, …
+        class_names: one name per class; default `"0"`, `"1"`, … for `max(y) + 1` classes.
+        seed, shuffle, augment_images, flip, clock: as for `load_dataset` (`flip` defaults to off: kdkeras cannot
+            know whether mirroring keeps your classes).
+        name: the `DatasetInfo.name`.
+
+    Raises:
+        ValueError: for images that are not a batch of images, labels that are not integers 0 … classes − 1, or
+            counts that differ.
+
+    Example:
+        >>> train, info = from_arrays(np.zeros((8, 28, 28), "uint8"), np.arange(8) % 2, 4)
+        >>> info.input_shape, info.num_classes
+        ((28, 28, 1), 2)
+    """
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"images must be an (examples, height, width[, channels]) number array, got {x.shape}")
+    num_classes = len(class_names) if class_names is not None else None
+    y = check_labels(y, num_classes, "labels")
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels")
+    class_names = tuple(class_names) if class_names is not None else tuple(str(k) for k in range(int(y.max()) + 1))
+    source = Source((x, y), None, class_names, tuple(int(d) for d in x.shape[1:]))
+    dataset = _pipeline(source, x, y, batch_size, seed, shuffle, augment_images, flip, False, clock, None, None, False)
+    return dataset, DatasetInfo(name, len(class_names), class_names, source.input_shape, len(x))
+
+
+def check_labels(labels, num_classes: int | None, what: str = "labels") -> np.ndarray:
+    """`labels` as an int32 `(examples,)` array, or a `ValueError` saying what was found and what was expected:
+    integer class indices 0 … num_classes − 1 (any non-negative integers when `num_classes` is None)."""
+    array = np.asarray(labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1:
+        hint = " (one-hot? pass the class indices, labels.argmax(-1))" if array.ndim == 2 else ""
+        raise ValueError(f"{what} must be one class index per example, got shape {array.shape}{hint}")
+    if array.size == 0:
+        raise ValueError(f"{what} are empty")
+    if (
+        not np.issubdtype(array.dtype, np.number)
+        or not np.all(np.isfinite(array))
+        or not np.all(array == np.round(array))
+    ):
+        raise ValueError(f"{what} must be integer class indices, got {array.dtype} values such as {array.flat[0]!r}")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        expected = f"0 … {num_classes - 1}" if num_classes is not None else "0, 1, 2, …"
+        raise ValueError(f"{what} range from {low} to {high}; expected class indices {expected}")
+    return array.astype(np.int32)
+
+
+def _pipeline(source: Source, x, y, batch_size, seed, shuffle, augment_images, flip, drop_remainder, clock, epoch,
+              teacher_logits, return_index) -> tf.data.Dataset:  # fmt: skip
+    """The batched pipeline of one split's arrays (see `load_dataset` for the arguments)."""
     augmentation = None
     if augment_images:
-        pad = max(2, min(source.input_shape[:2]) // 8)
-        augmentation = {"pad": pad, "flip": default_flip(spec) if flip is None else flip}
+        augmentation = {"pad": max(2, min(source.input_shape[:2]) // 8), "flip": flip}
     epoch_examples = _epoch_examples(source, x, y, seed, shuffle, augmentation, teacher_logits)
     if epoch is not None:
         dataset = epoch_examples(tf.constant(epoch, tf.int64))
@@ -153,7 +226,7 @@ def load_dataset(
     # flat_map hides the length; Keras needs it for `len()`, progress bars and schedules.
     batches = len(x) // batch_size if drop_remainder else -(-len(x) // batch_size)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
-    return dataset.prefetch(tf.data.AUTOTUNE), info
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def _select(source: Source, spec: str, split: str, validation_fraction: float, seed: int, max_examples, batch_size):

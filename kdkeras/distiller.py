@@ -12,7 +12,7 @@ from keras import ops
 from kdkeras import terms as terms_lib
 from kdkeras.adapters import on_images_of
 from kdkeras.callbacks import SetEpoch
-from kdkeras.data import EpochClock
+from kdkeras.data import EpochClock, check_labels
 from kdkeras.models import logits_tensor, require_layers, signature
 from kdkeras.presets import DEFAULT_PRESET
 from kdkeras.terms import Outputs, Term
@@ -173,13 +173,37 @@ class Distiller(keras.Model):
     def _validate(teacher, student):
         (_, teacher_classes), (_, student_classes) = signature(teacher, "teacher"), signature(student, "student")
         if teacher_classes != student_classes:
-            raise ValueError(
-                f"teacher has {teacher_classes} classes, student {student_classes}: they must be equal"
-            )
+            raise ValueError(f"teacher has {teacher_classes} classes, student {student_classes}: they must be equal")
 
-    def fit(self, *args, callbacks=None, **kwargs):
-        """`keras.Model.fit`, keeping the `epoch` that term schedules (DKD's warm-up) read up to date."""
-        return super().fit(*args, callbacks=[SetEpoch(self.clock), *(callbacks or [])], **kwargs)
+    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        """`keras.Model.fit`, keeping the `epoch` that term schedules (DKD's warm-up) read up to date.
+
+        Raises:
+            ValueError: when the labels (all of them for arrays, the first batch's for a dataset) are not class
+                indices 0 … classes − 1, before any step runs.
+        """
+        self._check_labels(x, y)
+        return super().fit(x, y, *args, callbacks=[SetEpoch(self.clock), *(callbacks or [])], **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_labels(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _check_labels(self, x, y) -> None:
+        """Labels out of range would otherwise surface as TensorFlow's raw InvalidArgumentError mid-step."""
+        classes = signature(self.student, "student")[1]
+        if isinstance(x, tf.data.Dataset):
+            batch = next(iter(x.take(1)), None)
+            if batch is None:
+                raise ValueError("the dataset is empty")
+            _, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
+            where = "the first batch's labels"
+        else:
+            where = "labels"
+        if isinstance(y, dict):
+            y = y.get("labels")
+        if y is not None:
+            check_labels(keras.ops.convert_to_numpy(y), classes, where)
 
     def compile(self, optimizer="adam", teacher_optimizer=None, metrics=None, **kwargs):
         """Configures training.

@@ -12,20 +12,24 @@ import numpy as np
 import tensorflow as tf
 
 from kdkeras.data import DatasetInfo, load_dataset
+from kdkeras.models import signature
 
 if TYPE_CHECKING:  # training imports this module; the config type is only named here.
     from kdkeras.training import TrainConfig
 
 
-def check_classes(model: keras.Model, info: DatasetInfo, role: str = "model") -> None:
-    """Raises a clear error when a model does not fit a dataset's images or classes."""
-    classes = model.output.shape[-1]
+def check_classes(model: keras.Model, info: DatasetInfo, role: str = "model", any_input_size: bool = False) -> None:
+    """Raises a clear error when a model does not fit a dataset's images or classes.
+
+    Args:
+        any_input_size: only the classes must match (a teacher, which sees the images converted to its own size).
+    """
+    expected, classes = signature(model, role)
     if classes != info.num_classes:
         raise ValueError(
             f"the {role} '{model.name}' predicts {classes} classes, the dataset {info.name} has {info.num_classes}"
         )
-    expected = tuple(model.inputs[0].shape[1:])
-    if expected != tuple(info.input_shape):
+    if not any_input_size and expected != tuple(info.input_shape):
         raise ValueError(
             f"the {role} '{model.name}' takes images of shape {expected}, the dataset {info.name} has "
             f"{tuple(info.input_shape)}"

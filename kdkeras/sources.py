@@ -71,16 +71,35 @@ def _read_idx_folder(path: str) -> Source:
         labels = read_idx(find(prefix, "labels-idx1-ubyte"))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DatasetError(f"{path}: {split} images {images.shape} and labels {labels.shape} do not match")
-        if labels.size and labels.min() < 0:
-            raise DatasetError(f"{path}: {split} labels include {int(labels.min())}; class labels must be 0, 1, 2, …")
+        labels_file = find(prefix, "labels-idx1-ubyte")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DatasetError(f"{labels_file}: labels are {labels.dtype}; class labels must be integers 0, 1, 2, …")
+        if len(images) == 0:
+            raise DatasetError(f"{find(prefix, 'images-idx3-ubyte')}: holds 0 images")
+        if labels.min() < 0:
+            raise DatasetError(f"{labels_file}: labels include {int(labels.min())}; class labels must be 0, 1, 2, …")
         arrays[split] = (images[..., None].astype(np.uint8), labels.astype(np.int32))
-    num_classes = int(max(arrays["train"][1].max(), arrays["test"][1].max())) + 1
+    train_classes = np.unique(arrays["train"][1])
+    num_classes = int(train_classes[-1]) + 1
+    if len(train_classes) != num_classes:
+        missing = sorted(set(range(num_classes)) - set(train_classes.tolist()))
+        raise DatasetError(
+            f"{path}: the training labels go up to {num_classes - 1} but lack {_few(missing)}; class labels must be "
+            "0, 1, 2, … without gaps"
+        )
+    unknown = sorted(set(np.unique(arrays["test"][1]).tolist()) - set(train_classes.tolist()))
+    if unknown:
+        raise DatasetError(f"{path}: the test labels include {_few(unknown)}, which no training image has")
     return Source(
         train=arrays["train"],
         test=arrays["test"],
         class_names=tuple(str(i) for i in range(num_classes)),
         input_shape=tuple(arrays["train"][0].shape[1:]),
     )
+
+
+def _few(values: list[int]) -> str:
+    return ", ".join(map(str, values[:5])) + (f" and {len(values) - 5} more" if len(values) > 5 else "")
 
 
 def _load_tfds(name: str, data_dir: str | None, download: bool = True) -> Source:

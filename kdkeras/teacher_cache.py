@@ -26,7 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from kdkeras import artifacts
+from kdkeras.adapters import on_images_of
 from kdkeras.data import load_dataset
+from kdkeras.models import signature
 
 # What a cached run's pipeline depends on (TrainConfig fields); the rest (lr, optimizer, …) does not change the images.
 _DATA_FIELDS = ("dataset", "data_dir", "seed", "max_train_examples", "validation_fraction", "augment", "flip")
@@ -129,9 +131,11 @@ def _compute(teacher, config, partial: str, batch_size: int, earlier: TeacherCac
         )  # fmt: skip
 
     _, info = training_stream(0)
-    shape = (config.epochs, info.num_examples, int(teacher.output.shape[-1]))
+    shape = (config.epochs, info.num_examples, signature(teacher, "teacher")[1])
     progress_path = os.path.join(partial, "progress.json")
     logits, done = _open_logits(os.path.join(partial, "logits.npy"), progress_path, shape, earlier, log)
+    # What the distiller runs: a teacher of another input size sees the images converted to it.
+    teacher = on_images_of(teacher, info.input_shape)
     forward = tf.function(lambda images: teacher(images, training=False), reduce_retracing=True)
     for epoch in range(done, config.epochs):
         data, _ = training_stream(epoch)

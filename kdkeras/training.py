@@ -328,7 +328,7 @@ def distill(
     """
     clock = EpochClock()
     train, validation, info = load_splits(config, clock)
-    check_classes(teacher, info, "teacher")
+    check_classes(teacher, info, "teacher", any_input_size=True)
     check_classes(student, info, "student")
     mimicry = {} if teacher_mimicry is None else {"teacher_mimicry": teacher_mimicry}
     distiller = Distiller(

@@ -243,3 +243,76 @@ def test_bad_specs_and_arguments(idx_folder):
         load_dataset(f"idx:{idx_folder}", validation_fraction=0.9)
     with pytest.raises(DatasetError, match="too few for validation_fraction"):
         load_dataset(f"idx:{idx_folder}", validation_fraction=0.001)
+
+
+def _relabel(folder, prefix, labels, code=0x08):
+    """Rewrites one labels file of an IDX folder (`code` 0x0D: float32 labels)."""
+    import gzip
+
+    labels = np.asarray(labels)
+    data = labels.astype(">f4").tobytes() if code == 0x0D else labels.astype(np.uint8).tobytes()
+    header = bytes([0, 0, code, 1]) + len(labels).to_bytes(4, "big")
+    with gzip.open(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
+        f.write(header + data)
+
+
+@pytest.mark.parametrize(
+    "prefix, labels, message",
+    [
+        ("train", [0, 1, 5] * 20, r"lack 2, 3, 4; class labels must be 0, 1, 2, … without gaps"),
+        ("t10k", [0, 1, 2] * 6 + [200, 1], r"test labels include 200, which no training image has"),
+        ("train", [0, 1, 2] * 19 + [0, 1, 255], r"lack 3, 4, 5, 6, 7 and 247 more"),
+    ],
+    ids=["gap", "unseen_test_label", "one_stray_label"],
+)
+def test_idx_labels_with_gaps_or_unseen_classes_are_refused(tmp_path, prefix, labels, message):
+    from conftest import write_idx_folder
+
+    from kdkeras.sources import load_source
+
+    folder = write_idx_folder(str(tmp_path / "idx"), n_train=60, n_test=20)
+    _relabel(folder, prefix, labels)
+    with pytest.raises(DatasetError, match=message):
+        load_source(f"idx:{folder}", None)
+
+
+def test_idx_float_labels_are_refused_naming_the_file(tmp_path):
+    from conftest import write_idx_folder
+
+    from kdkeras.sources import load_source
+
+    folder = write_idx_folder(str(tmp_path / "idx"), n_train=60, n_test=20)
+    _relabel(folder, "train", np.arange(60) % 3 + 0.5, code=0x0D)
+    with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte.gz: labels are float32; class labels must be"):
+        load_source(f"idx:{folder}", None)
+
+
+def test_from_arrays_is_the_seeded_pipeline_of_load_dataset():
+    from kdkeras.data import from_arrays
+
+    x = np.random.default_rng(0).integers(0, 255, (20, 12, 12)).astype(np.uint8)
+    y = np.arange(20) % 4
+    dataset, info = from_arrays(x, y, 8, seed=5, augment_images=True)
+    assert (info.input_shape, info.num_classes, info.num_examples, len(dataset)) == ((12, 12, 1), 4, 20, 3)
+    first, second = _all(dataset), _all(dataset)
+    assert sorted(first[1]) == sorted(y) and not np.array_equal(first[0], second[0])  # A new epoch per pass.
+    again, _ = from_arrays(x, y, 8, seed=5, augment_images=True)
+    np.testing.assert_array_equal(_all(again)[0], first[0])  # The same seed: the same epoch 0.
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.array([0, 1, 15, 2]), r"labels range from 0 to 15; expected class indices 0 … 9"),
+        (np.array([0, -1, 2, 3]), r"labels range from -1 to 3"),
+        (np.array([0.0, 1.5, 2.0, 3.0]), r"labels must be integer class indices, got float64"),
+        (np.eye(10)[:4], r"one class index per example, got shape \(4, 10\) \(one-hot\?"),
+    ],
+    ids=["too_large", "negative", "fractional", "one_hot"],
+)
+def test_check_labels_says_what_it_found_and_what_it_expected(labels, message):
+    from kdkeras.data import check_labels
+
+    with pytest.raises(ValueError, match=message):
+        check_labels(labels, 10)
+    assert check_labels(np.array([[1.0], [2.0]]), 10).tolist() == [1, 2]

@@ -439,3 +439,28 @@ def test_plain_numpy_fit_gives_the_losses_of_a_hand_written_step():
         expected.append(np.mean(losses))
     np.testing.assert_allclose(history["loss"], expected, rtol=2e-4)
     np.testing.assert_allclose(distiller.predict(X, verbose=0), twin.predict(X, verbose=0), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.where(np.arange(16) == 3, 15, Y), r"labels range from 0 to 15; expected class indices 0 … 9"),
+        (np.where(np.arange(16) == 3, -1, Y), r"labels range from -1 to 9"),
+        (Y + 0.5, r"labels must be integer class indices"),
+        (np.eye(10)[Y], r"labels must be one class index per example.*one-hot"),
+    ],
+    ids=["too_large", "negative", "float", "one_hot"],
+)
+def test_bad_labels_are_a_value_error_before_any_step(labels, message):
+    import tensorflow as tf
+
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student)
+    distiller.compile("adam")
+    with pytest.raises(ValueError, match=message):
+        distiller.fit(X, labels, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="the first batch's " + message):
+        distiller.fit(tf.data.Dataset.from_tensor_slices((X, labels)).batch(16), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        distiller.evaluate(X, labels, verbose=0)
+    assert distiller.optimizer.iterations.numpy() == 0

@@ -166,3 +166,17 @@ def test_the_training_stream_is_a_pure_function_of_seed_epoch_and_index(setup):
     assert not np.array_equal(ia.numpy(), ic.numpy())
     order = tf.argsort(ic).numpy()
     assert sorted(ic.numpy()) == list(range(len(ic))) and len(order) == len(ic)  # A permutation of the examples.
+
+
+def test_a_teacher_of_another_input_size_is_cached_on_the_converted_images(setup, tmp_path):
+    _, _, config = setup
+    keras.utils.set_random_seed(1)
+    rgb_teacher = build_model("resnet", (32, 32, 3), 3, depth=8, width=0.5)
+    cache = TeacherCache.prepare(rgb_teacher, dataclasses.replace(config, epochs=1), str(tmp_path), log=lambda _: None)
+    data, _ = load_dataset(config.dataset, "train", 16, seed=config.seed, augment_images=True, epoch=0,
+                           return_index=True)  # fmt: skip
+    for images, _, indices in data:
+        by_hand = np.repeat(tf.image.resize(images, (32, 32)).numpy(), 3, axis=-1)
+        live = rgb_teacher(by_hand, training=False).numpy()
+        np.testing.assert_allclose(cache.epoch_logits(0)[indices.numpy()].astype(np.float32), live, rtol=2e-3,
+                                   atol=2e-3)  # fmt: skip

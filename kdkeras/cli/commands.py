@@ -308,7 +308,7 @@ def cmd_tune(args) -> int:
     )  # fmt: skip
     clock = EpochClock()
     train, validation, info = load_splits(config, clock)
-    check_classes(teacher, info, "teacher")
+    check_classes(teacher, info, "teacher", any_input_size=True)
     student_kwargs = _builder_options(args, strategy)
     term_specs = args.term_specs
     if args.teacher_cache:

@@ -50,7 +50,7 @@ def cmd_compress(args) -> int:
         data_dir=args.data_dir, seed=args.seed,
     )  # fmt: skip
     check_classes(student, info, "student")
-    check_classes(teacher, info, "teacher")
+    check_classes(teacher, info, "teacher", any_input_size=True)
     test, _ = load_dataset(args.dataset, "test", 256, data_dir=args.data_dir, max_examples=args.max_test_examples)
     method = "prune" if args.prune is not None else "cluster" if args.cluster is not None else "qat"
     quantize = args.quantize or ("dynamic" if method == "qat" else "none")
