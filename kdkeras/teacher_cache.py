@@ -12,6 +12,9 @@ number of epochs: any change makes a new cache. A cache is computed in `ROOT/FIN
 epoch (a killed precompute resumes at the first unfinished epoch), and renamed into place only when complete.
 All classes are stored (10 classes: 20 bytes per example and epoch); top-k storage for large label spaces is not
 implemented.
+
+The validation split is never augmented, so the teacher's logits on it are the same every epoch:
+`with_teacher_logits` computes them once per run, in memory.
 """
 
 from __future__ import annotations
@@ -187,3 +190,23 @@ def _read_progress(path: str) -> int:
             return int(json.load(f)["epochs_done"])
     except (OSError, ValueError, KeyError):
         return 0
+
+
+def with_teacher_logits(dataset: tf.data.Dataset, teacher, batch_size: int | None = None) -> tf.data.Dataset:
+    """`dataset`'s `(images, labels)` batches as `(images, {"labels", "teacher_logits"})`, with the teacher's logits
+    computed now, in one pass, and kept in memory (float32): for a split that is the same every pass (validation).
+
+    Args:
+        dataset: a batched dataset of a fixed order and content (not shuffled, not augmented).
+        teacher: the teacher, taking the dataset's images.
+        batch_size: the dataset's batch size; default that of its first batch.
+    """
+    forward = tf.function(lambda images: teacher(images, training=False), reduce_retracing=True)
+    logits = [forward(images).numpy().astype(np.float32) for images, _ in dataset]
+    if not logits:
+        return dataset
+    batch_size = batch_size or len(logits[0])
+    cached = tf.data.Dataset.from_tensor_slices(np.concatenate(logits)).batch(batch_size)
+    return tf.data.Dataset.zip(dataset, cached).map(
+        lambda batch, teacher_logits: (batch[0], {"labels": batch[1], "teacher_logits": teacher_logits})
+    )

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from kdkeras import terms as terms_lib
+from kdkeras.adapters import on_images_of
 from kdkeras.callbacks import (
     ResumableBackup,
     SetEpoch,
@@ -24,6 +25,7 @@ from kdkeras.data import DatasetInfo, EpochClock, load_dataset
 from kdkeras.distiller import Distiller
 from kdkeras.distribute import auto_shard_data
 from kdkeras.evaluation import check_classes, test_record
+from kdkeras.teacher_cache import with_teacher_logits
 from kdkeras.validation import is_finite_number, is_integer
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -42,6 +44,7 @@ SETTING_RULES = {
     "weight_decay": (lambda v: is_finite_number(v) and v >= 0, "a number >= 0"),
     "seed": (is_integer, "an integer"),
     "max_train_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
+    "max_validation_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
     "validation_fraction": (lambda v: is_finite_number(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
     "augment": (lambda v: isinstance(v, bool), "true or false"),
     "flip": (lambda v: v is None or isinstance(v, bool), "true, false or unset"),
@@ -74,6 +77,8 @@ class TrainConfig:
         weight_decay: decoupled weight decay of `"adamw"` and `"sgd"`.
         seed: seeds weights, the validation carve-out, shuffling and augmentation.
         max_train_examples: train on the first N examples only (quick runs).
+        max_validation_examples: validate on the first N held-out examples only (quick runs; the held-out set
+            stays the same, so training never sees them).
         validation_fraction: share of the training data held out for validation.
         augment: random crop (and flip where it keeps the class) during training.
         flip: force horizontal flips on or off; default per dataset.
@@ -94,6 +99,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     max_train_examples: int | None = None
+    max_validation_examples: int | None = None
     validation_fraction: float = 0.1
     augment: bool = True
     flip: bool | None = None
@@ -134,7 +140,9 @@ def load_splits(config: TrainConfig, clock: EpochClock | None = None, teacher_lo
             f"batch size {config.batch_size} is larger than the {info.num_examples} training examples of "
             f"{config.dataset}; pass a smaller --batch-size"
         )
-    validation, _ = load_dataset(config.dataset, "validation", config.batch_size, **common)
+    validation, _ = load_dataset(
+        config.dataset, "validation", config.batch_size, max_examples=config.max_validation_examples, **common
+    )
     return auto_shard_data(train), auto_shard_data(validation), info
 
 
@@ -320,8 +328,8 @@ def distill(
             default 0, the teacher learns from the labels alone; 1 is deep mutual learning).
         teacher_cache: a folder of teacher-output caches (`kdkeras.teacher_cache`): the teacher's training logits
             are computed once for every epoch and read from there, so training runs at the student's own speed.
-            Validation still runs the teacher live. Not possible with collaborative mode or terms that read
-            teacher features.
+            Not possible with collaborative mode or terms that read teacher features. (With or without it, the
+            teacher's logits on the validation split are computed once per run, where those allow.)
 
     Returns:
         `(distiller, history dict, wall seconds, DatasetInfo)`.
@@ -336,6 +344,9 @@ def distill(
     )
     if teacher_cache:
         train = load_cached_train(teacher, config, clock, teacher_cache, distiller.terms, collaborative)
+    if not terms_lib.needs_live_teacher(distiller.terms, collaborative):
+        # Validation images are never augmented: the teacher's answers on them are the same every epoch.
+        validation = auto_shard_data(with_teacher_logits(validation, on_images_of(teacher, info.input_shape)))
     teacher_optimizer = None
     if distiller.collaborative:
         teacher_config = dataclasses.replace(config, lr=teacher_lr or config.lr / 100)

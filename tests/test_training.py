@@ -92,3 +92,51 @@ def test_default_logdir_honours_kdkeras_runs_dir(monkeypatch, tmp_path):
     assert os.path.dirname(default_logdir("train", "m")) == str(tmp_path)
     monkeypatch.delenv("KDKERAS_RUNS_DIR")
     assert os.path.dirname(default_logdir("train", "m")) == "runs"
+
+
+class _CountImages(keras.layers.Layer):
+    """Counts the images that pass through it (in a non-trainable variable, so graph steps count too)."""
+
+    def build(self, input_shape):
+        self.seen = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="seen")
+
+    def call(self, x):
+        self.seen.assign_add(keras.ops.cast(keras.ops.shape(x)[0], "int64"))
+        return x
+
+
+def test_the_teacher_sees_the_validation_split_once_per_run(tmp_path):
+    """Live teacher on the training steps, one pass over the validation images for the whole run; its validation
+    accuracy is still reported, and is its real one."""
+    from conftest import write_idx_folder
+
+    from kdkeras.data import load_dataset
+    from kdkeras.evaluation import evaluate_classifier
+    from kdkeras.training import distill
+
+    dataset = f"idx:{write_idx_folder(str(tmp_path / 'idx'), n_train=60, n_test=10, classes=3)}"
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    counter = _CountImages()
+    body = build_model("ds_alexnet", (28, 28, 1), 3, width=0.25)
+    teacher = keras.Model(inputs, body(counter(inputs)))
+    config = TrainConfig(dataset=dataset, epochs=3, batch_size=12, verbose=0, validation_fraction=0.2)
+    distiller, history, _, _ = distill(teacher, build_model("ds_alexnet", (28, 28, 1), 3, width=0.25), config)
+    before = int(counter.seen.numpy())
+    n_train, n_val = 48, 12
+    assert before == 3 * n_train + n_val
+    validation, info = load_dataset(dataset, "validation", 12, validation_fraction=0.2)
+    expected = evaluate_classifier(teacher, validation, info)["accuracy"]
+    assert history["val_teacher_accuracy"] == pytest.approx([expected] * 3)
+
+
+def test_max_validation_examples_bounds_the_validation_split(tmp_path):
+    from conftest import write_idx_folder
+
+    from kdkeras.training import load_splits
+
+    dataset = f"idx:{write_idx_folder(str(tmp_path / 'idx'), n_train=100, n_test=10, classes=3)}"
+    _, validation, _ = load_splits(TrainConfig(dataset=dataset, batch_size=8, max_validation_examples=5))
+    assert sum(len(labels) for _, labels in validation) == 5
+    with pytest.raises(ValueError, match="max_validation_examples: must be"):
+        TrainConfig(max_validation_examples=0)

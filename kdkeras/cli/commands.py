@@ -93,6 +93,7 @@ def _train_config(args, strategy):
         lr=lr,
         seed=args.seed,
         max_train_examples=args.max_train_examples,
+        max_validation_examples=args.max_validation_examples,
         validation_fraction=args.validation_fraction,
         augment=args.augment,
         flip=args.flip,

@@ -122,6 +122,9 @@ def add_training_options(parser, run_name_attr: str) -> None:
     group.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate (cosine decay)")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--max-train-examples", type=positive_int, default=None, help="train on N examples only")
+    group.add_argument(
+        "--max-validation-examples", type=positive_int, default=None, help="validate on N held-out examples only"
+    )
     group.add_argument("--validation-fraction", type=float, default=0.1)
     group.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop/flip")
     group.add_argument("--flip", dest="flip", action="store_true", default=None, help="force horizontal flips")
