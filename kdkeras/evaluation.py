@@ -82,6 +82,11 @@ def predict_test_split(model: keras.Model, config: TrainConfig) -> dict:
         from the luck of the test sample.
     """
     test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
+    return predict_dataset(model, test, info)
+
+
+def predict_dataset(model: keras.Model, test, info: DatasetInfo) -> dict:
+    """`predict_test_split`'s result on a dataset of `(images, labels)` batches of your own."""
     labels, logits = _labels_and_logits(model, test, info)
     result = _scores(labels, logits, info)
     return {
@@ -109,11 +114,15 @@ def decode_classes(text: str) -> np.ndarray:
     return np.frombuffer(zlib.decompress(base64.b64decode(payload)), np.dtype(dtype).newbyteorder("<")).astype(np.int64)
 
 
-def test_record(model: keras.Model, config: TrainConfig) -> dict:
+def test_record(model: keras.Model, config: TrainConfig, test=None, info: DatasetInfo | None = None) -> dict:
     """The part of every run record that describes the trained model: its size and its test-split result.
 
     Used by `kdkeras train`/`distill` (the `.config.json` beside the model), the experiment rows and the demo, so
     that they all evaluate the same way.
+
+    Args:
+        test, info: a test dataset of your own and its `DatasetInfo`, instead of the test split of
+            `config.dataset`.
 
     Returns:
         `{"model", "params", "flops"}` and the items of `predict_test_split`.
@@ -124,5 +133,5 @@ def test_record(model: keras.Model, config: TrainConfig) -> dict:
         "model": model.name,
         "params": count_params(model),
         "flops": count_flops(model),
-        **predict_test_split(model, config),
+        **(predict_test_split(model, config) if test is None else predict_dataset(model, test, info)),
     }

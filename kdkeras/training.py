@@ -146,6 +146,24 @@ def load_splits(config: TrainConfig, clock: EpochClock | None = None, teacher_lo
     return auto_shard_data(train), auto_shard_data(validation), info
 
 
+@dataclasses.dataclass
+class Splits:
+    """A run's prepared data: the training and validation pipelines, what the model needs to know about them, and
+    the clock that sets the training pipeline's epoch (None for a pipeline of your own, which keeps its own)."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset | None
+    info: DatasetInfo
+    clock: EpochClock | None = None
+
+
+def prepare_splits(config: TrainConfig) -> Splits:
+    """The `Splits` of `config.dataset` (a dataset spec), each split built once."""
+    clock = EpochClock()
+    train, validation, info = load_splits(config, clock)
+    return Splits(train, validation, info, clock)
+
+
 def load_cached_train(teacher, config: TrainConfig, clock: EpochClock, cache_root: str, terms,
                       collaborative: bool = False):  # fmt: skip
     """The training split with the teacher's logits read from a cache (computed first if needed,
@@ -238,8 +256,9 @@ def _fit(model, train, validation, config: TrainConfig, callbacks, clock: EpochC
     """`model.fit` with the run's callbacks; returns `(history, seconds)`, both over all epochs, also resumed ones
     (seconds: this process' wall time plus what earlier processes spent on the epochs it resumed from)."""
     start = time.perf_counter()
+    epoch_setter = [SetEpoch(clock)] if clock is not None else []
     run_callbacks = make_callbacks(
-        config, [SetEpoch(clock), WarmStartBatchNorm(_first_images(train)), *callbacks], run_spec(model, config)
+        config, [*epoch_setter, WarmStartBatchNorm(_first_images(train)), *callbacks], run_spec(model, config)
     )
     history = model.fit(
         train,
@@ -285,17 +304,19 @@ def compile_classifier(model: keras.Model, optimizer) -> None:
     )
 
 
-def train_classifier(model: keras.Model, config: TrainConfig, callbacks=()):
+def train_classifier(model: keras.Model, config: TrainConfig, callbacks=(), data: Splits | None = None):
     """Trains a model on the labels alone (a teacher, or a student from scratch).
+
+    Args:
+        data: the prepared splits; default those of `config.dataset`.
 
     Returns:
         `(history dict, wall seconds, DatasetInfo)`.
     """
-    clock = EpochClock()
-    train, validation, info = load_splits(config, clock)
-    compile_classifier(model, make_optimizer(config, len(train)))
-    history, seconds = _fit(model, train, validation, config, callbacks, clock)
-    return history, seconds, info
+    data = data or prepare_splits(config)
+    compile_classifier(model, make_optimizer(config, len(data.train)))
+    history, seconds = _fit(model, data.train, data.validation, config, callbacks, data.clock)
+    return history, seconds, data.info
 
 
 def distill(
@@ -309,6 +330,7 @@ def distill(
     synchronized_bn: bool = False,
     teacher_cache: str | None = None,
     teacher_mimicry: float | None = None,
+    data: Splits | None = None,
 ):
     """Trains `student` from `teacher` with a `Distiller`.
 
@@ -330,12 +352,13 @@ def distill(
             are computed once for every epoch and read from there, so training runs at the student's own speed.
             Not possible with collaborative mode or terms that read teacher features. (With or without it, the
             teacher's logits on the validation split are computed once per run, where those allow.)
+        data: the prepared splits; default those of `config.dataset`.
 
     Returns:
         `(distiller, history dict, wall seconds, DatasetInfo)`.
     """
-    clock = EpochClock()
-    train, validation, info = load_splits(config, clock)
+    data = data or prepare_splits(config)
+    train, validation, info, clock = data.train, data.validation, data.info, data.clock
     check_classes(teacher, info, "teacher", any_input_size=True)
     check_classes(student, info, "student")
     mimicry = {} if teacher_mimicry is None else {"teacher_mimicry": teacher_mimicry}
@@ -343,8 +366,10 @@ def distill(
         teacher, student, terms, collaborative=collaborative, synchronized_bn=synchronized_bn, **mimicry
     )
     if teacher_cache:
+        if clock is None:
+            raise ValueError("a teacher cache needs kdkeras' own training pipeline (a dataset spec or arrays)")
         train = load_cached_train(teacher, config, clock, teacher_cache, distiller.terms, collaborative)
-    if not terms_lib.needs_live_teacher(distiller.terms, collaborative):
+    if validation is not None and not terms_lib.needs_live_teacher(distiller.terms, collaborative):
         # Validation images are never augmented: the teacher's answers on them are the same every epoch.
         validation = auto_shard_data(with_teacher_logits(validation, on_images_of(teacher, info.input_shape)))
     teacher_optimizer = None
@@ -378,6 +403,8 @@ def run_training(
     *,
     callbacks=(),
     evaluate: bool = True,
+    data: Splits | None = None,
+    test=None,
     **distill_options,
 ) -> RunResult:
     """One training run as every kdkeras entry point makes it: prepare the data, fit `model` (on the labels alone,
@@ -392,6 +419,8 @@ def run_training(
         teacher: a trained teacher; None trains `model` from scratch.
         callbacks: extra Keras callbacks.
         evaluate: evaluate on the test split (under a multi-worker strategy only the chief does).
+        data: the prepared splits (`Splits`); default those of `config.dataset`.
+        test: with `data`, a test dataset to evaluate on (without one, a run on `data` is not evaluated).
         **distill_options: `distill`'s `terms`, `collaborative`, `teacher_lr`, `teacher_mimicry`,
             `synchronized_bn`, `teacher_cache`.
     """
@@ -402,11 +431,14 @@ def run_training(
         if distill_options:
             raise ValueError(f"{', '.join(sorted(distill_options))}: only used when distilling from a teacher")
         distiller = None
-        history, seconds, info = train_classifier(model, config, callbacks)
+        history, seconds, info = train_classifier(model, config, callbacks, data)
     else:
-        distiller, history, seconds, info = distill(teacher, model, config, callbacks, **distill_options)
+        distiller, history, seconds, info = distill(teacher, model, config, callbacks, data=data, **distill_options)
     cpu_seconds = None if earlier_cpu_seconds is None else earlier_cpu_seconds + time.process_time() - cpu_start
-    record = test_record(model, config) if evaluate else {"model": model.name}
+    if evaluate and (data is None or test is not None):
+        record = test_record(model, config, test, info)
+    else:
+        record = {"model": model.name}
     record.update(
         history={key: [float(v) for v in values] for key, values in history.items()},
         train_seconds=seconds,
