@@ -102,6 +102,15 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
     return stale
 
 
+def read_json_or_none(path: str | os.PathLike):
+    """The JSON in `path`, or None when it is missing or unreadable (for records a run can do without)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     """Writes `data` as indented JSON, atomically."""
     with atomic_path(path, ".json") as tmp, open(tmp, "w") as f:

@@ -9,6 +9,9 @@ import signal
 import time
 
 import keras
+import numpy as np
+
+from kdkeras.artifacts import read_json_or_none
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -21,6 +24,10 @@ class NonFiniteLossError(ArithmeticError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint folder holds a run with other settings than the one asked for."""
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint could not be read; its folder was moved aside, so the next run starts over."""
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
@@ -63,23 +70,32 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         from kdkeras import artifacts
 
+        self._recover_interrupted_save()
         had_checkpoint = os.path.exists(self._path("training_metadata.json"))
         if had_checkpoint:
-            recorded = _read_json(self._path("run.json"))
-            if self.run_spec is not None and recorded is not None and recorded != self.run_spec:
+            recorded = read_json_or_none(self._path("run.json"))
+            if self.run_spec is not None and recorded is None:
+                raise CheckpointMismatchError(
+                    f"{self.backup_dir} holds a checkpoint without a readable run.json, so nothing says which run "
+                    "it belongs to: delete that folder to start over"
+                )
+            if self.run_spec is not None and recorded != self.run_spec:
                 differing = sorted(k for k in {*recorded, *self.run_spec} if recorded.get(k) != self.run_spec.get(k))
                 raise CheckpointMismatchError(
                     f"{self.backup_dir} holds a checkpoint of another run (different {', '.join(differing)}): run "
                     "the original command again to resume it, or delete that folder to start this one over"
                 )
-        super().on_train_begin(logs)
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError, TypeError) as error:  # h5py, json and Keras' own load errors.
+            self._set_aside(error)
         if had_checkpoint:
             with open(self._path("training_metadata.json")) as f:
                 self.resumed_epoch = int(json.load(f)["epoch"])
             # Keras' BackupAndRestore restores the epoch into the model only and counts its own from 0 until an
             # epoch ends: a mid-epoch save before then (a second interruption) would record 0 epochs done.
             self._current_epoch = self.resumed_epoch
-            previous = _read_json(self._path("history.json")) or {}
+            previous = read_json_or_none(self._path("history.json")) or {}
             self.history = {k: list(v)[: self.resumed_epoch] for k, v in previous.items()}
             self._epoch_seconds, self._epoch_cpu_seconds = _recorded_timing(self.backup_dir, self.resumed_epoch)
             self.earlier_seconds = sum(self._epoch_seconds)
@@ -105,6 +121,59 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         artifacts.write_json(self._path("timing.json"), timing)
         super().on_epoch_end(epoch, logs)
 
+    def _recover_interrupted_save(self) -> None:
+        """Puts back the previous checkpoint when a kill came in the middle of `_save_model`'s renames (the newest
+        weights without their metadata cannot be trusted), and removes a half-written temporary."""
+        weights, metadata = self._weights_path, self._training_metadata_path
+        if not os.path.exists(metadata) and os.path.exists(self._prev_training_metadata_path):
+            if os.path.exists(self._prev_weights_path):
+                os.replace(self._prev_weights_path, weights)
+            os.replace(self._prev_training_metadata_path, metadata)
+        if os.path.exists(self._partial_weights_path):
+            os.remove(self._partial_weights_path)
+
+    @property
+    def _partial_weights_path(self) -> str:
+        return self._path("partial.weights.h5")
+
+    def _set_aside(self, error: Exception) -> None:
+        aside = f"{self.backup_dir.rstrip(os.sep)}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.backup_dir, aside)
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise UnreadableCheckpointError(
+            f"the checkpoint in {self.backup_dir} could not be read ({reason}); it was moved to {aside}: run the "
+            "same command again to start over"
+        ) from None
+
+    def _save_model(self) -> None:
+        """Keras' save, made atomic: the new weights are written completely beside the checkpoint, then take its
+        place, and the old one becomes the previous checkpoint; a kill or a full disk at any point leaves a
+        complete checkpoint (see `_recover_interrupted_save`)."""
+        os.makedirs(self.backup_dir, exist_ok=True)
+        _check_free_space(self.backup_dir, self._weights_path, self.model)
+        partial = self._partial_weights_path
+        try:
+            self.model.save_weights(partial, overwrite=True)
+            with open(partial, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as error:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise OSError(
+                f"could not write a checkpoint in {self.backup_dir} ({error.strerror or error}); the last good "
+                "checkpoint is kept"
+            ) from None
+        if os.path.exists(self._weights_path):
+            os.replace(self._weights_path, self._prev_weights_path)
+            if os.path.exists(self._training_metadata_path):
+                os.replace(self._training_metadata_path, self._prev_training_metadata_path)
+        os.replace(partial, self._weights_path)
+        from kdkeras import artifacts
+
+        artifacts.write_json(
+            self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        )
+
     def save_now(self) -> None:
         """Writes a checkpoint of the current step (the interrupted epoch is counted as not done)."""
         self._save_model()
@@ -116,13 +185,34 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         shutil.rmtree(self.backup_dir, ignore_errors=True)
 
 
+def _check_free_space(folder: str, previous: str, model) -> None:
+    """Raises a one-line `OSError` when `folder`'s disk cannot hold another checkpoint (h5py can crash the process
+    when the disk fills while it writes): the size of the last one, or of the model's and optimizer's variables."""
+    import errno
+    import shutil
+
+    if os.path.exists(previous):
+        needed = os.path.getsize(previous)
+    else:
+        variables = list(model.variables) + list(getattr(model.optimizer, "variables", []) or [])
+        needed = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
+    needed = int(needed * 1.1) + (1 << 20)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"the disk of {folder} is full ({free / 1e6:.1f} MB free, a checkpoint needs about {needed / 1e6:.1f} MB); "
+            "the last good checkpoint is kept",
+        )
+
+
 def recorded_cpu_seconds(backup_dir: str) -> float | None:
     """The CPU seconds earlier processes spent on the epochs that the checkpoint in `backup_dir` holds: 0.0 when
     there is no checkpoint, None when some of those epochs ran under code that did not record CPU time.
 
     Read before resuming, so that a resumed run's CPU time can count every process, as its wall time does.
     """
-    metadata = _read_json(os.path.join(backup_dir, "training_metadata.json"))
+    metadata = read_json_or_none(os.path.join(backup_dir, "training_metadata.json"))
     if not isinstance(metadata, dict):
         return 0.0
     _, cpu = _recorded_timing(backup_dir, int(metadata.get("epoch", 0)))
@@ -133,18 +223,10 @@ def _recorded_timing(backup_dir: str, epochs: int) -> tuple[list[float], list[fl
     """The wall and CPU seconds timing.json records for the first `epochs` epochs (those a checkpoint holds). CPU
     seconds are None for epochs of a process whose code did not record them yet, so both lists stay aligned with
     the epochs."""
-    timing = _read_json(os.path.join(backup_dir, "timing.json")) or {}
+    timing = read_json_or_none(os.path.join(backup_dir, "timing.json")) or {}
     wall = [float(s) for s in timing.get("epoch_seconds", [])][:epochs]
     cpu = [None if s is None else float(s) for s in timing.get("epoch_cpu_seconds") or []][:epochs]
     return wall, cpu + [None] * (epochs - len(cpu))
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 class StopOnSignal(keras.callbacks.Callback):

@@ -292,6 +292,7 @@ def publish(out, staged_name, write, load, reference, test_dataset, class_names,
         The verification record, also written to `OUT.verify.json`.
     """
     out = os.fspath(out)
+    check_replaceable(out)
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=folder)
@@ -324,13 +325,38 @@ def _size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
+def check_replaceable(out: str) -> None:
+    """Refuses an `out` that exists and is not an earlier kdkeras export: one whose verification record
+    (`OUT.verify.json`) names it. An export replaces its own earlier output, never a user's files or folders.
+
+    Raises:
+        ValueError: naming `out` and what to do.
+    """
+    if not os.path.lexists(out):
+        return
+    record = artifacts.read_json_or_none(verify_path(out))
+    if isinstance(record, dict) and os.path.abspath(str(record.get("file", ""))) == os.path.abspath(out):
+        return
+    kind = "folder" if os.path.isdir(out) else "file"
+    raise ValueError(
+        f"{out} is an existing {kind} that no kdkeras export wrote (no {os.path.basename(verify_path(out))} beside "
+        "it): choose another --out, or move it away first"
+    )
+
+
 def _put_in_place(staged: str, out: str) -> None:
-    """Renames a verified export to its final path, replacing an older one only once the new one is there."""
-    if os.path.isdir(out):
-        old = out + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
+    """Renames a verified export to its final path, replacing an older one (file or folder) only once the new one
+    is there."""
+    if not os.path.lexists(out):
         os.replace(staged, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old.", dir=os.path.dirname(os.path.abspath(out)))
+    previous = os.path.join(old, "previous")
+    os.replace(out, previous)
+    try:
         os.replace(staged, out)
+    except OSError:
+        os.replace(previous, out)  # The old export stays in place.
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

@@ -226,3 +226,79 @@ def test_cpu_time_is_unknown_when_an_earlier_process_did_not_record_it(tmp_path)
     with open(os.path.join(backup_dir, "timing.json")) as f:
         cpu = json.load(f)["epoch_cpu_seconds"]
     assert cpu[:2] == [None, None] and cpu[2] > 0  # Still aligned with the epochs.
+
+
+def _checkpointed(backup_dir, epochs=1):
+    """A classifier trained `epochs` epochs with a checkpoint in `backup_dir`; returns the callback."""
+    backup = ResumableBackup(backup_dir, run_spec={"run": 1})
+    _classifier().fit(X, Y, batch_size=16, epochs=epochs, verbose=0, callbacks=[backup])
+    return backup
+
+
+def test_a_half_written_first_checkpoint_is_discarded_and_the_run_starts(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    os.makedirs(backup_dir)
+    with open(os.path.join(backup_dir, "partial.weights.h5"), "wb") as f:
+        f.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # What a kill -9 during the first save leaves.
+    backup = _checkpointed(backup_dir)
+    assert backup.resumed_epoch is None and not os.path.exists(os.path.join(backup_dir, "partial.weights.h5"))
+    assert json.load(open(os.path.join(backup_dir, "training_metadata.json")))["epoch"] == 1
+
+
+def test_a_kill_between_the_renames_of_a_save_resumes_from_the_previous_checkpoint(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    _checkpointed(backup_dir, epochs=2)
+    weights = os.path.join(backup_dir, "latest.weights.h5")
+    metadata = os.path.join(backup_dir, "training_metadata.json")
+    # The state right after "the new weights take the place of the old": their metadata is not written yet.
+    os.remove(metadata)
+    resumed = ResumableBackup(backup_dir, run_spec={"run": 1})
+    _classifier().fit(X, Y, batch_size=16, epochs=3, verbose=0, callbacks=[resumed])
+    assert resumed.resumed_epoch == 1 and os.path.exists(weights)  # The previous checkpoint, epoch 1.
+
+
+def test_an_unreadable_checkpoint_is_set_aside_with_one_line_and_the_next_run_starts_over(tmp_path):
+    from kdkeras.callbacks import UnreadableCheckpointError
+
+    backup_dir = str(tmp_path / "backup")
+    _checkpointed(backup_dir)
+    with open(os.path.join(backup_dir, "latest.weights.h5"), "r+b") as f:
+        f.truncate(200)
+    with pytest.raises(UnreadableCheckpointError, match=r"could not be read .* moved to .*backup.unreadable-"):
+        _classifier().fit(X, Y, batch_size=16, epochs=2, verbose=0,
+                          callbacks=[ResumableBackup(backup_dir, run_spec={"run": 1})])  # fmt: skip
+    assert not os.path.exists(backup_dir) and len(list(tmp_path.glob("backup.unreadable-*"))) == 1
+    assert _checkpointed(backup_dir).resumed_epoch is None  # Not a dead end: the next run starts over.
+
+
+def test_a_corrupt_training_metadata_file_is_set_aside_too(tmp_path):
+    from kdkeras.callbacks import UnreadableCheckpointError
+
+    backup_dir = str(tmp_path / "backup")
+    _checkpointed(backup_dir)
+    with open(os.path.join(backup_dir, "training_metadata.json"), "w") as f:
+        f.write('{"epoch":\n')
+    with pytest.raises(UnreadableCheckpointError, match="moved to"):
+        _checkpointed(backup_dir)
+
+
+def test_a_checkpoint_without_a_run_record_is_refused(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    _checkpointed(backup_dir)
+    os.remove(os.path.join(backup_dir, "run.json"))
+    with pytest.raises(CheckpointMismatchError, match="without a readable run.json"):
+        _checkpointed(backup_dir)
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import shutil
+
+    backup_dir = str(tmp_path / "backup")
+    _checkpointed(backup_dir)
+    weights = os.path.join(backup_dir, "latest.weights.h5")
+    before = open(weights, "rb").read()
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match=r"the disk of .* is full .* the last good checkpoint is kept"):
+        _classifier().fit(X, Y, batch_size=16, epochs=2, verbose=0,
+                          callbacks=[ResumableBackup(backup_dir, run_spec={"run": 1})])  # fmt: skip
+    assert open(weights, "rb").read() == before
