@@ -19,6 +19,7 @@ from kdkeras.export import (
     export_model,
     representative_images,
     tflite_bytes,
+    verify_path,
 )
 from kdkeras.models import build_model
 from kdkeras.training import TrainConfig, train_classifier
@@ -171,3 +172,26 @@ def test_tflite_model_refuses_wrong_input_and_bad_files(tflite_exports, tmp_path
     bad.write_bytes(b"not a flatbuffer")
     with pytest.raises(ValueError, match="not a valid TFLite model"):
         TFLiteModel(str(bad))
+
+
+def test_an_export_never_replaces_what_no_kdkeras_export_wrote(trained, tmp_path):
+    """A user's folder or file at --out is refused and kept; an earlier kdkeras export there (file or SavedModel
+    folder, recognized by its verify record) is replaced."""
+    model, _, test, info, _ = trained
+    folder = tmp_path / "d"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "keep.txt").write_text("keep")
+    for fmt in ("tflite", "saved_model"):
+        with pytest.raises(ValueError, match=r"existing folder that no kdkeras export wrote"):
+            export_model(model, str(folder), fmt, test, info.class_names)
+    assert (folder / "sub" / "keep.txt").read_text() == "keep"
+    plain = tmp_path / "notes.tflite"
+    plain.write_text("mine")
+    with pytest.raises(ValueError, match=r"existing file that no kdkeras export wrote"):
+        export_model(model, str(plain), "tflite", test, info.class_names)
+    assert plain.read_text() == "mine"
+
+    out = str(tmp_path / "m.export")
+    export_model(model, out, "tflite", test, info.class_names)
+    record = export_model(model, out, "saved_model", test, info.class_names)  # Replaces its own earlier export.
+    assert os.path.isdir(out) and record["passed"] and json.load(open(verify_path(out)))["file"] == out
