@@ -309,6 +309,11 @@ class EpochClock:
     def set(self, epoch: int) -> None:
         self.variable.assign(epoch)
 
+    def __deepcopy__(self, memo):
+        # A clock is a handle on the pipeline's variable: Keras Tuner deep-copies each trial's callbacks, and a
+        # copied SetEpoch must still set the clock the shared pipeline reads.
+        return self
+
     def take(self):
         """The current epoch, advancing the clock to the next one (a pass of a pipeline calls it once)."""
         return self.variable.assign_add(1, read_value=True) - 1

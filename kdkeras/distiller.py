@@ -193,6 +193,8 @@ class Distiller(keras.Model):
         """Labels out of range would otherwise surface as TensorFlow's raw InvalidArgumentError mid-step."""
         classes = signature(self.student, "student")[1]
         if isinstance(x, tf.data.Dataset):
+            if isinstance(x.element_spec, tuple) and isinstance(x.element_spec[1], dict):
+                return  # The teacher cache's pipeline (kdkeras' own, whose labels were checked when loaded).
             batch = next(iter(x.take(1)), None)
             if batch is None:
                 raise ValueError("the dataset is empty")

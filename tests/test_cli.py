@@ -1,5 +1,6 @@
 """kdkeras.cli: the commands end to end on a tiny generated dataset, and one-line errors for bad input."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_idx_folder
+from conftest import idx_bytes, write_idx_folder
 
 from kdkeras import cli
 from kdkeras.evaluation import decode_classes
@@ -260,6 +261,9 @@ def test_more_bad_inputs_from_issue_6(trained, capsys, tmp_path):
         (empty_class / name).mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(empty_class / "a" / "0.png")
     tiny = write_idx_folder(str(tmp_path / "tiny"), n_train=3, n_test=2)
+    for prefix, labels in (("train", [0, 1, 2]), ("t10k", [0, 1])):  # Every class present: only the size is wrong.
+        with gzip.open(os.path.join(tiny, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
+            f.write(idx_bytes(np.array(labels, np.uint8)))
     out = str(tmp_path / "s.keras")
     cases = [
         (["evaluate", "--model", str(truncated)], "truncated.keras: not a valid .keras file"),
@@ -367,9 +371,7 @@ def test_a_one_class_dataset_is_refused(tmp_path, capsys):
 
 
 def test_unreadable_images_negative_labels_and_misnamed_models_are_named(tmp_path, capsys):
-    import gzip
 
-    from conftest import idx_bytes
     from PIL import Image
 
     folder = tmp_path / "images"
@@ -387,7 +389,7 @@ def test_unreadable_images_negative_labels_and_misnamed_models_are_named(tmp_pat
         (["train", "--dataset", f"folder:{folder}", "--out", out, *FAST],
          f"{folder / 'b' / '3.png'}: not a readable image"),
         (["train", "--dataset", f"idx:{idx}", "--out", out, *FAST],
-         "train labels include -1; class labels must be 0, 1"),
+         "train-labels-idx1-ubyte.gz: labels include -1; class labels must be 0, 1"),
         (["evaluate", "--model", "vgg99"], "vgg99 (a trained .keras file goes here; `kdkeras train` makes one)"),
     ]  # fmt: skip
     for argv, message in cases:

@@ -316,3 +316,15 @@ def test_check_labels_says_what_it_found_and_what_it_expected(labels, message):
     with pytest.raises(ValueError, match=message):
         check_labels(labels, 10)
     assert check_labels(np.array([[1.0], [2.0]]), 10).tolist() == [1, 2]
+
+
+def test_a_copied_epoch_setter_sets_the_same_clock(idx_folder):
+    """Keras Tuner deep-copies callbacks per trial: the copy must still drive the pipeline's clock."""
+    import copy
+
+    from kdkeras.callbacks import SetEpoch
+    from kdkeras.data import EpochClock
+
+    clock = EpochClock()
+    copy.deepcopy(SetEpoch(clock)).on_epoch_begin(4)
+    assert int(clock.variable.numpy()) == 4
