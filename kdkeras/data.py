@@ -90,6 +90,7 @@ def load_dataset(
     epoch: int | None = None,
     teacher_logits=None,
     return_index: bool = False,
+    unlabeled_examples: int = 0,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Loads one split of a dataset as a batched, prefetched `tf.data.Dataset`.
 
@@ -113,6 +114,10 @@ def load_dataset(
         teacher_logits: `epoch -> (num_examples, classes) float16 array` of cached teacher logits; batches are then
             `(images, {"labels": labels, "teacher_logits": logits})`, what `kdkeras.distiller.Distiller` takes.
         return_index: batches are `(images, labels, example indices)`.
+        unlabeled_examples: `train` only: N more training images, the next ones after the labeled
+            `max_examples`, without their labels (transfer images, on which only a teacher can teach). Batches
+            are then `(images, {"labels", "labeled"})`: `labeled` is 1.0 for a labeled example and 0.0 for a
+            transfer image, whose `labels` entry is 0 (with `return_index`, transfer images have label −1).
 
     Returns:
         `(dataset, info)`: batches of (float32 images in [0, 255], int32 labels) and a `DatasetInfo`.
@@ -127,10 +132,12 @@ def load_dataset(
     """
     source = load_source(spec, data_dir)
     x, y = _select(source, spec, split, validation_fraction, seed, max_examples, batch_size)
+    if unlabeled_examples:
+        x, y = _with_unlabeled(source, spec, split, validation_fraction, seed, x, y, unlabeled_examples)
     shuffle = split == "train" if shuffle is None else shuffle
     flip = default_flip(spec) if flip is None else flip
     dataset = _pipeline(source, x, y, batch_size, seed, shuffle, augment_images, flip, drop_remainder, clock, epoch,
-                        teacher_logits, return_index)  # fmt: skip
+                        teacher_logits, return_index, bool(unlabeled_examples))  # fmt: skip
     return dataset, DatasetInfo(spec, len(source.class_names), source.class_names, source.input_shape, len(x))
 
 
@@ -206,13 +213,31 @@ def check_labels(labels, num_classes: int | None, what: str = "labels") -> np.nd
     return array.astype(np.int32)
 
 
+def _with_unlabeled(source: Source, spec: str, split: str, validation_fraction: float, seed: int, x, y, count: int):
+    """The labeled `(x, y)` followed by the next `count` images of the training split, labeled −1."""
+    if split != "train":
+        raise DatasetError(f"unlabeled_examples apply to the train split, not {split}")
+    if not isinstance(count, int) or count < 0:
+        raise DatasetError(f"unlabeled_examples must be an integer >= 0, got {count!r}")
+    rest, _ = _split_arrays(source, split, validation_fraction, seed)
+    rest = rest[len(x) : len(x) + count]
+    if len(rest) < count:
+        raise DatasetError(
+            f"{spec} has {len(rest)} training images beyond the {len(x)} labeled ones, fewer than the "
+            f"{count} unlabeled_examples asked for"
+        )
+    return np.concatenate([x, rest]), np.concatenate([y, np.full(count, -1, y.dtype)])
+
+
 def _pipeline(source: Source, x, y, batch_size, seed, shuffle, augment_images, flip, drop_remainder, clock, epoch,
-              teacher_logits, return_index) -> tf.data.Dataset:  # fmt: skip
+              teacher_logits, return_index, unlabeled=False) -> tf.data.Dataset:  # fmt: skip
     """The batched pipeline of one split's arrays (see `load_dataset` for the arguments)."""
     augmentation = None
     if augment_images:
         augmentation = {"pad": max(2, min(source.input_shape[:2]) // 8), "flip": flip}
-    epoch_examples = _epoch_examples(source, x, y, seed, shuffle, augmentation, teacher_logits)
+    targets = not return_index and (teacher_logits is not None or unlabeled)
+    epoch_examples = _epoch_examples(source, x, y, seed, shuffle, augmentation, teacher_logits if targets else None,
+                                     unlabeled and targets)  # fmt: skip
     if epoch is not None:
         dataset = epoch_examples(tf.constant(epoch, tf.int64))
     else:
@@ -220,7 +245,7 @@ def _pipeline(source: Source, x, y, batch_size, seed, shuffle, augment_images, f
         # on_epoch_begin): order and augmentation are a pure function of (seed, epoch, example index).
         clock = clock or EpochClock()
         dataset = tf.data.Dataset.from_tensors(0).map(lambda _: clock.take()).flat_map(epoch_examples)
-    if teacher_logits is None and not return_index:
+    if not targets and not return_index:
         dataset = dataset.map(lambda image, label, index: (image, label))
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     # flat_map hides the length; Keras needs it for `len()`, progress bars and schedules.
@@ -253,9 +278,11 @@ def _select(source: Source, spec: str, split: str, validation_fraction: float, s
     return x, y
 
 
-def _epoch_examples(source: Source, x, y, seed: int, shuffle: bool, augmentation: dict | None, teacher_logits):
+def _epoch_examples(source: Source, x, y, seed: int, shuffle: bool, augmentation: dict | None, teacher_logits,
+                    unlabeled: bool = False):  # fmt: skip
     """`epoch -> tf.data.Dataset` of one pass: `(image, label, index)`, or `(image, {"labels", "teacher_logits"})`
-    with cached teacher logits; order and augmentation are a pure function of (seed, epoch, example index)."""
+    with cached teacher logits (and `"labeled"` with unlabeled transfer images); order and augmentation are a pure
+    function of (seed, epoch, example index)."""
     images, labels = tf.constant(x), tf.constant(y)
     num_classes = len(source.class_names)
 
@@ -276,17 +303,22 @@ def _epoch_examples(source: Source, x, y, seed: int, shuffle: bool, augmentation
         examples = tf.data.Dataset.from_tensor_slices(order).map(
             lambda index: example(index, epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
-        if teacher_logits is None:
+        if teacher_logits is None and not unlabeled:
             return examples
-        # One epoch of cached logits, `(num_examples, classes)`, read (memory-mapped) once per pass.
-        logits = tf.numpy_function(lambda e: teacher_logits(int(e)), [epoch], tf.float16, stateful=False)
-        logits = tf.ensure_shape(logits, [len(x), num_classes])
-        return examples.map(
-            lambda image, label, index: (
-                image,
-                {"labels": label, "teacher_logits": tf.cast(tf.gather(logits, index), tf.float32)},
-            )
-        )
+        if teacher_logits is not None:
+            # One epoch of cached logits, `(num_examples, classes)`, read (memory-mapped) once per pass.
+            logits = tf.numpy_function(lambda e: teacher_logits(int(e)), [epoch], tf.float16, stateful=False)
+            logits = tf.ensure_shape(logits, [len(x), num_classes])
+
+        def with_targets(image, label, index):
+            targets = {"labels": tf.maximum(label, 0)}
+            if unlabeled:
+                targets["labeled"] = tf.cast(label >= 0, tf.float32)
+            if teacher_logits is not None:
+                targets["teacher_logits"] = tf.cast(tf.gather(logits, index), tf.float32)
+            return image, targets
+
+        return examples.map(with_targets)
 
     return epoch_examples
 

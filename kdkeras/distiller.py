@@ -297,15 +297,17 @@ class Distiller(keras.Model):
 
     def _forward(self, x, y, training: bool):
         """`(labels, teacher Outputs, student Outputs)`; the teacher's logits come from `y` when it carries them."""
-        if isinstance(y, dict):
+        labels = y["labels"] if isinstance(y, dict) else y
+        if isinstance(y, dict) and "labeled" in y and self.collaborative:
+            raise ValueError("unlabeled transfer images cannot train a collaborative teacher (it learns from labels)")
+        if isinstance(y, dict) and "teacher_logits" in y:
             if self.collaborative or self.needs_teacher_features:
                 raise ValueError(
                     "cached teacher logits cannot serve collaborative mode or terms that read teacher features "
                     f"({', '.join(self._teacher_layers) or 'collaborative'}): run the teacher live"
                 )
-            labels, teacher = y["labels"], Outputs(y["teacher_logits"])
+            teacher = Outputs(y["teacher_logits"])
         else:
-            labels = y
             out = _as_list(self._teacher_taps(x, training=training and self.collaborative))
             teacher = Outputs(out[0], dict(zip(self._teacher_layers, out[1:], strict=True)))
         out = _as_list(self._student_taps(x, training=training))
@@ -318,10 +320,15 @@ class Distiller(keras.Model):
         losses = [ops.cast(ops.sum(loss), "float32") for layer in layers for loss in layer.losses]
         return ops.sum(ops.stack(losses)) if losses else None
 
-    def _student_losses(self, labels, teacher: Outputs, student: Outputs, training: bool) -> dict:
-        """Per-example values of every term and of their weighted sum (`"loss"`); the teacher is a constant."""
+    def _student_losses(self, labels, teacher: Outputs, student: Outputs, training: bool, labeled=None) -> dict:
+        """Per-example values of every term and of their weighted sum (`"loss"`); the teacher is a constant.
+
+        `labeled` (1.0 or 0.0 per example) zeroes the terms that read the labels on unlabeled transfer images."""
         teacher = Outputs(ops.stop_gradient(teacher.logits), teacher.features)
-        values = {term.name: term(labels, teacher, student, training=training) for term in self.terms}
+        values = {}
+        for term in self.terms:
+            value = term(labels, teacher, student, training=training)
+            values[term.name] = value * labeled if labeled is not None and term.uses_labels else value
         values["loss"] = sum(term.weight * values[term.name] for term in self.terms)
         return values
 
@@ -379,9 +386,10 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        labeled = _labeled(y)
         with tf.GradientTape() as tape:
             labels, teacher, student = self._forward(x, y, training=True)
-            values = self._student_losses(labels, teacher, student, training=True)
+            values = self._student_losses(labels, teacher, student, training=True, labeled=labeled)
             # Mean over the global batch: correct under tf.distribute, where gradients are summed over replicas.
             student_loss = tf.nn.compute_average_loss(values["loss"], sample_weight=sample_weight)
             regularization = self._regularization(self.student, *self.adapters)
@@ -405,17 +413,18 @@ class Distiller(keras.Model):
         self.optimizer.apply(grads[: len(student_vars)], student_vars)
         if self.collaborative:
             self.teacher_optimizer.apply(grads[len(student_vars) :], teacher_vars)
-        return self._update_metrics(labels, values, teacher.logits, student.logits, sample_weight, teacher_loss,
-                                    regularization)  # fmt: skip
+        return self._update_metrics(labels, values, teacher.logits, student.logits, _metric_weight(sample_weight,
+                                    labeled), teacher_loss, regularization)  # fmt: skip
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        labeled = _labeled(y)
         labels, teacher, student = self._forward(x, y, training=False)
-        values = self._student_losses(labels, teacher, student, training=False)
+        values = self._student_losses(labels, teacher, student, training=False, labeled=labeled)
         teacher_loss = self._teacher_loss(labels, teacher, student) if self.collaborative else None
         regularization = self._regularization(self.student, *self.adapters)
-        return self._update_metrics(labels, values, teacher.logits, student.logits, sample_weight, teacher_loss,
-                                    regularization)  # fmt: skip
+        return self._update_metrics(labels, values, teacher.logits, student.logits, _metric_weight(sample_weight,
+                                    labeled), teacher_loss, regularization)  # fmt: skip
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -438,6 +447,18 @@ class Distiller(keras.Model):
         config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         config["student"] = keras.saving.deserialize_keras_object(config["student"])
         return cls(**config)
+
+
+def _labeled(y):
+    """The 1.0/0.0 per-example mask of a batch with unlabeled transfer images (`kdkeras.data`), else None."""
+    return y.get("labeled") if isinstance(y, dict) else None
+
+
+def _metric_weight(sample_weight, labeled):
+    """Accuracies count labeled examples only."""
+    if labeled is None:
+        return sample_weight
+    return labeled if sample_weight is None else ops.cast(sample_weight, "float32") * labeled
 
 
 def _unique(names) -> list[str]:

@@ -44,6 +44,8 @@ def fingerprint(teacher, config) -> str:
 
 def _data_spec(teacher, config) -> dict:
     spec = {field: getattr(config, field) for field in _DATA_FIELDS}
+    if config.unlabeled_examples:  # Only when set: caches made before it existed keep their fingerprints.
+        spec["unlabeled_examples"] = config.unlabeled_examples
     spec.update(teacher=artifacts.weights_digest(teacher), version=1)
     return spec
 
@@ -131,6 +133,7 @@ def _compute(teacher, config, partial: str, batch_size: int, earlier: TeacherCac
             config.dataset, "train", batch_size, validation_fraction=config.validation_fraction,
             seed=config.seed, shuffle=False, augment_images=config.augment, flip=config.flip,
             max_examples=config.max_train_examples, data_dir=config.data_dir, epoch=epoch, return_index=True,
+            unlabeled_examples=config.unlabeled_examples,
         )  # fmt: skip
 
     _, info = training_stream(0)

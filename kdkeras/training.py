@@ -45,6 +45,7 @@ SETTING_RULES = {
     "seed": (is_integer, "an integer"),
     "max_train_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
     "max_validation_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
+    "unlabeled_examples": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
     "validation_fraction": (lambda v: is_finite_number(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
     "augment": (lambda v: isinstance(v, bool), "true or false"),
     "flip": (lambda v: v is None or isinstance(v, bool), "true, false or unset"),
@@ -79,6 +80,8 @@ class TrainConfig:
         max_train_examples: train on the first N examples only (quick runs).
         max_validation_examples: validate on the first N held-out examples only (quick runs; the held-out set
             stays the same, so training never sees them).
+        unlabeled_examples: distillation only: also train on the next N training images without their labels
+            (transfer images): only the teacher's terms see them (`kdkeras.data.load_dataset`).
         validation_fraction: share of the training data held out for validation.
         augment: random crop (and flip where it keeps the class) during training.
         flip: force horizontal flips on or off; default per dataset.
@@ -100,6 +103,7 @@ class TrainConfig:
     seed: int = 0
     max_train_examples: int | None = None
     max_validation_examples: int | None = None
+    unlabeled_examples: int = 0
     validation_fraction: float = 0.1
     augment: bool = True
     flip: bool | None = None
@@ -133,6 +137,7 @@ def load_splits(config: TrainConfig, clock: EpochClock | None = None, teacher_lo
         max_examples=config.max_train_examples,
         clock=clock,
         teacher_logits=teacher_logits,
+        unlabeled_examples=config.unlabeled_examples,
         **common,
     )
     if config.batch_size > info.num_examples:  # Checked before any batch is assembled.
@@ -313,6 +318,8 @@ def train_classifier(model: keras.Model, config: TrainConfig, callbacks=(), data
     Returns:
         `(history dict, wall seconds, DatasetInfo)`.
     """
+    if config.unlabeled_examples:
+        raise ValueError("unlabeled_examples: only a teacher can teach on unlabeled images (distill, not train)")
     data = data or prepare_splits(config)
     compile_classifier(model, make_optimizer(config, len(data.train)))
     history, seconds = _fit(model, data.train, data.validation, config, callbacks, data.clock)

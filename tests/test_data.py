@@ -328,3 +328,23 @@ def test_a_copied_epoch_setter_sets_the_same_clock(idx_folder):
     clock = EpochClock()
     copy.deepcopy(SetEpoch(clock)).on_epoch_begin(4)
     assert int(clock.variable.numpy()) == 4
+
+
+def test_unlabeled_examples_are_the_next_training_images_marked_unlabeled(idx_folder):
+    spec = f"idx:{idx_folder}"
+    plain, _ = load_dataset(spec, "train", 100, max_examples=20, validation_fraction=0.2, shuffle=False)
+    more, _ = load_dataset(spec, "train", 100, max_examples=30, validation_fraction=0.2, shuffle=False)
+    mixed, info = load_dataset(spec, "train", 100, max_examples=20, unlabeled_examples=10, validation_fraction=0.2,
+                               shuffle=False)  # fmt: skip
+    ((images, targets),) = list(mixed)
+    ((plain_images, plain_labels),) = list(plain)
+    ((more_images, _),) = list(more)
+    assert info.num_examples == 30 and set(targets) == {"labels", "labeled"}
+    np.testing.assert_array_equal(targets["labeled"].numpy(), [1.0] * 20 + [0.0] * 10)
+    np.testing.assert_array_equal(targets["labels"].numpy()[:20], plain_labels)
+    np.testing.assert_array_equal(targets["labels"].numpy()[20:], 0)
+    np.testing.assert_array_equal(images, more_images)  # The 10 images that follow the labeled 20.
+    with pytest.raises(DatasetError, match="fewer than the 100 unlabeled_examples"):
+        load_dataset(spec, "train", 8, max_examples=20, unlabeled_examples=100, validation_fraction=0.2)
+    with pytest.raises(DatasetError, match="apply to the train split, not validation"):
+        load_dataset(spec, "validation", 8, unlabeled_examples=5, validation_fraction=0.2)

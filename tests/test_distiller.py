@@ -464,3 +464,29 @@ def test_bad_labels_are_a_value_error_before_any_step(labels, message):
     with pytest.raises(ValueError, match=message):
         distiller.evaluate(X, labels, verbose=0)
     assert distiller.optimizer.iterations.numpy() == 0
+
+
+def test_on_unlabeled_transfer_images_only_the_teacher_teaches():
+    """With a labeled mask the label terms (ce, dkd) count only labeled examples, the teacher terms all of them,
+    and the accuracies only the labeled ones."""
+    teacher, student = small_pair()
+    distiller = Distiller(teacher, student, [{"name": "ce", "weight": 0.3}, {"name": "kd", "weight": 0.7,
+                                                                             "temperature": 2.0}, "dkd"])  # fmt: skip
+    distiller.compile("adam")
+    labeled = np.array([1.0] * 10 + [0.0] * 6, np.float32)
+    logs = distiller.test_on_batch(X, {"labels": Y, "labeled": labeled}, return_dict=True)
+    t_logits, s_logits = np.array(teacher(X)), np.array(student(X))
+    ce = np.array(keras.losses.sparse_categorical_crossentropy(Y, s_logits, from_logits=True)) * labeled
+    kd = np.array(soft_target_kl(t_logits, s_logits, 2.0))
+    np.testing.assert_allclose(logs["ce"], ce.mean(), rtol=1e-5)
+    np.testing.assert_allclose(logs["kd"], kd.mean(), rtol=1e-5)
+    from kdkeras.losses import dkd
+
+    np.testing.assert_allclose(logs["dkd"], (np.array(dkd(Y, t_logits, s_logits, 4.0, 1.0, 8.0)) * labeled).mean(),
+                               rtol=1e-5)  # fmt: skip
+    correct = s_logits.argmax(-1) == Y
+    np.testing.assert_allclose(logs["accuracy"], correct[:10].mean())
+    collaborative = Distiller(*small_pair(), collaborative=True)
+    collaborative.compile("adam")
+    with pytest.raises(ValueError, match="unlabeled transfer images cannot train a collaborative teacher"):
+        collaborative.test_on_batch(X, {"labels": Y, "labeled": labeled})

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import keras
 import numpy as np
 import pytest
 import yaml
@@ -11,7 +12,7 @@ from conftest import write_idx_folder
 
 from kdkeras import cli, terms
 from kdkeras.evaluation import decode_classes, encode_classes
-from kdkeras.experiments import Experiment, load_config, paired_delta, paired_examples
+from kdkeras.experiments import Experiment, check_config, load_config, paired_delta, paired_examples
 from kdkeras.experiments.report import (
     _baseline,
     _plot,
@@ -657,3 +658,40 @@ def test_rows_record_which_training_of_the_teacher_they_learned_from(tmp_path, c
     capsys.readouterr()
     assert run(path, "--rows", "teacher") == 0
     assert "teacher.keras is missing; training it again (same settings)" in capsys.readouterr().out
+
+
+def test_a_teacher_given_as_a_file_is_evaluated_once_and_teaches_rows_with_unlabeled_images(tmp_path, capsys):
+    """`teacher: {file: PATH}` uses a trained model as it is (no budget needs `teacher_epochs`); a row's
+    `unlabeled_examples` trains on more images than the scratch row sees, and only distilling rows take it."""
+    from kdkeras import artifacts
+    from kdkeras.models import build_model
+
+    keras.utils.set_random_seed(0)
+    teacher_file = str(tmp_path / "mine.keras")
+    artifacts.save_model(build_model("resnet", (28, 28, 1), 3, depth=8, width=0.25), teacher_file)
+    config = tiny_config(str(tmp_path), teacher={"file": teacher_file},
+                         budgets={"quick": {"epochs": 1, "max_train_examples": 30}, "full": {"epochs": 2}})  # fmt: skip
+    config["rows"] = [{"name": "scratch", "method": "scratch"},
+                      {"name": "transfer", "method": "kd_t1", "unlabeled_examples": 30}]  # fmt: skip
+    path = write_config(str(tmp_path), config)
+    assert run(path) == 0
+    rows_dir = tmp_path / "results" / "tiny" / "quick"
+    teacher, transfer = (json.loads((rows_dir / n).read_text()) for n in ("teacher.json", "transfer-seed0.json"))
+    assert teacher["spec"]["file"] == teacher_file and teacher["train_seconds"] is None
+    assert transfer["teacher_weights"] == teacher["weights"] == artifacts.weights_digest(artifacts.load_model(
+        teacher_file))  # fmt: skip
+    assert transfer["spec"]["train_config"]["unlabeled_examples"] == 30
+    assert not (tmp_path / "models" / "tiny" / "quick" / "teacher.keras").exists()  # Not trained, not copied.
+    capsys.readouterr()
+    assert run(path) == 0
+    assert "transfer seed 0: done already" in capsys.readouterr().out
+    report = json.loads((tmp_path / "results" / "tiny-quick.json").read_text())
+    assert report["rows"][0]["train_seconds_mean"] is None
+
+    config["rows"][0]["unlabeled_examples"] = 10
+    with pytest.raises(ValueError, match="unlabeled_examples only apply to distillation rows"):
+        check_config(config, "x.yaml")
+    config["rows"][0].pop("unlabeled_examples")
+    config["teacher"] = {"file": teacher_file, "model": "resnet"}
+    with pytest.raises(ValueError, match="a teacher read from a file is not trained: model do not apply"):
+        check_config(config, "x.yaml")

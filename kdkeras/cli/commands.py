@@ -94,6 +94,7 @@ def _train_config(args, strategy):
         seed=args.seed,
         max_train_examples=args.max_train_examples,
         max_validation_examples=args.max_validation_examples,
+        unlabeled_examples=getattr(args, "unlabeled_examples", 0),
         validation_fraction=args.validation_fraction,
         augment=args.augment,
         flip=args.flip,

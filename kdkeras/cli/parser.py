@@ -14,6 +14,7 @@ from kdkeras.cli.options import (
     clusters,
     fraction,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     seeds,
@@ -61,6 +62,13 @@ def _distill_parser(sub) -> argparse.ArgumentParser:
         metavar="DIR|auto",
         help="compute the teacher's logits for every epoch once, store them in DIR ('auto': OUT.teacher_cache/) "
         "and reuse them: training at the student's own speed (logit terms only)",
+    )
+    dist.add_argument(
+        "--unlabeled-examples",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="also train on the next N training images without their labels: only the teacher teaches on them",
     )
     dist.add_argument("--teacher-out", default=None, help="where to save the updated teacher (collaborative)")
     dist.add_argument("--out", default=None, help="output .keras file (default saved_models/STUDENT_distilled.keras)")

@@ -37,7 +37,9 @@ _TOP_DEFAULTS = {
     "target_delta": None,
 }
 _MODEL_DEFAULTS = {"model": None, "options": {}}
-_TEACHER_DEFAULTS = {**_MODEL_DEFAULTS, "seed": 0, "lr": None, "training": {}}
+# A teacher is trained by the experiment (`model`, `options`, …), or is a trained model file (`file`: a .keras path,
+# relative to the working directory), used as it is.
+_TEACHER_DEFAULTS = {**_MODEL_DEFAULTS, "seed": 0, "lr": None, "training": {}, "file": None}
 _TRAINING_DEFAULTS = {
     "batch_size": 128,
     "lr": 2e-3,
@@ -73,6 +75,8 @@ ROW_DEFAULTS = {
     "teacher": None,
     # …or the model an earlier row trained with the same seed (a teacher assistant)
     "teacher_row": None,
+    # distillation: also train on the next N training images without their labels (only the teacher teaches there)
+    "unlabeled_examples": 0,
     # any row: train longer than the budget's epochs (e.g. 2 to check that scratch has converged)
     "epochs_multiplier": 1,
     # any row: run only these of the experiment's seeds (e.g. a costly check on one seed)
@@ -80,7 +84,7 @@ ROW_DEFAULTS = {
 }
 _DISTILL_KEYS = (
     "terms", "temperature", "pairs", "collaborative", "teacher_lr", "teacher_mimicry", "teacher", "teacher_row",
-    "teacher_cache",
+    "teacher_cache", "unlabeled_examples",
 )  # fmt: skip
 
 
@@ -170,6 +174,7 @@ def _row_spec(values, index: int, path: str) -> dict:
         _require(row["terms"] is not None, where, "method 'distill' needs a 'terms' list (or name a preset method)")
     else:
         _require(row["terms"] is None, f"{where}.terms", f"a preset method ({row['method']}) takes no term list")
+    _number(row["unlabeled_examples"], f"{where}.unlabeled_examples", 0, integer=True)
     if row["temperature"] is not None:
         _number(row["temperature"], f"{where}.temperature", strict=True)
     if row["teacher_lr"] is not None:
@@ -252,7 +257,8 @@ def check_config(mapping: dict, path: str) -> dict:
     for name in BUDGETS:
         _require(budgets[name] is not None, f"{path}: budgets", f"missing budget '{name}'")
         budget = budgets[name] = _fill(budgets[name], _BUDGET_DEFAULTS, f"{path}: budgets.{name}")
-        for key in ("epochs", "teacher_epochs"):
+        trains_a_teacher = any(t.get("file") is None for t in [config["teacher"], *config["teachers"].values()])
+        for key in ("epochs", "teacher_epochs") if trains_a_teacher else ("epochs",):
             _require(budget[key] is not None, f"{path}: budgets.{name}", f"missing '{key}'")
             _number(budget[key], f"{path}: budgets.{name}.{key}", 1, integer=True)
         if budget["max_train_examples"] is not None:
@@ -283,6 +289,15 @@ def check_config(mapping: dict, path: str) -> dict:
 def _teacher_spec(values, training: dict, where: str) -> dict:
     """A teacher's architecture, seed and training; its own settings override the shared `training` (a teacher
     often wants another optimizer and lr)."""
+    if isinstance(values, dict) and values.get("file") is not None:
+        teacher = _fill(values, _TEACHER_DEFAULTS, where)
+        _require(isinstance(teacher["file"], str), f"{where}.file", "must be the path of a trained .keras file")
+        given = [k for k in ("model", "lr") if teacher[k] is not None] + [
+            k for k in ("options", "training") if teacher[k]
+        ]
+        _require(not given, where, f"a teacher read from a file is not trained: {', '.join(given)} do not apply")
+        teacher["training"] = _training_spec({}, training, f"{where}.training")
+        return teacher
     teacher = _model_spec(values, where, _TEACHER_DEFAULTS)
     _number(teacher["seed"], f"{where}.seed", integer=True)
     teacher["training"] = _training_spec(teacher["training"], training, f"{where}.training")

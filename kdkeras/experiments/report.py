@@ -243,7 +243,12 @@ def _summary(name: str, label: str, method: str, records: list[dict]) -> dict:
         "accuracy_mean": float(accuracies.mean()),
         "accuracy_std": float(accuracies.std(ddof=1)) if len(records) > 1 else None,
         "accuracies": accuracies.tolist(),
-        "train_seconds_mean": float(np.mean([r["train_seconds"] for r in records])),
+        # None for a teacher read from a file (trained elsewhere).
+        "train_seconds_mean": (
+            None
+            if any(r["train_seconds"] is None for r in records)
+            else float(np.mean([r["train_seconds"] for r in records]))
+        ),
         # None when a seed's CPU time is unknown (a process of its run did not record it).
         "cpu_seconds_mean": (
             None
@@ -338,7 +343,7 @@ def _table(rows: list[dict]) -> str:
         cells.append([
             row["label"], row["model"], f"{row['params']:,}", f"{row['flops'] / 1e6:.1f}", to_teacher, row["epochs"],
             f"{row['accuracy_mean']:.4f}{spread}", len(row["seeds"]), delta, interval, per_seed, sample_se, mcnemar,
-            f"{row['train_seconds_mean']:.0f}",
+            "–" if row["train_seconds_mean"] is None else f"{row['train_seconds_mean']:.0f}",
             "–" if row["cpu_seconds_mean"] is None else f"{row['cpu_seconds_mean']:.0f}",
         ])  # fmt: skip
     return markdown_table(header, cells, numeric)

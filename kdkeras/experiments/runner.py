@@ -14,7 +14,7 @@ from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, ROW_DEFAULTS
 from kdkeras.reporting import machine
 
 # Row keys added after results were recorded (left out of a row's spec while at their `ROW_DEFAULTS` value).
-_LATER_KEYS = ("teacher", "teacher_row", "teacher_mimicry", "teacher_cache")
+_LATER_KEYS = ("teacher", "teacher_row", "teacher_mimicry", "teacher_cache", "unlabeled_examples")
 # Row keys that do not change what a row computes for one seed: its label, and which other seeds it runs.
 _NOT_SETTINGS = ("label", "seeds")
 
@@ -76,8 +76,8 @@ class Experiment:
         return [None, *self.config["teachers"]]
 
     def teacher_file(self, name: str | None = None) -> str:
-        """The saved model of the experiment's teacher (`name=None`) or of a named one."""
-        return os.path.join(self.models_dir, f"{self.teacher_run(name)}.keras")
+        """The saved model of the experiment's teacher (`name=None`) or of a named one (its `file`, if it has one)."""
+        return self._teacher(name)["file"] or os.path.join(self.models_dir, f"{self.teacher_run(name)}.keras")
 
     def row_path(self, name: str, seed: int | None) -> str:
         """The result JSON of a row and seed; of the teacher with `seed=None`."""
@@ -87,7 +87,8 @@ class Experiment:
         """The trained model of a row and seed."""
         return os.path.join(self.models_dir, f"{name}-seed{seed}.keras")
 
-    def _train_config(self, epochs: int, seed: int, run: str, training: dict, lr: float | None = None):
+    def _train_config(self, epochs: int, seed: int, run: str, training: dict, lr: float | None = None,
+                      unlabeled_examples: int = 0):  # fmt: skip
         from kdkeras.training import TrainConfig
 
         return TrainConfig(
@@ -96,6 +97,7 @@ class Experiment:
             epochs=epochs,
             seed=seed,
             max_train_examples=self.plan["max_train_examples"],
+            unlabeled_examples=unlabeled_examples,
             **{**training, "lr": lr or training["lr"]},
             # Beside the experiment's models (`models_dir`), not in the working directory's runs/.
             logdir=os.path.join(self.models_dir, "logs", run),
@@ -109,12 +111,17 @@ class Experiment:
     def _teacher_config(self, name: str | None = None):
         teacher = self._teacher(name)
         return self._train_config(
-            self.plan["teacher_epochs"], teacher["seed"], self.teacher_run(name), teacher["training"], teacher["lr"]
+            self.plan["teacher_epochs"] or 1,
+            teacher["seed"],
+            self.teacher_run(name),
+            teacher["training"],
+            teacher["lr"],
         )
 
     def _row_config(self, row: dict, seed: int):
         epochs = self.plan["epochs"] * row["epochs_multiplier"]
-        return self._train_config(epochs, seed, f"{row['name']}-seed{seed}", self.config["training"])
+        return self._train_config(epochs, seed, f"{row['name']}-seed{seed}", self.config["training"],
+                                  unlabeled_examples=row.get("unlabeled_examples", 0))  # fmt: skip
 
     def row_model(self, row: dict) -> dict:
         """The architecture a row trains: its own for a reference row, else the student with the row's options."""
@@ -137,6 +144,8 @@ class Experiment:
         """Everything a teacher's weights depend on; a saved teacher is reused only when this matches."""
         teacher = self._teacher(name)
         config = self._teacher_config(name)
+        if teacher["file"]:  # A trained model of your own: its weights are what it is.
+            return {"file": teacher["file"], "weights": _file_digest(teacher["file"]), "train_config": {"seed": 0}}
         return {
             "model": teacher["model"],
             "options": teacher["options"],
@@ -197,6 +206,8 @@ class Experiment:
         spec = self.teacher_spec(name)
         record_path = self.row_path(run, None)
         record = read_json(record_path)
+        if self._teacher(name)["file"]:
+            return self._file_teacher(run, path, spec, record_path, record)
         if record is not None and record.get("spec") == spec and os.path.exists(path):
             self._log(f"{run}: reusing {path} (test accuracy {record['test_accuracy']:.4f})")
             if "weights" not in record:  # Recorded before teachers were identified: add the saved one's digest.
@@ -217,6 +228,22 @@ class Experiment:
         artifacts.save_model(model, path)
         artifacts.write_json(record_path, record)
         remove_backup(config)
+        return record
+
+    def _file_teacher(self, run: str, path: str, spec: dict, record_path: str, record: dict | None) -> dict:
+        """The record of a teacher given as a file: evaluated on the test split once, then reused."""
+        from kdkeras import artifacts
+        from kdkeras.evaluation import test_record
+
+        if record is not None and record.get("spec") == spec:
+            self._log(f"{run}: {path} (test accuracy {record['test_accuracy']:.4f})")
+            return record
+        self._log(f"{run}: evaluating {path}")
+        result = {**test_record(artifacts.load_model(path), self._teacher_config()), "history": {},
+                  "train_seconds": None, "cpu_seconds": None}  # fmt: skip
+        record = {"spec": spec, **result, "weights": spec["weights"], "machine": machine(),
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+        artifacts.write_json(record_path, record)
         return record
 
     def run_row(self, row: dict, seed: int) -> tuple[dict, bool]:
@@ -384,6 +411,14 @@ class Experiment:
 def distills(row: dict) -> bool:
     """Whether a row learns from a teacher: every method but `scratch` and `reference`."""
     return row["method"] not in ("scratch", "reference")
+
+
+def _file_digest(path: str) -> str:
+    from kdkeras import artifacts
+
+    if not os.path.exists(path):
+        raise ValueError(f"teacher file {path} not found")
+    return artifacts.weights_digest(artifacts.load_model(path))
 
 
 def _settings(config) -> dict:

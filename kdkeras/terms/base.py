@@ -152,6 +152,8 @@ class Term:
             (the student's outputs as the target). Logit terms are mirrored; feature terms are not (their adapters
             map student features to the teacher's).
         search_space: `{argument: (low, high, sampling)}` that the Keras Tuner may search for this term.
+        uses_labels: the term reads the labels; on unlabeled transfer images (`kdkeras.data`,
+            `unlabeled_examples`) its value is zeroed. A term of your own that reads them must set it.
 
     Args:
         weight: the term's weight in the total loss, ≥ 0.
@@ -161,6 +163,7 @@ class Term:
     registered_name: str | None = None
     mirrored = False
     reads_teacher_features = False
+    uses_labels = False
     search_space: dict[str, tuple[float, float, str]] = {"weight": (0.1, 1.0, "linear")}
 
     def __init__(self, weight: float = 1.0, name: str | None = None):

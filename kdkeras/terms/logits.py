@@ -14,6 +14,8 @@ from kdkeras.terms.base import Term, _check_number, register
 class CrossEntropy(Term):
     """Cross-entropy with the labels: the student's own task loss."""
 
+    uses_labels = True
+
     def __call__(self, labels, teacher, student, training=False):
         return keras.losses.sparse_categorical_crossentropy(
             labels, ops.cast(student.logits, "float32"), from_logits=True
@@ -69,6 +71,7 @@ class DKD(Term):
     """
 
     mirrored = True
+    uses_labels = True  # Its target/non-target split.
     search_space = {"temperature": (1.0, 8.0, "log"), "beta": (1.0, 8.0, "log")}
 
     def __init__(self, weight=1.0, temperature=4.0, alpha=1.0, beta=8.0, warmup_epochs=0, standardize=False,
