@@ -414,3 +414,21 @@ def test_a_user_set_tensorflow_log_level_shows_its_diagnostics(monkeypatch, tmp_
     )
     cli.main(["evaluate", "--model", str(tmp_path / "none.keras")])
     assert seen == [True]
+
+
+def test_an_unwritable_logdir_or_checkpoint_folder_fails_before_training(trained, capsys, tmp_path):
+    root, dataset, _ = trained
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    out = str(tmp_path / "m.keras")
+    base = ["train", "--dataset", dataset, "--out", out, "--epochs", "1", "--batch-size", "16", "--verbose", "0"]
+    assert "cannot write to" in _error([*base, "--logdir", str(blocker / "logs")], capsys)
+    assert "cannot write to" in _error([*base, "--logdir", "none", "--backup-dir", str(blocker / "b")], capsys)
+    assert not os.path.exists(out) and blocker.read_text() == "in the way"
+
+
+def test_a_malformed_term_option_is_refused_not_dropped(trained, capsys, tmp_path):
+    _, dataset, teacher = trained
+    argv = ["distill", "--teacher", teacher, "--dataset", dataset, "--out", str(tmp_path / "s.keras"), *FAST,
+            "--term", "hint:pairs=[[stage3,stage3"]  # fmt: skip
+    assert "unbalanced brackets" in _error(argv, capsys)

@@ -191,6 +191,28 @@ def test_folder_errors(tmp_path):
         load_dataset(f"folder:{bad}")
 
 
+def test_a_tiff_named_png_and_a_decompression_bomb_are_named_before_training(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from kdkeras.sources import load_source
+
+    tiff = tmp_path / "t"
+    _write_images(str(tiff), ["a", "b"], 3, 8, "L")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tiff / "a" / "disguised.png", format="TIFF")
+    with pytest.raises(DatasetError, match=r"disguised.png: a TIFF image; the training pipeline decodes PNG, JPEG"):
+        load_source(f"folder:{tiff}", None)
+    big = tmp_path / "big"
+    _write_images(str(big), ["a", "b"], 3, 8, "L")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(big / "b" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40x40 = 1,600 pixels: PIL's warning, then its refusal.
+    with pytest.raises(DatasetError, match=r"huge.png: too large an image \(over 1,000 pixels\)"):
+        load_source(f"folder:{big}", None)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 700)  # Over twice the limit: PIL's DecompressionBombError.
+    load_source.cache_clear()
+    with pytest.raises(DatasetError, match=r"huge.png: too large an image"):
+        load_source(f"folder:{big}", None)
+
+
 def test_tfds_spec_through_mocked_tfds(monkeypatch):
     import tensorflow_datasets as tfds
 

@@ -93,6 +93,9 @@ def test_parse_term_reads_numbers_booleans_and_lists():
     }  # fmt: skip
     with pytest.raises(ValueError, match="'temperature' is not KEY=VALUE"):
         terms.parse_term("kd:temperature")
+    for broken in ("hint:pairs=[[stage3,stage3", "hint:pairs=[[stage3,stage3]]]"):
+        with pytest.raises(ValueError, match="unbalanced brackets"):
+            terms.parse_term(broken)
 
 
 def test_options_resolve_presets_overrides_and_the_classic_sum():

@@ -68,6 +68,9 @@ def _start_training(args):
     strategy = _start_strategy(args)
     _check_writable(args.out)
     config = _train_config(args, strategy)
+    for folder in (config.logdir, config.backup_dir):
+        if folder:  # TensorBoard and the checkpoints would fail at their first write, after the first epoch.
+            _check_writable(os.path.join(folder, "probe"))
     set_seed(args.seed)
     _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
     return strategy, config, info

@@ -38,6 +38,8 @@ def parse_term(text: str) -> dict:
         if char == "," and depth == 0:
             items.append(rest[start:i])
             start = i + 1
+    if depth != 0:
+        raise ValueError(f"term '{text}': unbalanced brackets [ ] (e.g. hint:pairs=[[stage3,stage3]])")
     for item in filter(str.strip, items):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
