@@ -91,6 +91,7 @@ def load_dataset(
     teacher_logits=None,
     return_index: bool = False,
     unlabeled_examples: int = 0,
+    augment_views: int | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Loads one split of a dataset as a batched, prefetched `tf.data.Dataset`.
 
@@ -118,6 +119,10 @@ def load_dataset(
             `max_examples`, without their labels (transfer images, on which only a teacher can teach). Batches
             are then `(images, {"labels", "labeled"})`: `labeled` is 1.0 for a labeled example and 0.0 for a
             transfer image, whose `labels` entry is 0 (with `return_index`, transfer images have label −1).
+        augment_views: with `augment_images`, epoch e draws the augmentation of epoch e mod N (the order is still
+            new every epoch): N distinct views of each image, so a teacher cache holds N epochs, not all (FKD,
+            Shen & Xing 2022, stores a few crops per image). Default: a new augmentation every epoch. Without
+            augmentation every epoch is the same view, and cached logits are read from epoch 0.
 
     Returns:
         `(dataset, info)`: batches of (float32 images in [0, 255], int32 labels) and a `DatasetInfo`.
@@ -136,8 +141,9 @@ def load_dataset(
         x, y = _with_unlabeled(source, spec, split, validation_fraction, seed, x, y, unlabeled_examples)
     shuffle = split == "train" if shuffle is None else shuffle
     flip = default_flip(spec) if flip is None else flip
+    views = distinct_views(augment_images, augment_views)
     dataset = _pipeline(source, x, y, batch_size, seed, shuffle, augment_images, flip, drop_remainder, clock, epoch,
-                        teacher_logits, return_index, bool(unlabeled_examples))  # fmt: skip
+                        teacher_logits, return_index, bool(unlabeled_examples), views)  # fmt: skip
     return dataset, DatasetInfo(spec, len(source.class_names), source.class_names, source.input_shape, len(x))
 
 
@@ -230,14 +236,14 @@ def _with_unlabeled(source: Source, spec: str, split: str, validation_fraction: 
 
 
 def _pipeline(source: Source, x, y, batch_size, seed, shuffle, augment_images, flip, drop_remainder, clock, epoch,
-              teacher_logits, return_index, unlabeled=False) -> tf.data.Dataset:  # fmt: skip
+              teacher_logits, return_index, unlabeled=False, views=None) -> tf.data.Dataset:  # fmt: skip
     """The batched pipeline of one split's arrays (see `load_dataset` for the arguments)."""
     augmentation = None
     if augment_images:
         augmentation = {"pad": max(2, min(source.input_shape[:2]) // 8), "flip": flip}
     targets = not return_index and (teacher_logits is not None or unlabeled)
     epoch_examples = _epoch_examples(source, x, y, seed, shuffle, augmentation, teacher_logits if targets else None,
-                                     unlabeled and targets)  # fmt: skip
+                                     unlabeled and targets, views)  # fmt: skip
     if epoch is not None:
         dataset = epoch_examples(tf.constant(epoch, tf.int64))
     else:
@@ -278,8 +284,16 @@ def _select(source: Source, spec: str, split: str, validation_fraction: float, s
     return x, y
 
 
+def distinct_views(augment_images: bool, augment_views: int | None) -> int | None:
+    """How many distinct views of each image a training pipeline shows over its epochs: None for a new one every
+    epoch, 1 without augmentation (what a teacher cache needs to hold, per epoch of `epoch mod views`)."""
+    if augment_views is not None and (not isinstance(augment_views, int) or augment_views < 1):
+        raise DatasetError(f"augment_views must be an integer >= 1, got {augment_views!r}")
+    return augment_views if augment_images else 1
+
+
 def _epoch_examples(source: Source, x, y, seed: int, shuffle: bool, augmentation: dict | None, teacher_logits,
-                    unlabeled: bool = False):  # fmt: skip
+                    unlabeled: bool = False, views: int | None = None):  # fmt: skip
     """`epoch -> tf.data.Dataset` of one pass: `(image, label, index)`, or `(image, {"labels", "teacher_logits"})`
     with cached teacher logits (and `"labeled"` with unlabeled transfer images); order and augmentation are a pure
     function of (seed, epoch, example index)."""
@@ -300,14 +314,15 @@ def _epoch_examples(source: Source, x, y, seed: int, shuffle: bool, augmentation
 
     def epoch_examples(epoch):
         order = epoch_order(len(x), seed, epoch) if shuffle else tf.range(len(x), dtype=tf.int32)
+        view = epoch if views is None else epoch % views  # The augmentation (and cached logits) it shows.
         examples = tf.data.Dataset.from_tensor_slices(order).map(
-            lambda index: example(index, epoch), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            lambda index: example(index, view), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
         if teacher_logits is None and not unlabeled:
             return examples
         if teacher_logits is not None:
             # One epoch of cached logits, `(num_examples, classes)`, read (memory-mapped) once per pass.
-            logits = tf.numpy_function(lambda e: teacher_logits(int(e)), [epoch], tf.float16, stateful=False)
+            logits = tf.numpy_function(lambda e: teacher_logits(int(e)), [view], tf.float16, stateful=False)
             logits = tf.ensure_shape(logits, [len(x), num_classes])
 
         def with_targets(image, label, index):

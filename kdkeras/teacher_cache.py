@@ -19,6 +19,7 @@ The validation split is never augmented, so the teacher's logits on it are the s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ import tensorflow as tf
 
 from kdkeras import artifacts
 from kdkeras.adapters import on_images_of
-from kdkeras.data import load_dataset
+from kdkeras.data import distinct_views, load_dataset
 from kdkeras.models import signature
 
 # What a cached run's pipeline depends on (TrainConfig fields); the rest (lr, optimizer, …) does not change the images.
@@ -106,6 +107,10 @@ class TeacherCache:
             batch_size: teacher inference batch size.
             log: where progress lines go.
         """
+        # A pipeline of N augmentation views shows epoch e mod N: the first N epochs hold every logit it reads.
+        views = distinct_views(config.augment, config.augment_views)
+        if views is not None and views < config.epochs:
+            config = dataclasses.replace(config, epochs=views)
         data_spec = _data_spec(teacher, config)
         path = os.path.join(root, _key(data_spec, config.epochs))
         if os.path.exists(os.path.join(path, "meta.json")):

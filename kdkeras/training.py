@@ -46,6 +46,7 @@ SETTING_RULES = {
     "max_train_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
     "max_validation_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
     "unlabeled_examples": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
+    "augment_views": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1 or unset"),
     "validation_fraction": (lambda v: is_finite_number(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
     "augment": (lambda v: isinstance(v, bool), "true or false"),
     "flip": (lambda v: v is None or isinstance(v, bool), "true, false or unset"),
@@ -84,6 +85,8 @@ class TrainConfig:
             (transfer images): only the teacher's terms see them (`kdkeras.data.load_dataset`).
         validation_fraction: share of the training data held out for validation.
         augment: random crop (and flip where it keeps the class) during training.
+        augment_views: epoch e shows the augmentation of epoch e mod N (`kdkeras.data.load_dataset`): a teacher
+            cache then holds N epochs of logits instead of all; default a new augmentation every epoch.
         flip: force horizontal flips on or off; default per dataset.
         data_dir: TFDS data directory.
         logdir: TensorBoard log folder; None for no logs.
@@ -106,6 +109,7 @@ class TrainConfig:
     unlabeled_examples: int = 0
     validation_fraction: float = 0.1
     augment: bool = True
+    augment_views: int | None = None
     flip: bool | None = None
     data_dir: str | None = None
     logdir: str | None = None
@@ -138,6 +142,7 @@ def load_splits(config: TrainConfig, clock: EpochClock | None = None, teacher_lo
         clock=clock,
         teacher_logits=teacher_logits,
         unlabeled_examples=config.unlabeled_examples,
+        augment_views=config.augment_views,
         **common,
     )
     if config.batch_size > info.num_examples:  # Checked before any batch is assembled.

@@ -180,3 +180,29 @@ def test_a_teacher_of_another_input_size_is_cached_on_the_converted_images(setup
         live = rgb_teacher(by_hand, training=False).numpy()
         np.testing.assert_allclose(cache.epoch_logits(0)[indices.numpy()].astype(np.float32), live, rtol=2e-3,
                                    atol=2e-3)  # fmt: skip
+
+
+def test_augmentation_views_repeat_and_the_cache_holds_only_them(setup, tmp_path):
+    """With `augment_views` 2, epoch e shows epoch e mod 2's crops in a new order; a 5-epoch run's cache computes
+    2 epochs, and the cached run reads the logits of the very images it trains on."""
+    root, teacher, config = setup
+    views = dataclasses.replace(config, epochs=5, augment_views=2)
+
+    def by_index(epoch):
+        data, _ = load_dataset(config.dataset, "train", 16, seed=config.seed, augment_images=True, epoch=epoch,
+                               return_index=True, augment_views=2)  # fmt: skip
+        batches = [(images.numpy(), indices.numpy()) for images, _, indices in data]
+        images, indices = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+        return images[np.argsort(indices)], indices
+
+    (first, order_0), (third, order_2), (second, _) = by_index(0), by_index(2), by_index(1)
+    np.testing.assert_array_equal(first, third)
+    assert not np.array_equal(order_0, order_2) and not np.array_equal(first, second)
+    lines, log = _messages()
+    cache = TeacherCache.prepare(teacher, views, str(tmp_path), log=log)
+    assert cache.epochs == 2 and sum("computed" in line for line in lines) == 2
+    _, history, _, _ = distill(teacher, build_model("ds_alexnet", SHAPE, 3, width=0.25), views,
+                               teacher_cache=str(tmp_path))  # fmt: skip
+    assert len(history["loss"]) == 5 and np.all(np.isfinite(history["loss"]))
+    assert TeacherCache.prepare(teacher, dataclasses.replace(config, epochs=4, augment=False), str(tmp_path / "flat"),
+                                log=lambda _: None).epochs == 1  # fmt: skip

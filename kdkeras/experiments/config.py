@@ -48,6 +48,7 @@ _TRAINING_DEFAULTS = {
     "warmup_epochs": 0.0,
     "weight_decay": 0.0,
     "augment": True,
+    "augment_views": None,
     "flip": None,
     "validation_fraction": 0.1,
 }
