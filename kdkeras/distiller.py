@@ -14,7 +14,7 @@ from kdkeras.adapters import on_images_of
 from kdkeras.callbacks import SetEpoch
 from kdkeras.data import EpochClock, check_labels
 from kdkeras.models import logits_tensor, require_layers, signature
-from kdkeras.presets import DEFAULT_PRESET
+from kdkeras.presets import DEFAULT_EXITS_PRESET, DEFAULT_PRESET, DEFAULT_SELF_PRESET
 from kdkeras.terms import Outputs, Term
 from kdkeras.validation import check_number
 
@@ -103,7 +103,7 @@ class Distiller(keras.Model):
 
     def __init__(
         self,
-        teacher: keras.Model,
+        teacher: keras.Model | None,
         student: keras.Model,
         terms: Sequence[Term | str | dict] | None = None,
         collaborative: bool = False,
@@ -119,14 +119,19 @@ class Distiller(keras.Model):
         self.collaborative = bool(collaborative)
         self.synchronized_bn = bool(synchronized_bn)
         self.teacher_mimicry = float(check_number(teacher_mimicry, "teacher_mimicry"))
-        # Frozen teacher: its variables leave `trainable_variables`, and its BN layers run in inference mode.
-        self.teacher.trainable = self.collaborative
+        if teacher is None and self.collaborative:
+            raise ValueError("collaborative mode trains a teacher: pass one")
+        if teacher is not None:
+            # Frozen teacher: its variables leave `trainable_variables`, and its BN layers run in inference mode.
+            self.teacher.trainable = self.collaborative
 
-        specs = terms_lib.preset(DEFAULT_PRESET) if terms is None else terms
-        self.terms = terms_lib.get_list(specs)
+        self.terms = terms_lib.get_list(default_terms(teacher, student) if terms is None else terms)
         reserved = [t.name for t in self.terms if t.name in _RESERVED_NAMES]
         if reserved:
             raise ValueError(f"term name(s) {', '.join(reserved)} are reserved for the distiller's own metrics")
+        needing = [t.name for t in self.terms if t.needs_teacher]
+        if teacher is None and needing:
+            raise ValueError(f"term(s) {', '.join(needing)} learn from a teacher: pass one, or use self-distillation")
         # Variables of the terms (adapters) and the taps are built here, eagerly, so that `load_weights` and Keras
         # Tuner's reload find every variable before the first step.
         self.epoch = keras.Variable(0, dtype="int64", trainable=False, name="epoch")
@@ -140,9 +145,9 @@ class Distiller(keras.Model):
         self._teacher_layers = _unique(name for term in self.terms for name in term.teacher_layers)
         self._student_layers = _unique(name for term in self.terms for name in term.student_layers)
         # A teacher with its own input size sees the student's images converted to it, in the same forward pass.
-        self._teacher_taps = on_images_of(
+        self._teacher_taps = None if teacher is None else on_images_of(
             _tap(teacher, self._teacher_layers, "teacher"), student.inputs[0].shape[1:], f"{teacher.name}_taps"
-        )
+        )  # fmt: skip
         self._student_taps = _tap(student, self._student_layers, "student")
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -171,6 +176,9 @@ class Distiller(keras.Model):
 
     @staticmethod
     def _validate(teacher, student):
+        if teacher is None:
+            signature(student, "student")
+            return
         (_, teacher_classes), (_, student_classes) = signature(teacher, "teacher"), signature(student, "student")
         if teacher_classes != student_classes:
             raise ValueError(f"teacher has {teacher_classes} classes, student {student_classes}: they must be equal")
@@ -285,8 +293,10 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        tracked = [self.loss_tracker, *self.term_trackers, self.accuracy, self.teacher_accuracy,
-                   *getattr(self, "student_metrics", [])]  # fmt: skip
+        tracked = [self.loss_tracker, *self.term_trackers, self.accuracy]
+        if self.teacher is not None:
+            tracked.append(self.teacher_accuracy)
+        tracked += getattr(self, "student_metrics", [])
         if self.collaborative:
             tracked.append(self.teacher_loss_tracker)
         return tracked
@@ -307,6 +317,8 @@ class Distiller(keras.Model):
                     f"({', '.join(self._teacher_layers) or 'collaborative'}): run the teacher live"
                 )
             teacher = Outputs(y["teacher_logits"])
+        elif self._teacher_taps is None:  # Self-distillation: no teacher.
+            teacher = Outputs(None)
         else:
             out = _as_list(self._teacher_taps(x, training=training and self.collaborative))
             teacher = Outputs(out[0], dict(zip(self._teacher_layers, out[1:], strict=True)))
@@ -324,7 +336,8 @@ class Distiller(keras.Model):
         """Per-example values of every term and of their weighted sum (`"loss"`); the teacher is a constant.
 
         `labeled` (1.0 or 0.0 per example) zeroes the terms that read the labels on unlabeled transfer images."""
-        teacher = Outputs(ops.stop_gradient(teacher.logits), teacher.features)
+        if teacher.logits is not None:
+            teacher = Outputs(ops.stop_gradient(teacher.logits), teacher.features)
         values = {}
         for term in self.terms:
             value = term(labels, teacher, student, training=training)
@@ -356,7 +369,8 @@ class Distiller(keras.Model):
         self.accuracy.update_state(labels, student_logits, sample_weight=sample_weight)
         for metric in self.student_metrics:
             metric.update_state(labels, student_logits, sample_weight=sample_weight)
-        self.teacher_accuracy.update_state(labels, teacher_logits, sample_weight=sample_weight)
+        if self.teacher is not None:
+            self.teacher_accuracy.update_state(labels, teacher_logits, sample_weight=sample_weight)
         logs = {m.name: m.result() for m in self.metrics}
         if _in_multi_worker_mode(self.distribute_strategy):
             # Workaround for keras-team/keras#20585 (open in Keras 3.15): across workers, Keras reduces each step's
@@ -447,6 +461,18 @@ class Distiller(keras.Model):
         config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         config["student"] = keras.saving.deserialize_keras_object(config["student"])
         return cls(**config)
+
+
+def default_terms(teacher: keras.Model | None, student: keras.Model) -> list[dict]:
+    """The default method: `DEFAULT_PRESET`; for a multi-exit student, TSKD with self-teaching (`tskd_exits`), or
+    self-distillation alone (`byot`) without a teacher."""
+    from kdkeras.models.exits import exit_layers
+
+    if not exit_layers(student):
+        if teacher is None:
+            return terms_lib.preset("scratch")
+        return terms_lib.preset(DEFAULT_PRESET)
+    return terms_lib.preset(DEFAULT_EXITS_PRESET if teacher is not None else DEFAULT_SELF_PRESET)
 
 
 def _labeled(y):

@@ -50,6 +50,23 @@ PRESETS: dict[str, dict] = {
         "doc": "teacher–student KD: labels + the teacher's softened output (DIST) + feature hints",
         "terms": [{"name": "ce"}, {"name": "dist", "temperature": 4.0, "beta": 2.0, "gamma": 2.0}, {"name": "hint"}],
     },
+    # Multi-exit students (`build_model(..., exits=[...])`): the part of TSKD that `tskd` above leaves out.
+    "byot": {
+        "doc": "self-distillation alone, no teacher (Zhang et al., ICCV 2019): CE at every exit, the final "
+        "output teaching the exits at T 3",
+        "terms": [{"name": "ce"}, {"name": "exit_ce"}, {"name": "self_kd", "temperature": 3.0, "weight": 1.0}],
+    },
+    "tskd_exits": {
+        "doc": "TSKD with self-teaching (Xu et al., Applied Intelligence 2022): the teacher teaches the final output "
+        "and every exit (KD at T 1, as kd_t1), the final output the exits (T 3), and the labels all of them",
+        "terms": [
+            {"name": "ce"},
+            {"name": "kd", "temperature": 1.0},
+            {"name": "exit_ce"},
+            {"name": "exit_kd", "temperature": 1.0},
+            {"name": "self_kd", "temperature": 3.0},
+        ],  # fmt: skip
+    },
 }
 # The default is the recipe that is safest on data and budgets it was not chosen on: the highest worst-case paired
 # gain over the 3-seed screens at two budgets (experiments/results/demo_scale.md: 10 epochs on 10,000 images;
@@ -57,3 +74,7 @@ PRESETS: dict[str, dict] = {
 # (+0.45 and +0.07 on average); DIST, the default before, won at 20 epochs (+0.17) but lost at the short budget
 # (-0.29, worst seed -0.53). DIST and the other presets stay one `--method` away.
 DEFAULT_PRESET = "kd_t1"
+# A multi-exit student's exits learn only from exit terms: the default there adds them (and with no teacher,
+# self-distillation alone).
+DEFAULT_EXITS_PRESET = "tskd_exits"
+DEFAULT_SELF_PRESET = "byot"

@@ -25,6 +25,7 @@ from kdkeras.data import DatasetInfo, EpochClock, load_dataset
 from kdkeras.distiller import Distiller
 from kdkeras.distribute import auto_shard_data
 from kdkeras.evaluation import check_classes, test_record
+from kdkeras.models.exits import exit_layers
 from kdkeras.teacher_cache import with_teacher_logits
 from kdkeras.validation import is_finite_number, is_integer
 
@@ -258,7 +259,7 @@ def run_spec(model: keras.Model, config: TrainConfig) -> dict:
     if isinstance(model, Distiller):
         spec["terms"] = [terms_lib.serialize(term) for term in model.terms]
         spec["collaborative"] = model.collaborative
-        spec["teacher_weights"] = weights_digest(model.teacher)
+        spec["teacher_weights"] = weights_digest(model.teacher) if model.teacher is not None else None
     return spec
 
 
@@ -332,7 +333,7 @@ def train_classifier(model: keras.Model, config: TrainConfig, callbacks=(), data
 
 
 def distill(
-    teacher: keras.Model,
+    teacher: keras.Model | None,
     student: keras.Model,
     config: TrainConfig,
     callbacks=(),
@@ -371,17 +372,21 @@ def distill(
     """
     data = data or prepare_splits(config)
     train, validation, info, clock = data.train, data.validation, data.info, data.clock
-    check_classes(teacher, info, "teacher", any_input_size=True)
+    if teacher is not None:
+        check_classes(teacher, info, "teacher", any_input_size=True)
     check_classes(student, info, "student")
     mimicry = {} if teacher_mimicry is None else {"teacher_mimicry": teacher_mimicry}
     distiller = Distiller(
         teacher, student, terms, collaborative=collaborative, synchronized_bn=synchronized_bn, **mimicry
     )
     if teacher_cache:
+        if teacher is None:
+            raise ValueError("a teacher cache holds a teacher's logits: there is no teacher (self-distillation)")
         if clock is None:
             raise ValueError("a teacher cache needs kdkeras' own training pipeline (a dataset spec or arrays)")
         train = load_cached_train(teacher, config, clock, teacher_cache, distiller.terms, collaborative)
-    if validation is not None and not terms_lib.needs_live_teacher(distiller.terms, collaborative):
+    live_only = terms_lib.needs_live_teacher(distiller.terms, collaborative)
+    if teacher is not None and validation is not None and not live_only:
         # Validation images are never augmented: the teacher's answers on them are the same every epoch.
         validation = auto_shard_data(with_teacher_logits(validation, on_images_of(teacher, info.input_shape)))
     teacher_optimizer = None
@@ -439,7 +444,9 @@ def run_training(
     # Read before training: the checkpoint then holds only the epochs of earlier processes.
     earlier_cpu_seconds = recorded_cpu_seconds(config.backup_dir) if config.backup_dir else 0.0
     cpu_start = time.process_time()
-    if teacher is None:
+    if teacher is None and exit_layers(model):  # A multi-exit model teaches its exits itself (`byot`).
+        distiller, history, seconds, info = distill(None, model, config, callbacks, data=data, **distill_options)
+    elif teacher is None:
         if distill_options:
             raise ValueError(f"{', '.join(sorted(distill_options))}: only used when distilling from a teacher")
         distiller = None

@@ -9,7 +9,7 @@ from kdkeras.validation import check_number
 
 # The built-in terms, for the help text (kdkeras.terms.available() adds user-registered ones; a test keeps this
 # list equal to the built-in registry).
-BUILT_IN_TERMS = ("ce", "kd", "dkd", "dist", "hint", "attention")
+BUILT_IN_TERMS = ("ce", "kd", "dkd", "dist", "hint", "attention", "exit_ce", "exit_kd", "self_kd")
 
 # --------------------------------------------------------------------------------------------------- helpers
 

@@ -25,13 +25,15 @@ MODELS: dict[str, Callable[..., keras.Model]] = {
 _STAGE_NAME = re.compile(r"^stage\d+$")
 
 
-def build_model(name: str, input_shape, num_classes: int, **kwargs) -> keras.Model:
+def build_model(name: str, input_shape, num_classes: int, exits=None, **kwargs) -> keras.Model:
     """Builds a registered model.
 
     Args:
         name: one of `MODELS` (`alexnet`, `ds_alexnet`, `resnet`).
         input_shape: `(height, width, channels)`.
         num_classes: number of output logits.
+        exits: stage layers to put an exit head after (a multi-exit student, `kdkeras.models.exits`), e.g.
+            `["stage3", "stage4"]`; default none.
         **kwargs: builder options (`width`, `depth`, `synchronized_bn`, …).
 
     Returns:
@@ -44,9 +46,14 @@ def build_model(name: str, input_shape, num_classes: int, **kwargs) -> keras.Mod
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
     builder = MODELS[name]
     try:
-        return builder(tuple(int(d) for d in input_shape), int(num_classes), **kwargs)
+        model = builder(tuple(int(d) for d in input_shape), int(num_classes), **kwargs)
     except TypeError as error:
         raise ValueError(f"model '{name}' does not take these options {sorted(kwargs)}: {error}") from None
+    if exits:
+        from kdkeras.models.exits import add_exits
+
+        model = add_exits(model, list(exits))
+    return model
 
 
 def logits_tensor(model: keras.Model, role: str = "model"):

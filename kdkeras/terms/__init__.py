@@ -15,11 +15,13 @@ Presets (`preset("tskd")`) expand to the term lists of the published methods; se
 """
 
 from kdkeras.terms.base import Outputs, Term, available, get, get_list, register, serialize
+from kdkeras.terms.exits import ExitCrossEntropy, ExitKD, SelfKD
 from kdkeras.terms.features import Attention, Hint
 from kdkeras.terms.logits import DIST, DKD, KD, CrossEntropy
 from kdkeras.terms.options import from_options, needs_live_teacher, parse_term, preset
 
 __all__ = [
-    "Attention", "CrossEntropy", "DIST", "DKD", "Hint", "KD", "Outputs", "Term", "available", "from_options", "get",
+    "Attention", "CrossEntropy", "DIST", "DKD", "ExitCrossEntropy", "ExitKD", "Hint", "KD", "Outputs", "SelfKD",
+    "Term", "available", "from_options", "get",
     "get_list", "needs_live_teacher", "parse_term", "preset", "register", "serialize",
 ]  # fmt: skip

@@ -152,6 +152,7 @@ class Term:
             (the student's outputs as the target). Logit terms are mirrored; feature terms are not (their adapters
             map student features to the teacher's).
         search_space: `{argument: (low, high, sampling)}` that the Keras Tuner may search for this term.
+        needs_teacher: the term reads the teacher's outputs (a distiller without a teacher refuses it).
         uses_labels: the term reads the labels; on unlabeled transfer images (`kdkeras.data`,
             `unlabeled_examples`) its value is zeroed. A term of your own that reads them must set it.
 
@@ -164,6 +165,7 @@ class Term:
     mirrored = False
     reads_teacher_features = False
     uses_labels = False
+    needs_teacher = True
     search_space: dict[str, tuple[float, float, str]] = {"weight": (0.1, 1.0, "linear")}
 
     def __init__(self, weight: float = 1.0, name: str | None = None):

@@ -15,6 +15,7 @@ class CrossEntropy(Term):
     """Cross-entropy with the labels: the student's own task loss."""
 
     uses_labels = True
+    needs_teacher = False
 
     def __call__(self, labels, teacher, student, training=False):
         return keras.losses.sparse_categorical_crossentropy(
