@@ -432,3 +432,28 @@ def test_a_malformed_term_option_is_refused_not_dropped(trained, capsys, tmp_pat
     argv = ["distill", "--teacher", teacher, "--dataset", dataset, "--out", str(tmp_path / "s.keras"), *FAST,
             "--term", "hint:pairs=[[stage3,stage3"]  # fmt: skip
     assert "unbalanced brackets" in _error(argv, capsys)
+
+
+def test_multi_exit_students_through_the_cli(trained, capsys):
+    """`--exits`: distill defaults to TSKD with self-teaching, train to self-distillation; evaluate reports each
+    exit, the ensemble, the vote and the early exit chosen on validation; info the cost of reaching each exit."""
+    root, dataset, teacher = trained
+    exits = ["--exits", "stage3,stage4", "--width", "0.25", "--dataset", dataset]
+    student, alone = str(root / "exits.keras"), str(root / "byot.keras")
+    assert run(["distill", "--teacher", teacher, *exits, "--out", student, *FAST], capsys)[0] == 0
+    terms = [t["name"] for t in json.loads(open(student.replace(".keras", ".config.json")).read())["distillation"]
+             ["terms"]]  # fmt: skip
+    assert terms == ["ce", "kd", "exit_ce", "exit_kd", "self_kd"]
+    assert run(["train", "--model", "ds_alexnet", *exits, "--out", alone, *FAST], capsys)[0] == 0
+    history = json.loads(open(alone.replace(".keras", ".config.json")).read())["history"]
+    assert {"exit_ce", "self_kd"} <= set(history)  # Self-distillation trained the exits.
+
+    code, out, _ = run(["evaluate", "--model", student, "--dataset", dataset, "--json"], capsys)
+    report = json.loads(out)["exits"]
+    assert code == 0 and list(report["exits"]) == ["exit_stage3", "exit_stage4", "final"]
+    assert report["exits"]["final"]["accuracy"] == pytest.approx(json.loads(out)["accuracy"])
+    assert 0 < report["chosen"]["mflops"] <= report["chosen"]["full_mflops"] and len(report["curve"]) >= 5
+    code, out, _ = run(["evaluate", "--model", student, "--dataset", dataset], capsys)
+    assert "majority vote" in out and "chosen on validation" in out
+    code, out, _ = run(["info", "--model", "ds_alexnet", "--width", "0.5", "--exits", "stage3,stage4"], capsys)
+    assert "exit_stage3: 2.37 MFLOPs to reach it" in out and "final: 4.14 MFLOPs" in out

@@ -163,6 +163,8 @@ def _builder_options(args, strategy=None) -> dict:
     options = {"width": args.width}
     if getattr(args, "depth", None) is not None:
         options["depth"] = args.depth
+    if getattr(args, "exits", None):
+        options["exits"] = args.exits
     if strategy is not None and use_synchronized_bn(strategy, getattr(args, "sync_bn", "auto")):
         options["synchronized_bn"] = True
     return options
@@ -242,6 +244,7 @@ def cmd_evaluate(args) -> int:
     from kdkeras import artifacts
     from kdkeras.data import load_dataset
     from kdkeras.evaluation import evaluate_classifier
+    from kdkeras.models.exits import exit_layers
 
     model = artifacts.load_model(args.model)
     dataset, info = load_dataset(
@@ -249,6 +252,13 @@ def cmd_evaluate(args) -> int:
     )
     result = evaluate_classifier(model, dataset, info)
     result = {"model": args.model, "dataset": args.dataset, "split": args.split, **result}
+    if exit_layers(model):
+        from kdkeras.early_exit import exit_report
+
+        # The threshold is chosen on validation images, the carve-out of the training split that `train` holds out.
+        validation, _ = load_dataset(args.dataset, "validation", args.batch_size, data_dir=args.data_dir,
+                                     max_examples=args.max_examples)  # fmt: skip
+        result["exits"] = exit_report(model, dataset, validation)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -256,12 +266,27 @@ def cmd_evaluate(args) -> int:
     print(f"  accuracy {result['accuracy']:.4f}   loss {result['loss']:.4f}")
     for name, accuracy in result["per_class"].items():
         print(f"  {name:>20s}  {accuracy:.4f}" if accuracy is not None else f"  {name:>20s}  (no examples)")
+    if "exits" in result:
+        _print_exits(result["exits"])
     return 0
+
+
+def _print_exits(report: dict) -> None:
+    print("  exits (accuracy, cumulative MFLOPs):")
+    for name, entry in report["exits"].items():
+        print(f"  {name:>20s}  {entry['accuracy']:.4f}  {entry['mflops']:.2f}")
+    print(f"  ensemble (mean softmax) {report['ensemble_accuracy']:.4f}   majority vote {report['vote_accuracy']:.4f}")
+    chosen = report["chosen"]
+    print(
+        f"  early exit at threshold {chosen['threshold']} (chosen on validation): accuracy {chosen['accuracy']:.4f} "
+        f"at {chosen['mflops']:.2f} of {chosen['full_mflops']:.2f} MFLOPs per image"
+    )
 
 
 def cmd_info(args) -> int:
     from kdkeras import artifacts
     from kdkeras.models import MODELS, build_model, stage_layers
+    from kdkeras.models.exits import exit_layers
     from kdkeras.profiling import count_flops, count_params
 
     if args.model in MODELS:
@@ -278,6 +303,10 @@ def cmd_info(args) -> int:
         "input_shape": list(model.inputs[0].shape[1:]),
         "stages": {name: list(shape[1:]) for name, shape in stage_layers(model).items()},
     }
+    if exit_layers(model):
+        from kdkeras.early_exit import exit_costs
+
+        record["exits"] = {name: flops for name, flops in exit_costs(model).items()}
     if args.json:
         print(json.dumps(record))
         return 0
@@ -286,6 +315,8 @@ def cmd_info(args) -> int:
         print(f"  file size {size / 1e6:.2f} MB")
     for name, shape in record["stages"].items():
         print(f"  {name}: {tuple(shape)}")
+    for name, flops in record.get("exits", {}).items():
+        print(f"  {name}: {flops / 1e6:.2f} MFLOPs to reach it (the backbone and the heads on the way)")
     return 0
 
 

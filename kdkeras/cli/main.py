@@ -58,8 +58,13 @@ def _finish_defaults(args):
         pairs = args.feature_pairs
         if pairs not in (None, "auto", "none"):
             pairs = parse_feature_pairs(pairs)
+        method = args.method
+        if method is None and args.terms is None and getattr(args, "exits", None):
+            from kdkeras.presets import DEFAULT_EXITS_PRESET
+
+            method = DEFAULT_EXITS_PRESET  # A multi-exit student's exits learn from exit terms only.
         args.term_specs = terms_lib.from_options(
-            args.method, args.terms, [terms_lib.parse_term(t) for t in args.term],
+            method, args.terms, [terms_lib.parse_term(t) for t in args.term],
             temperature=args.temperature, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
             feature_pairs=pairs, feature_loss=args.feature_loss,
         )  # fmt: skip

@@ -55,6 +55,14 @@ def add_method_options(parser) -> None:
     parser.set_defaults(terms=None)
 
 
+def layer_names(text: str) -> list[str]:
+    """`"stage3,stage4"` → `["stage3", "stage4"]`."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected layer names separated by commas, e.g. stage3,stage4")
+    return names
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -187,3 +195,10 @@ def add_distribution_options(parser) -> None:
 def add_builder_options(parser) -> None:
     parser.add_argument("--width", type=positive_float, default=1.0, help="width multiplier")
     parser.add_argument("--depth", type=int, default=None, help="depth (resnet: 6n+2)")
+    parser.add_argument(
+        "--exits",
+        type=layer_names,
+        default=None,
+        metavar="STAGE,...",
+        help="a multi-exit student: an exit head after each of these layers (e.g. stage3,stage4)",
+    )
