@@ -6,7 +6,12 @@ import os
 import pytest
 from conftest import requires_fashion_mnist
 
-from kdkeras.demo import format_table, run_demo
+from kdkeras.demo import TEACHER, format_table, run_demo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The demo's own teacher and regime, on a tiny budget: seconds, not minutes.
+TINY = {"labeled_examples": 300, "unlabeled_examples": 300, "student_epochs": 1, "teacher": os.path.join(ROOT, TEACHER),
+        "training": {"max_validation_examples": 500}}  # fmt: skip
 
 
 def test_format_table():
@@ -22,7 +27,7 @@ def test_format_table():
 @pytest.mark.slow
 @requires_fashion_mnist
 def test_tiny_demo_writes_everything_and_a_second_run_reuses_it(tmp_path, capsys):
-    rows = run_demo(str(tmp_path), train_examples=600, teacher_epochs=1, student_epochs=1)
+    rows = run_demo(str(tmp_path), **TINY)
     assert [row["model"].split(" (")[0] for row in rows] == [
         "teacher",
         "student from scratch",
@@ -34,14 +39,21 @@ def test_tiny_demo_writes_everything_and_a_second_run_reuses_it(tmp_path, capsys
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["rows"]) == 4 and "total wall time" in results["note"]
     assert "| distilled student, TFLite int8 |" in (tmp_path / "results.md").read_text()
-    assert rows[0]["params"] > 8 * rows[2]["params"]
+    assert rows[0]["params"] > 8 * rows[2]["params"] and rows[0]["train_seconds"] is None  # Trained beforehand.
+    distilled_record = json.loads((tmp_path / "demo" / "full" / "distilled-seed0.json").read_text())
+    assert distilled_record["spec"]["train_config"]["unlabeled_examples"] == 300
     # The demo is an experiment: the runner's paired report is written too, and a second run trains nothing.
     report = json.loads((tmp_path / "demo.json").read_text())
     assert [row["name"] for row in report["rows"]] == ["teacher", "scratch", "distilled"]
     distilled = next(row for row in report["rows"] if row["name"] == "distilled")
     assert distilled["delta_mean"] == pytest.approx(rows[2]["test_accuracy"] - rows[1]["test_accuracy"])
     capsys.readouterr()
-    again = run_demo(str(tmp_path), train_examples=600, teacher_epochs=1, student_epochs=1)
+    again = run_demo(str(tmp_path), **TINY)
     out = capsys.readouterr().out
-    assert "teacher: reusing" in out and out.count("done already") == 2
+    assert "teacher: " in out and "evaluating" not in out and out.count("done already") == 2
     assert [row["test_accuracy"] for row in again] == [row["test_accuracy"] for row in rows]
+
+
+def test_the_demo_says_where_its_teacher_should_be(tmp_path):
+    with pytest.raises(ValueError, match="run the demo from the repository's root folder, or pass --teacher"):
+        run_demo(str(tmp_path), teacher=str(tmp_path / "missing.keras"))

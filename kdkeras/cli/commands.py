@@ -387,7 +387,8 @@ def cmd_tune(args) -> int:
 def cmd_demo(args) -> int:
     from kdkeras.demo import run_demo
 
-    budget = {key: getattr(args, key) for key in ("train_examples", "teacher_epochs", "student_epochs")}
+    budget = {key: getattr(args, key) for key in ("labeled_examples", "unlabeled_examples", "student_epochs",
+                                                  "teacher", "seed")}  # fmt: skip
     run_demo(args.out_dir, **{key: value for key, value in budget.items() if value is not None})
     return 0
 

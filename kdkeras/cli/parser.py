@@ -192,12 +192,14 @@ def _benchmark_parser(sub) -> argparse.ArgumentParser:
 
 
 def _demo_parser(sub) -> argparse.ArgumentParser:
-    demo = sub.add_parser("demo", help="teacher, student from scratch and distilled student on Fashion-MNIST")
+    demo = sub.add_parser("demo", help="a student from scratch and a distilled student on Fashion-MNIST")
     demo.add_argument("--out-dir", default=os.path.join("saved_models", "demo"))
     # Defaults of None: run_demo's own defaults are the demo's budget.
-    demo.add_argument("--train-examples", type=positive_int, default=None, help="training images used")
-    demo.add_argument("--teacher-epochs", type=positive_int, default=None)
+    demo.add_argument("--labeled-examples", type=positive_int, default=None, help="labeled training images")
+    demo.add_argument("--unlabeled-examples", type=non_negative_int, default=None, help="images without labels")
     demo.add_argument("--student-epochs", type=positive_int, default=None)
+    demo.add_argument("--teacher", default=None, help="the trained teacher (default: the committed ResNet-20)")
+    demo.add_argument("--seed", type=int, default=None)
     demo.set_defaults(func=commands.cmd_demo)
     return demo
 

@@ -51,6 +51,7 @@ _TRAINING_DEFAULTS = {
     "augment_views": None,
     "flip": None,
     "validation_fraction": 0.1,
+    "max_validation_examples": None,
 }
 _BUDGET_DEFAULTS = {"epochs": None, "teacher_epochs": None, "max_train_examples": None, "seeds": None}
 ROW_DEFAULTS = {
