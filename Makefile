@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 install: $(STAMP) dataset
 
@@ -43,6 +43,10 @@ demo: install
 TEST_WORKERS ?= auto
 test: install
 	$(BIN)/python -m pytest -q --numprocesses $(TEST_WORKERS) --maxprocesses 4
+
+# The developer's loop: unit and numerics tests, without the end-to-end runs marked `slow` (CI runs them all).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" --numprocesses $(TEST_WORKERS) --maxprocesses 4
 
 lint: install
 	$(BIN)/ruff check kdkeras tests experiments

@@ -13,6 +13,9 @@ from conftest import idx_bytes, write_idx_folder
 from kdkeras import cli
 from kdkeras.evaluation import decode_classes
 
+# End-to-end runs: in `make test` (and CI), not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 FAST = ["--epochs", "1", "--batch-size", "16", "--verbose", "0", "--logdir", "none"]
 
 

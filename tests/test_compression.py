@@ -14,6 +14,9 @@ from kdkeras.data import load_dataset
 from kdkeras.export import TFLiteModel
 from kdkeras.models import build_model
 
+# End-to-end runs: in `make test` (and CI), not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 X = np.random.default_rng(0).uniform(0, 255, (6, 28, 28, 1)).astype(np.float32)
 
 

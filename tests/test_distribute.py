@@ -26,6 +26,9 @@ from kdkeras.distribute import (
 )
 from kdkeras.models import build_model
 
+# End-to-end runs: in `make test` (and CI), not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def test_unknown_strategy_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown strategy 'gpus'; choose one of: auto, mirrored, multiworker"):

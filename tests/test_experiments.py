@@ -25,6 +25,9 @@ from kdkeras.experiments.report import (
     rows_reaching_target,
 )
 
+# End-to-end runs: in `make test` (and CI), not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def tiny_config(root, **overrides) -> dict:
     """Two rows on a generated 3-class dataset with small models: seconds per row."""

@@ -24,7 +24,8 @@ from kdkeras.export import (
 from kdkeras.models import build_model
 from kdkeras.training import TrainConfig, train_classifier
 
-pytestmark = requires_fashion_mnist
+# End-to-end exports: in `make test` (and CI), not in `make test-fast`.
+pytestmark = [requires_fashion_mnist, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
-"""README.md: every Python block runs as written (in a scratch folder that sees the committed teacher)."""
+"""README.md and docs/: every Python block runs as written (in a scratch folder that sees the committed teachers),
+and every page the README links to exists."""
 
+import glob
 import os
 import re
 import subprocess
@@ -9,11 +11,15 @@ import pytest
 from conftest import requires_fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BLOCKS = re.findall(r"```python\n(.*?)```", open(os.path.join(ROOT, "README.md")).read(), re.S)
+PAGES = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+BLOCKS = [block for page in PAGES for block in re.findall(r"```python\n(.*?)```", open(page).read(), re.S)]
 
 
-def test_the_readme_has_python_examples():
-    assert len(BLOCKS) >= 2
+def test_the_readme_has_python_examples_and_its_links_exist():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert len(re.findall(r"```python\n", readme)) >= 2 and len(readme.splitlines()) <= 250
+    for link in re.findall(r"\]\(([^)#]+)\)", readme):
+        assert os.path.exists(os.path.join(ROOT, link)), link
 
 
 @pytest.mark.slow

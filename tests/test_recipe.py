@@ -11,6 +11,9 @@ import tensorflow as tf
 
 import kdkeras
 
+# End-to-end runs: in `make test` (and CI), not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 RNG = np.random.default_rng(0)
 Y = RNG.integers(0, 3, 240)
 # Learnable: each class has its own brightness.

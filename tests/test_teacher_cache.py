@@ -18,6 +18,9 @@ from kdkeras.models import build_model
 from kdkeras.teacher_cache import TeacherCache
 from kdkeras.training import TrainConfig, distill
 
+# End-to-end runs: in `make test` (and CI), not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 SHAPE = (28, 28, 1)
 
 

@@ -12,6 +12,9 @@ from conftest import idx_dataset_and_teacher
 from kdkeras import cli, terms, tuning
 from kdkeras.training import TrainConfig, load_splits
 
+# End-to-end runs: in `make test` (and CI), not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 BUILT = []  # Module-level: Keras Tuner deep-copies the callbacks of every trial.
 SPECS = [{"name": "ce"}, {"name": "kd"}, {"name": "hint", "pairs": [["stage5", "stage5"]]}]
 SEARCHED = ("kd.temperature", "kd.weight", "hint.weight", "ce.weight")
