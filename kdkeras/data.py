@@ -235,6 +235,37 @@ def _with_unlabeled(source: Source, spec: str, split: str, validation_fraction: 
     return np.concatenate([x, rest]), np.concatenate([y, np.full(count, -1, y.dtype)])
 
 
+def check_fit_labels(x, y, num_classes: int) -> None:
+    """`check_labels` on what `fit(x, y)` / `evaluate(x, y)` receive: all labels of arrays, the first batch's of a
+    dataset (cheap: one batch), so a label out of range is a `ValueError` before any step instead of TensorFlow's
+    raw InvalidArgumentError mid-step."""
+    if isinstance(x, tf.data.Dataset):
+        if isinstance(x.element_spec, tuple) and isinstance(x.element_spec[1], dict):
+            return  # kdkeras' own pipeline with targets (teacher cache, transfer images): checked when loaded.
+        batch = next(iter(x.take(1)), None)
+        if batch is None:
+            raise ValueError("the dataset is empty")
+        y, where = batch[1] if isinstance(batch, tuple) and len(batch) > 1 else None, "the first batch's labels"
+    else:
+        where = "labels"
+    if isinstance(y, dict):
+        y = y.get("labels")
+    if y is not None:
+        check_labels(np.asarray(y), num_classes, where)
+
+
+def labeled_mask(y):
+    """The 1.0/0.0 per-example mask of a batch with unlabeled transfer images (`unlabeled_examples`), else None."""
+    return y.get("labeled") if isinstance(y, dict) else None
+
+
+def labeled_weight(sample_weight, labeled):
+    """The sample weight of the accuracies: labeled examples only."""
+    if labeled is None:
+        return sample_weight
+    return labeled if sample_weight is None else tf.cast(sample_weight, tf.float32) * labeled
+
+
 def _pipeline(source: Source, x, y, batch_size, seed, shuffle, augment_images, flip, drop_remainder, clock, epoch,
               teacher_logits, return_index, unlabeled=False, views=None) -> tf.data.Dataset:  # fmt: skip
     """The batched pipeline of one split's arrays (see `load_dataset` for the arguments)."""

@@ -12,9 +12,9 @@ from keras import ops
 from kdkeras import terms as terms_lib
 from kdkeras.adapters import on_images_of
 from kdkeras.callbacks import SetEpoch
-from kdkeras.data import EpochClock, check_labels
-from kdkeras.models import logits_tensor, require_layers, signature
-from kdkeras.presets import DEFAULT_EXITS_PRESET, DEFAULT_PRESET, DEFAULT_SELF_PRESET
+from kdkeras.data import EpochClock, check_fit_labels, labeled_mask, labeled_weight
+from kdkeras.keras_fixes import MultiWorkerFit
+from kdkeras.models import as_list, signature, tap
 from kdkeras.terms import Outputs, Term
 from kdkeras.validation import check_number
 
@@ -26,27 +26,12 @@ _RESERVED_NAMES = ("loss", "accuracy", "teacher_accuracy", "teacher_loss")
 _ACCURACY_NAMES = ("accuracy", "acc", "sparse_categorical_accuracy")
 
 
-def _tap(model: keras.Model, layer_names: Sequence[str], role: str) -> keras.Model:
-    """A model sharing `model`'s layers that returns `[logits, *features of layer_names]` in one forward pass."""
-    outputs = [logits_tensor(model, role)] + [layer.output for layer in require_layers(model, layer_names, role)]
-    return keras.Model(model.inputs[0], outputs, name=f"{model.name}_taps")
-
-
-def _as_list(outputs):
-    """A functional model built with a one-element output list returns a bare tensor: make it a list again."""
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-
-
-def _in_multi_worker_mode(strategy) -> bool:
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
-
-
 def _per_example_ce(labels, logits):
     return keras.losses.sparse_categorical_crossentropy(labels, ops.cast(logits, "float32"), from_logits=True)
 
 
 @keras.saving.register_keras_serializable(package="kdkeras")
-class Distiller(keras.Model):
+class Distiller(MultiWorkerFit, keras.Model):
     """Knowledge distillation as a weighted sum of terms; teacher–student collaborative (TSKD) when asked.
 
     The student (with any adapters the terms own) minimises
@@ -56,7 +41,8 @@ class Distiller(keras.Model):
     where each term is a registered `kdkeras.terms.Term`: `ce` (labels), `kd` (Hinton, Vinyals & Dean 2015, soft
     targets, optionally on standardized logits, Sun et al. 2024), `dkd` (Zhao et al. 2022), `dist` (Huang et al.
     2022), `hint` (FitNets, Romero et al. 2015, through trainable adapters), `attention` (Zagoruyko & Komodakis
-    2017), or your own. Features are tapped by layer name once, here, from the layers the terms ask for.
+    2017), the exit terms of a multi-exit student (`exit_ce`, `exit_kd`, `self_kd`; `teacher=None` for
+    self-distillation alone), or your own. Features are tapped by layer name once, here.
 
     In the classic mode (default) the teacher is frozen. With `collaborative=True` the teacher is trained as well,
     by its own optimizer, on CE(labels, teacher) + Σ over the *mirrored* terms (the logit terms: kd, dkd, dist) of
@@ -70,7 +56,8 @@ class Distiller(keras.Model):
 
     Teacher logits can come with the data instead of from a forward pass (a teacher-output cache, see
     `kdkeras.teacher_cache`): a batch `(images, {"labels": y, "teacher_logits": t})` skips the teacher. Terms that
-    need teacher features, and collaborative mode, need the live teacher.
+    need teacher features, and collaborative mode, need the live teacher. A `"labeled"` entry (1.0 or 0.0 per
+    example) marks unlabeled transfer images, on which the label terms are zeroed.
 
     Every per-example loss is averaged over the *global* batch (`tf.nn.compute_average_loss`), so a step under a
     `tf.distribute` strategy with N replicas gives the same update as one device with the same global batch.
@@ -79,17 +66,15 @@ class Distiller(keras.Model):
     includes them, the per-term logs do not.
 
     Args:
-        teacher: a built `keras.Model` (functional or Sequential) returning logits.
+        teacher: a built `keras.Model` (functional or Sequential) returning logits, or None (self-distillation).
         student: a built `keras.Model` returning logits for as many classes; its input shape may differ from the
             teacher's.
-        terms: `Term`s, registered names or dicts (`kdkeras.terms.get`); default the default preset
-            (`kdkeras.presets.DEFAULT_PRESET`).
+        terms: `Term`s, registered names or dicts (`kdkeras.terms.get`); default `kdkeras.terms.default_terms`.
         collaborative: also train the teacher (mutual learning).
         teacher_mimicry: in collaborative mode, the factor on the mirrored terms in the teacher's loss: 0 (default)
             a teacher that keeps learning from the labels alone, 1 deep mutual learning's symmetric loss. Mutual
             learning starts both networks together; a trained teacher that imitates a student that has just
-            started loses what it knows (ResNet-20, TSKD at the demo's scale: 0.88 to 0.83 validation accuracy
-            at 1, to 0.46 at 1 with a 10x higher lr; held 0.88 at 0; experiments/results/demo_scale.md).
+            started loses what it knows (measured in experiments/results/demo_scale.md).
         synchronized_bn: adapters synchronize their batch statistics across replicas.
         name: model name.
 
@@ -125,7 +110,7 @@ class Distiller(keras.Model):
             # Frozen teacher: its variables leave `trainable_variables`, and its BN layers run in inference mode.
             self.teacher.trainable = self.collaborative
 
-        self.terms = terms_lib.get_list(default_terms(teacher, student) if terms is None else terms)
+        self.terms = terms_lib.get_list(terms_lib.default_terms(teacher, student) if terms is None else terms)
         reserved = [t.name for t in self.terms if t.name in _RESERVED_NAMES]
         if reserved:
             raise ValueError(f"term name(s) {', '.join(reserved)} are reserved for the distiller's own metrics")
@@ -146,9 +131,9 @@ class Distiller(keras.Model):
         self._student_layers = _unique(name for term in self.terms for name in term.student_layers)
         # A teacher with its own input size sees the student's images converted to it, in the same forward pass.
         self._teacher_taps = None if teacher is None else on_images_of(
-            _tap(teacher, self._teacher_layers, "teacher"), student.inputs[0].shape[1:], f"{teacher.name}_taps"
+            tap(teacher, self._teacher_layers, "teacher"), student.inputs[0].shape[1:], f"{teacher.name}_taps"
         )  # fmt: skip
-        self._student_taps = _tap(student, self._student_layers, "student")
+        self._student_taps = tap(student, self._student_layers, "student")
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.term_trackers = [keras.metrics.Mean(name=term.name) for term in self.terms]
@@ -190,30 +175,12 @@ class Distiller(keras.Model):
             ValueError: when the labels (all of them for arrays, the first batch's for a dataset) are not class
                 indices 0 … classes − 1, before any step runs.
         """
-        self._check_labels(x, y)
+        check_fit_labels(x, y, signature(self.student, "student")[1])
         return super().fit(x, y, *args, callbacks=[SetEpoch(self.clock), *(callbacks or [])], **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        self._check_labels(x, y)
+        check_fit_labels(x, y, signature(self.student, "student")[1])
         return super().evaluate(x, y, *args, **kwargs)
-
-    def _check_labels(self, x, y) -> None:
-        """Labels out of range would otherwise surface as TensorFlow's raw InvalidArgumentError mid-step."""
-        classes = signature(self.student, "student")[1]
-        if isinstance(x, tf.data.Dataset):
-            if isinstance(x.element_spec, tuple) and isinstance(x.element_spec[1], dict):
-                return  # The teacher cache's pipeline (kdkeras' own, whose labels were checked when loaded).
-            batch = next(iter(x.take(1)), None)
-            if batch is None:
-                raise ValueError("the dataset is empty")
-            _, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
-            where = "the first batch's labels"
-        else:
-            where = "labels"
-        if isinstance(y, dict):
-            y = y.get("labels")
-        if y is not None:
-            check_labels(keras.ops.convert_to_numpy(y), classes, where)
 
     def compile(self, optimizer="adam", teacher_optimizer=None, metrics=None, **kwargs):
         """Configures training.
@@ -320,9 +287,9 @@ class Distiller(keras.Model):
         elif self._teacher_taps is None:  # Self-distillation: no teacher.
             teacher = Outputs(None)
         else:
-            out = _as_list(self._teacher_taps(x, training=training and self.collaborative))
+            out = as_list(self._teacher_taps(x, training=training and self.collaborative))
             teacher = Outputs(out[0], dict(zip(self._teacher_layers, out[1:], strict=True)))
-        out = _as_list(self._student_taps(x, training=training))
+        out = as_list(self._student_taps(x, training=training))
         student = Outputs(out[0], dict(zip(self._student_layers, out[1:], strict=True)))
         return labels, teacher, student
 
@@ -371,36 +338,11 @@ class Distiller(keras.Model):
             metric.update_state(labels, student_logits, sample_weight=sample_weight)
         if self.teacher is not None:
             self.teacher_accuracy.update_state(labels, teacher_logits, sample_weight=sample_weight)
-        logs = {m.name: m.result() for m in self.metrics}
-        if _in_multi_worker_mode(self.distribute_strategy):
-            # Workaround for keras-team/keras#20585 (open in Keras 3.15): across workers, Keras reduces each step's
-            # logs with strategy.reduce("MEAN", value, axis=0), which fails on scalars ("Invalid reduction
-            # dimension 0 for input with 0 dimensions"). Shape-[1] logs reduce to the scalars Keras expects.
-            logs = {name: ops.reshape(value, [1]) for name, value in logs.items()}
-        return logs
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Workaround for keras-team/keras#20585 (open in Keras 3.15): before training, Keras takes the first batch
-        # of a distributed dataset and reduces it across replicas with strategy.reduce("MEAN"), which fails under
-        # MultiWorkerMirroredStrategy for a nested (images, labels) PerReplica batch. The build needs only shapes
-        # and dtypes, so the first local replica's batch serves.
-        strategy = self._distribute_strategy
-        if iterator is not None and strategy is not None:
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: (
-                        strategy.experimental_local_results(v)[0]
-                        if isinstance(v, tf.distribute.DistributedValues)
-                        else v
-                    ),
-                    next(batches),
-                )
-                break
-        super()._maybe_symbolic_build(data_batch=data_batch)
+        return self.reducible_logs({m.name: m.result() for m in self.metrics})
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        labeled = _labeled(y)
+        labeled = labeled_mask(y)
         with tf.GradientTape() as tape:
             labels, teacher, student = self._forward(x, y, training=True)
             values = self._student_losses(labels, teacher, student, training=True, labeled=labeled)
@@ -427,17 +369,17 @@ class Distiller(keras.Model):
         self.optimizer.apply(grads[: len(student_vars)], student_vars)
         if self.collaborative:
             self.teacher_optimizer.apply(grads[len(student_vars) :], teacher_vars)
-        return self._update_metrics(labels, values, teacher.logits, student.logits, _metric_weight(sample_weight,
+        return self._update_metrics(labels, values, teacher.logits, student.logits, labeled_weight(sample_weight,
                                     labeled), teacher_loss, regularization)  # fmt: skip
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        labeled = _labeled(y)
+        labeled = labeled_mask(y)
         labels, teacher, student = self._forward(x, y, training=False)
         values = self._student_losses(labels, teacher, student, training=False, labeled=labeled)
         teacher_loss = self._teacher_loss(labels, teacher, student) if self.collaborative else None
         regularization = self._regularization(self.student, *self.adapters)
-        return self._update_metrics(labels, values, teacher.logits, student.logits, _metric_weight(sample_weight,
+        return self._update_metrics(labels, values, teacher.logits, student.logits, labeled_weight(sample_weight,
                                     labeled), teacher_loss, regularization)  # fmt: skip
 
     def predict_step(self, data):
@@ -461,30 +403,6 @@ class Distiller(keras.Model):
         config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         config["student"] = keras.saving.deserialize_keras_object(config["student"])
         return cls(**config)
-
-
-def default_terms(teacher: keras.Model | None, student: keras.Model) -> list[dict]:
-    """The default method: `DEFAULT_PRESET`; for a multi-exit student, TSKD with self-teaching (`tskd_exits`), or
-    self-distillation alone (`byot`) without a teacher."""
-    from kdkeras.models.exits import exit_layers
-
-    if not exit_layers(student):
-        if teacher is None:
-            return terms_lib.preset("scratch")
-        return terms_lib.preset(DEFAULT_PRESET)
-    return terms_lib.preset(DEFAULT_EXITS_PRESET if teacher is not None else DEFAULT_SELF_PRESET)
-
-
-def _labeled(y):
-    """The 1.0/0.0 per-example mask of a batch with unlabeled transfer images (`kdkeras.data`), else None."""
-    return y.get("labeled") if isinstance(y, dict) else None
-
-
-def _metric_weight(sample_weight, labeled):
-    """Accuracies count labeled examples only."""
-    if labeled is None:
-        return sample_weight
-    return labeled if sample_weight is None else ops.cast(sample_weight, "float32") * labeled
 
 
 def _unique(names) -> list[str]:

@@ -190,7 +190,7 @@ def test_fit_reports_every_term_and_the_teacher():
         ([{"name": "ce", "weight": -1}], "term 'ce': weight must be a finite number >= 0"),
         ([{"name": "kd", "temperature": float("inf")}], "temperature must be a finite number"),
         ([], "no terms"),
-        (["nope"], "unknown term 'nope'; choose one of: attention, ce, dist, dkd, hint, kd"),
+        (["nope"], "unknown term 'nope'; choose one of: attention, ce, dist, dkd, exit_ce, exit_kd, hint, kd"),
         ([{"name": "kd", "temprature": 2}], "term 'kd': .*temprature.*; it takes: weight, temperature, standardize"),
         (["ce", "ce"], "two terms report as ce"),
         ([{"name": "ce", "metric": "loss"}], "reserved for the distiller's own metrics"),

@@ -122,3 +122,14 @@ def require_layers(model: keras.Model, layer_names, role: str = "model") -> list
             f"its stage layers are: {', '.join(stages)}"
         )
     return [model.get_layer(n) for n in layer_names]
+
+
+def tap(model: keras.Model, layer_names, role: str = "model") -> keras.Model:
+    """A model sharing `model`'s layers that returns `[logits, *outputs of layer_names]` in one forward pass."""
+    outputs = [logits_tensor(model, role)] + [layer.output for layer in require_layers(model, layer_names, role)]
+    return keras.Model(model.inputs[0], outputs, name=f"{model.name}_taps")
+
+
+def as_list(outputs) -> list:
+    """A functional model built with a one-element output list returns a bare tensor: make it a list again."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]

@@ -18,10 +18,10 @@ from kdkeras.terms.base import Outputs, Term, available, get, get_list, register
 from kdkeras.terms.exits import ExitCrossEntropy, ExitKD, SelfKD
 from kdkeras.terms.features import Attention, Hint
 from kdkeras.terms.logits import DIST, DKD, KD, CrossEntropy
-from kdkeras.terms.options import from_options, needs_live_teacher, parse_term, preset
+from kdkeras.terms.options import default_terms, from_options, needs_live_teacher, parse_term, preset
 
 __all__ = [
     "Attention", "CrossEntropy", "DIST", "DKD", "ExitCrossEntropy", "ExitKD", "Hint", "KD", "Outputs", "SelfKD",
-    "Term", "available", "from_options", "get",
+    "Term", "available", "default_terms", "from_options", "get",
     "get_list", "needs_live_teacher", "parse_term", "preset", "register", "serialize",
 ]  # fmt: skip

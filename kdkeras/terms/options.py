@@ -127,3 +127,14 @@ def _registered(name: str) -> type[Term]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown term {name!r}; choose one of: {', '.join(available())}")
     return _REGISTRY[name]
+
+
+def default_terms(teacher, student) -> list[dict]:
+    """The default method of a distiller: `DEFAULT_PRESET`; for a multi-exit student, TSKD with self-teaching
+    (`tskd_exits`), or self-distillation alone (`byot`) without a teacher; labels alone with neither."""
+    from kdkeras.models.exits import exit_layers
+    from kdkeras.presets import DEFAULT_EXITS_PRESET, DEFAULT_PRESET, DEFAULT_SELF_PRESET
+
+    if exit_layers(student):
+        return preset(DEFAULT_EXITS_PRESET if teacher is not None else DEFAULT_SELF_PRESET)
+    return preset(DEFAULT_PRESET if teacher is not None else "scratch")
