@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -30,19 +29,11 @@ SETTINGS = (("float32", False), ("mixed_float16", False), ("float32", True), ("m
 STEPS = ("student", "distill_live", "distill_cached")
 
 
-def _rate(step, batch, steps: int, repeats: int = 3) -> float:
-    import keras
+def _rate(step, batch, steps: int) -> float:
+    # throughput.py's measurement (warm-up steps for tracing and XLA compilation, then the median of 3 repeats).
+    from throughput import _images_per_second
 
-    for _ in range(5):  # Tracing, XLA compilation, first allocations.
-        step(*batch)
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            result = step(*batch)
-        keras.ops.convert_to_numpy(tf.nest.flatten(result)[0])  # Waits for the device.
-        rates.append(steps * len(batch[0]) / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return _images_per_second(step, batch, steps, repeats=3)
 
 
 def _models(policy: str):
