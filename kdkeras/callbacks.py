@@ -314,7 +314,8 @@ class StopOnNonFinite(keras.callbacks.Callback):
             if logs and key in logs:
                 value = float(logs[key])
                 if not math.isfinite(value):
-                    kept = f"; the last good checkpoint is kept in {self.where}" if self.where else ""
+                    has_checkpoint = self.where and os.path.exists(os.path.join(self.where, "latest.weights.h5"))
+                    kept = f"; the last good checkpoint is kept in {self.where}" if has_checkpoint else ""
                     raise NonFiniteLossError(
                         f"loss term '{key}' became {value} at epoch {self._epoch + 1}, step {batch + 1}{kept}. "
                         "Lower the learning rate or the loss weights."

@@ -109,6 +109,9 @@ def run_demo(
     Returns:
         One result row per model.
     """
+    batch_size = {**TRAINING, **(training or {})}.get("batch_size", 128)
+    if labeled_examples < batch_size:
+        raise ValueError(f"--labeled-examples must be at least the batch size, {batch_size}; got {labeled_examples}")
     if not os.path.exists(teacher):
         raise ValueError(f"the demo's teacher {teacher} is not here: run the demo from the repository's root "
                          "folder, or pass --teacher FILE")  # fmt: skip

@@ -302,3 +302,11 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path,
         _classifier().fit(X, Y, batch_size=16, epochs=2, verbose=0,
                           callbacks=[ResumableBackup(backup_dir, run_spec={"run": 1})])  # fmt: skip
     assert open(weights, "rb").read() == before
+
+
+def test_a_nan_before_any_checkpoint_does_not_claim_one_is_kept(tmp_path):
+    distiller = _distiller()
+    guard = StopOnNonFinite(where=str(tmp_path / "never_written"))
+    with pytest.raises(NonFiniteLossError) as raised:
+        distiller.fit(X, Y, batch_size=8, epochs=2, verbose=0, callbacks=[PoisonTeacher(distiller.teacher), guard])
+    assert "became nan" in str(raised.value) and "checkpoint" not in str(raised.value)

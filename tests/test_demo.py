@@ -57,3 +57,8 @@ def test_tiny_demo_writes_everything_and_a_second_run_reuses_it(tmp_path, capsys
 def test_the_demo_says_where_its_teacher_should_be(tmp_path):
     with pytest.raises(ValueError, match="run the demo from the repository's root folder, or pass --teacher"):
         run_demo(str(tmp_path), teacher=str(tmp_path / "missing.keras"))
+
+
+def test_the_demo_refuses_fewer_labeled_images_than_a_batch(tmp_path):
+    with pytest.raises(ValueError, match="--labeled-examples must be at least the batch size, 128; got 3"):
+        run_demo(str(tmp_path), labeled_examples=3)

@@ -81,3 +81,9 @@ def test_saved_model_reloads_with_identical_predictions(tmp_path, name):
     artifacts.save_model(model, path)
     restored = artifacts.load_model(path)
     np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_a_width_that_cannot_fit_is_refused_before_building():
+    with pytest.raises(ValueError, match=r"model 'alexnet' at width 1e\+06 would have about .* parameters, more than"):
+        build_model("alexnet", (28, 28, 1), 10, width=1e6)
+    assert build_model("ds_alexnet", (28, 28, 1), 10, width=2.0).count_params() > 0  # A real width still builds.

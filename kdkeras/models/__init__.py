@@ -45,6 +45,7 @@ def build_model(name: str, input_shape, num_classes: int, exits=None, **kwargs) 
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
     builder = MODELS[name]
+    _check_size(name, builder, input_shape, num_classes, kwargs)
     try:
         model = builder(tuple(int(d) for d in input_shape), int(num_classes), **kwargs)
     except TypeError as error:
@@ -54,6 +55,29 @@ def build_model(name: str, input_shape, num_classes: int, exits=None, **kwargs) 
 
         model = add_exits(model, list(exits))
     return model
+
+
+# Above this, a model's weights and Adam's two moments alone take more than 1.2 GB (float32): refused up front rather
+# than after minutes of graph building ending in ResourceExhaustedError.
+MAX_PARAMS = 100_000_000
+
+
+def _check_size(name: str, builder, input_shape, num_classes: int, kwargs: dict) -> None:
+    """Refuses a width multiplier whose model cannot fit, estimated from the width-1 model (parameters grow with
+    the square of the width) before anything large is built."""
+    width = kwargs.get("width", 1.0)
+    if not isinstance(width, (int, float)) or width <= 1.0:
+        return
+    try:
+        base = builder(tuple(int(d) for d in input_shape), int(num_classes), **{**kwargs, "width": 1.0})
+    except TypeError:
+        return  # The builder's own error follows.
+    estimate = base.count_params() * width**2
+    if estimate > MAX_PARAMS:
+        raise ValueError(
+            f"model '{name}' at width {width:g} would have about {estimate:,.0f} parameters, more than "
+            f"{MAX_PARAMS:,} (width {(MAX_PARAMS / base.count_params()) ** 0.5:.1f} at most)"
+        )
 
 
 def logits_tensor(model: keras.Model, role: str = "model"):
