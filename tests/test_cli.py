@@ -460,3 +460,14 @@ def test_multi_exit_students_through_the_cli(trained, capsys):
     assert "majority vote" in out and "chosen on validation" in out
     code, out, _ = run(["info", "--model", "ds_alexnet", "--width", "0.5", "--exits", "stage3,stage4"], capsys)
     assert "exit_stage3: 2.37 MFLOPs to reach it" in out and "final: 4.14 MFLOPs" in out
+
+
+def test_ctrl_c_while_tensorflow_loads_is_one_line_and_status_130(monkeypatch, capsys):
+    from kdkeras.cli import runtime
+
+    def interrupted(show_diagnostics=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runtime, "import_tensorflow_quietly", interrupted)
+    code, _, err = run(["info", "--model", "ds_alexnet"], capsys)
+    assert code == 130 and err.strip().splitlines() == ["kdkeras: interrupted"]

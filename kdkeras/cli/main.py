@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None, as_program: bool | None = None) -> int:
     args = parser.parse_args(argv)
     if as_program:
         runtime.stop_on_second_interrupt()
-    runtime.import_tensorflow_quietly(show_diagnostics=args.debug or TF_LOG_LEVEL_FROM_USER)
     try:
+        # Inside the error boundary: a Ctrl-C while TensorFlow loads (seconds) is one line too.
+        runtime.import_tensorflow_quietly(show_diagnostics=args.debug or TF_LOG_LEVEL_FROM_USER)
         args = _finish_defaults(_apply_config_file(parser, args, argv))
         return args.func(args)
     except KeyboardInterrupt as interrupt:
