@@ -471,3 +471,19 @@ def test_ctrl_c_while_tensorflow_loads_is_one_line_and_status_130(monkeypatch, c
     monkeypatch.setattr(runtime, "import_tensorflow_quietly", interrupted)
     code, _, err = run(["info", "--model", "ds_alexnet"], capsys)
     assert code == 130 and err.strip().splitlines() == ["kdkeras: interrupted"]
+
+
+def test_a_model_with_two_outputs_is_named_as_teacher_and_in_evaluate(trained, capsys, tmp_path):
+    import keras
+
+    from kdkeras import artifacts
+
+    _, dataset, _ = trained
+    inputs = keras.Input((28, 28, 1))
+    flat = keras.layers.Flatten()(inputs)
+    two = str(tmp_path / "two.keras")
+    artifacts.save_model(keras.Model(inputs, [keras.layers.Dense(3)(flat), keras.layers.Dense(3)(flat)]), two)
+    assert "has 1 input(s) and 2 output(s)" in _error(["evaluate", "--model", two, "--dataset", dataset], capsys)
+    argv = ["distill", "--teacher", two, "--dataset", dataset, "--out", str(tmp_path / "s.keras"), *FAST]
+    message = _error(argv, capsys)
+    assert "the teacher" in message and "2 output(s)" in message
