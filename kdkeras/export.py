@@ -80,7 +80,8 @@ def representative_images(dataset, count: int, input_shape) -> np.ndarray:
     return images
 
 
-def tflite_bytes(model: keras.Model, quantize: str = "none", representative: np.ndarray | None = None) -> bytes:
+def tflite_bytes(model: keras.Model, quantize: str = "none", representative: np.ndarray | None = None,
+                 float_io: bool = False) -> bytes:  # fmt: skip
     """Converts a Keras model to a TFLite flatbuffer.
 
     Args:
@@ -88,6 +89,8 @@ def tflite_bytes(model: keras.Model, quantize: str = "none", representative: np.
         quantize: `none` (float32), `float16` (float16 weights), `dynamic` (int8 weights, float activations) or
             `int8` (full integer: int8 weights, activations, input and output).
         representative: float images from the training data, needed for `int8` (calibration of the ranges).
+        float_io: with `int8`, keep float32 inputs and outputs (quantized inside): for models whose inputs are
+            another model's features (`kdkeras.cascade`).
 
     Returns:
         The `.tflite` file content.
@@ -105,10 +108,10 @@ def tflite_bytes(model: keras.Model, quantize: str = "none", representative: np.
         )
         archive.write_out(folder, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serve"])
-        return configure_converter(converter, quantize, representative).convert()
+        return configure_converter(converter, quantize, representative, float_io).convert()
 
 
-def configure_converter(converter, quantize: str, representative: np.ndarray | None = None):
+def configure_converter(converter, quantize: str, representative: np.ndarray | None = None, float_io: bool = False):
     """Sets a `TFLiteConverter` up for one of `QUANTIZATIONS` (see `tflite_bytes`) and returns it."""
     check_quantization(quantize)
     if quantize != "none":
@@ -125,8 +128,9 @@ def configure_converter(converter, quantize: str, representative: np.ndarray | N
 
         converter.representative_dataset = samples
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if not float_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
     return converter
 
 
@@ -176,6 +180,12 @@ class TFLiteModel:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return np.argmax(self.logits(images), axis=-1)
+
+    def run(self, inputs: np.ndarray) -> list[np.ndarray]:
+        """Every output of a float-input model's `serve` signature, in the Keras model's output order."""
+        runner = self.interpreter.get_signature_runner("serve")
+        outputs = runner(images=np.asarray(inputs, np.float32))
+        return [outputs[name] for name in sorted(outputs, key=lambda n: int(n.rsplit("_", 1)[-1]))]
 
 
 def tflite_predict(path: str):

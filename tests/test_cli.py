@@ -460,6 +460,10 @@ def test_multi_exit_students_through_the_cli(trained, capsys):
     assert "majority vote" in out and "chosen on validation" in out
     code, out, _ = run(["info", "--model", "ds_alexnet", "--width", "0.5", "--exits", "stage3,stage4"], capsys)
     assert "exit_stage3: 2.37 MFLOPs to reach it" in out and "final: 4.14 MFLOPs" in out
+    cascade = str(root / "cascade")
+    code, out, _ = run(["export", "--model", student, "--cascade", "--dataset", dataset, "--out", cascade], capsys)
+    assert code == 0 and "LiteRT accuracy" in out and "chosen on validation" in out
+    assert sorted(os.listdir(cascade)) == ["cascade.json", "segment_0.tflite", "segment_1.tflite", "segment_2.tflite"]
 
 
 def test_ctrl_c_while_tensorflow_loads_is_one_line_and_status_130(monkeypatch, capsys):

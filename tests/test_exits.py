@@ -113,3 +113,34 @@ def test_early_exit_curve_ensemble_and_vote_by_hand():
              {"threshold": 0.99, "accuracy": 0.92, "mflops": 3.0}]  # fmt: skip
     assert choose_threshold(curve, 0.92)["threshold"] == 0.9  # The cheapest within 0.3 points.
     assert choose_threshold(curve, 0.99)["threshold"] == 0.99  # None within: the most accurate.
+
+
+@pytest.mark.slow
+def test_the_tflite_cascade_leaves_where_the_keras_model_leaves(tmp_path):
+    """Float: every image leaves at the same exit with the same class as the Keras early exit at that threshold;
+    int8: nearly every one. The threshold splits the images between the first exit and later ones."""
+    import tensorflow as tf
+
+    from kdkeras.cascade import Cascade, export_cascade
+    from kdkeras.early_exit import early_exit_curve, exit_logits
+
+    student = _student()
+    images = np.random.default_rng(3).uniform(0, 255, (64, *SHAPE)).astype(np.float32)
+    labels = np.arange(64) % 10
+    _, logits = exit_logits(student, tf.data.Dataset.from_tensor_slices((images, labels)).batch(32))
+    first = np.exp(logits["exit_stage3"]) / np.exp(logits["exit_stage3"]).sum(-1, keepdims=True)
+    threshold = float(np.median(first.max(-1)))
+    (point,) = early_exit_curve(labels, logits, exit_costs(student), thresholds=[threshold])
+    keras_leaves = np.where(first.max(-1) >= threshold, 0, -1)
+    manifest = export_cascade(student, str(tmp_path / "float"), threshold)
+    assert manifest["exits"] == ["exit_stage3", "exit_stage4", FINAL] and len(manifest["segments"]) == 3
+    classes, leaves = Cascade(str(tmp_path / "float")).predict(images)
+    np.testing.assert_array_equal(leaves == 0, keras_leaves == 0)
+    assert np.mean(classes == labels) == pytest.approx(point["accuracy"])
+    assert 0 < np.mean(leaves == 0) < 1
+    export_cascade(student, str(tmp_path / "int8"), threshold, "int8", images[:32])
+    int8_classes, _ = Cascade(str(tmp_path / "int8")).predict(images)
+    assert np.mean(int8_classes == classes) >= 0.8
+    with pytest.raises(ValueError, match="no kdkeras cascade export wrote it"):
+        (tmp_path / "mine").mkdir()
+        export_cascade(student, str(tmp_path / "mine"), threshold)

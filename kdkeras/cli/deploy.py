@@ -19,6 +19,8 @@ def cmd_export(args) -> int:
     if args.quantize == "int8":
         train, _ = load_dataset(args.dataset, "train", 256, data_dir=args.data_dir, shuffle=True)
         representative = representative_images(train, args.representative_samples, model.inputs[0].shape[1:])
+    if args.cascade:
+        return _export_cascade(args, model, test, representative)
     record = export_model(
         model,
         args.out,
@@ -32,6 +34,30 @@ def cmd_export(args) -> int:
     print(
         f"exported {args.out} ({record['bytes'] / 1024:.0f} KB): accuracy {record['exported_accuracy']:.4f} vs "
         f"Keras {record['keras_accuracy']:.4f} on {info.num_examples} test images; details in {args.out}.verify.json"
+    )
+    return 0
+
+
+def _export_cascade(args, model, test, representative) -> int:
+    """`export --cascade`: the threshold chosen on validation, the segments written, the cascade's test accuracy
+    in LiteRT against the Keras early exit's at that threshold."""
+    import numpy as np
+
+    from kdkeras.cascade import Cascade, export_cascade
+    from kdkeras.data import load_dataset
+    from kdkeras.early_exit import exit_report
+
+    validation, _ = load_dataset(args.dataset, "validation", 256, data_dir=args.data_dir)
+    report = exit_report(model, test, validation)
+    chosen = report["chosen"]
+    export_cascade(model, args.out, chosen["threshold"], args.quantize, representative)
+    images, labels = (np.concatenate(parts) for parts in zip(*[(x.numpy(), y.numpy()) for x, y in test], strict=True))
+    classes, leaves = Cascade(args.out).predict(images)
+    accuracy = float(np.mean(classes == labels))
+    print(
+        f"exported the cascade {args.out} (threshold {chosen['threshold']}, chosen on validation): LiteRT accuracy "
+        f"{accuracy:.4f} against the Keras early exit's {chosen['accuracy']:.4f} on {len(labels)} test images; "
+        f"images leaving at each exit: {np.bincount(leaves, minlength=len(report['exits'])).tolist()}"
     )
     return 0
 

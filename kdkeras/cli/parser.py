@@ -144,6 +144,12 @@ def _export_parser(sub) -> argparse.ArgumentParser:
     exp.add_argument("--max-drop", type=non_negative_float, default=1.0, help="allowed accuracy drop (points)")
     exp.add_argument("--max-test-examples", type=positive_int, default=None)
     exp.add_argument("--representative-samples", type=positive_int, default=200, help="int8 calibration images")
+    exp.add_argument(
+        "--cascade",
+        action="store_true",
+        help="a multi-exit student as one TFLite segment per exit in folder OUT (--quantize none or int8), the "
+        "threshold chosen on validation images",
+    )
     exp.set_defaults(func=deploy.cmd_export)
     return exp
 
