@@ -146,7 +146,9 @@ def run_demo(
         f"kdkeras demo, {dataset}, seed {seed}: students {student_epochs} epochs on {labeled_examples} labeled "
         f"images, the distilled one also on {unlabeled_examples} without labels; test accuracy on the full test set "
         f"({rows[0]['test_examples']} images); {machine_text()}; total wall time {wall:.0f} s (this run; finished "
-        f"steps of an earlier run are reused). Runs, curves and the paired comparison: {experiment.report_base}.md."
+        f"steps of an earlier run are reused). Runs, curves and the paired comparison: {experiment.report_base}.md. "
+        "The distilled student also takes more steps (its epochs cover more images); scratch given as many steps: "
+        "experiments/results/demo_transfer.md (row scratch_steps)."
     )
     artifacts.write_text(os.path.join(out_dir, "results.md"), f"{table}\n\n{note}\n")
     artifacts.write_json(os.path.join(out_dir, "results.json"), {"rows": rows, "note": note, "wall_seconds": wall})
