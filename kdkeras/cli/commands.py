@@ -39,6 +39,21 @@ def _check_writable(path: str) -> None:
         raise OSError(f"cannot write to {folder}: {error.strerror or error}") from None
 
 
+def _check_creatable(folder: str) -> None:
+    """Fails up front when `folder` could not be created or written, without creating it (nothing is left behind
+    by a run that fails later)."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OSError(f"cannot write to {folder}: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise OSError(f"cannot write to {folder}: {error.strerror or error}") from None
+
+
 def _start_strategy(args):
     """The run's `tf.distribute` strategy and precision policy: created first, before any other TensorFlow op (as
     `MultiWorkerMirroredStrategy` requires) and before any model is built."""
@@ -70,7 +85,7 @@ def _start_training(args):
     config = _train_config(args, strategy)
     for folder in (config.logdir, config.backup_dir):
         if folder:  # TensorBoard and the checkpoints would fail at their first write, after the first epoch.
-            _check_writable(os.path.join(folder, "probe"))
+            _check_creatable(folder)
     set_seed(args.seed)
     _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
     return strategy, config, info
