@@ -107,13 +107,14 @@ def _prepare(model, data, validation_data, test_data, settings: dict):
         train, info = _own_pipeline(data, input_shape, classes, "data")
         clock = None
     elif isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = np.asarray(data[0]), check_labels(data[1], classes, "labels")
+        x, y = np.asarray(data[0]), np.asarray(data[1])
         config = TrainConfig(dataset=f"arrays:{_digest(x, y)}", **settings)
-        clock = EpochClock()
-        train, info = from_arrays(x, y, config.batch_size, class_names=_names(classes), seed=config.seed,
-                                  augment_images=config.augment, flip=bool(config.flip), clock=clock)  # fmt: skip
         if config.max_train_examples is not None:
             raise ValueError("max_train_examples applies to dataset specs; slice the arrays instead")
+        clock = EpochClock()
+        # from_arrays checks the labels against the model's classes.
+        train, info = from_arrays(x, y, config.batch_size, class_names=_names(classes), seed=config.seed,
+                                  augment_images=config.augment, flip=bool(config.flip), clock=clock)  # fmt: skip
     else:
         raise ValueError(
             f"data must be a dataset spec, an (images, labels) tuple of arrays or a tf.data.Dataset, got "
