@@ -135,3 +135,23 @@ def test_record(model: keras.Model, config: TrainConfig, test=None, info: Datase
         "flops": count_flops(model),
         **(predict_test_split(model, config) if test is None else predict_dataset(model, test, info)),
     }
+
+
+def exit_record(model: keras.Model, config: TrainConfig, test=None, validation=None) -> dict:
+    """A multi-exit model's `kdkeras.early_exit.exit_report`: each exit's test accuracy and cumulative MFLOPs, the
+    ensemble and the vote, the early-exit curve, and the threshold chosen on the run's own validation split.
+
+    Args:
+        test, validation: datasets of your own instead of the test split and the validation carve-out of
+            `config.dataset` (the one its training held out: same seed and fraction).
+    """
+    from kdkeras.early_exit import exit_report
+
+    if test is None:
+        test, _ = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
+    if validation is None:
+        validation, _ = load_dataset(
+            config.dataset, "validation", 256, validation_fraction=config.validation_fraction, seed=config.seed,
+            data_dir=config.data_dir, max_examples=config.max_validation_examples,
+        )  # fmt: skip
+    return exit_report(model, test, validation)

@@ -113,9 +113,16 @@ def _compare_with_teacher(experiment, rows: list[dict], config_rows: list[dict],
             row["teacher_ratio"] = {key: teacher[key] / row[key] for key in ("params", "flops")}
 
 
-def _baseline(experiment, row: dict, scratch_rows: list[dict]) -> dict | None:
+def _backbone(experiment, row: dict) -> dict:
+    """A row's architecture without its exit heads: a multi-exit student is compared with the same network trained
+    alone, whose final output its own final exit is."""
     model = experiment.row_model(row)
-    candidates = [b for b in scratch_rows if b is not row and experiment.row_model(b) == model]
+    return {**model, "options": {k: v for k, v in model["options"].items() if k != "exits"}}
+
+
+def _baseline(experiment, row: dict, scratch_rows: list[dict]) -> dict | None:
+    model = _backbone(experiment, row)
+    candidates = [b for b in scratch_rows if b is not row and _backbone(experiment, b) == model]
     same_budget = [b for b in candidates if b["epochs_multiplier"] == row["epochs_multiplier"]]
     if same_budget:
         return same_budget[0]

@@ -409,8 +409,13 @@ class Experiment:
 
 
 def distills(row: dict) -> bool:
-    """Whether a row learns from a teacher: every method but `scratch` and `reference`."""
-    return row["method"] not in ("scratch", "reference")
+    """Whether a row learns from a teacher: every method but `scratch`, `reference` and those whose terms read no
+    teacher (a multi-exit student teaching itself, `byot`)."""
+    if row["method"] in ("scratch", "reference"):
+        return False
+    from kdkeras import terms as terms_lib
+
+    return any(term.needs_teacher for term in terms_lib.get_list(row["terms"]))
 
 
 def _file_digest(path: str) -> str:
