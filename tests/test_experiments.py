@@ -13,6 +13,7 @@ from conftest import write_idx_folder
 from kdkeras import cli, terms
 from kdkeras.evaluation import decode_classes, encode_classes
 from kdkeras.experiments import Experiment, check_config, load_config, paired_delta, paired_examples
+from kdkeras.experiments.runner import distills
 from kdkeras.experiments.report import (
     _baseline,
     _plot,
@@ -393,14 +394,47 @@ def test_rows_are_compared_with_the_scratch_row_of_their_own_length(tmp_path):
         {"name": "kd_2x", "method": "kd", "epochs_multiplier": 2},
         {"name": "scratch_4x", "method": "scratch", "epochs_multiplier": 4},
         {"name": "kd_wide", "method": "kd", "options": {"width": 0.5}},
+        # A multi-exit student pairs with its backbone trained alone; another width's backbone pairs with none.
+        {"name": "tskd_exits", "method": "tskd_exits", "options": {"exits": ["stage3", "stage4"]}},
+        {"name": "byot_wide", "method": "byot", "options": {"width": 0.5, "exits": ["stage4"]}},
     ]
     experiment = Experiment(load_config(write_config(str(tmp_path), config)), "quick", verbose=0)
     rows = experiment.config["rows"]
     scratch_rows = [row for row in rows if row["method"] == "scratch"]
     baselines = {row["name"]: (_baseline(experiment, row, scratch_rows) or {}).get("name") for row in rows}
     expected = {"scratch": None, "kd": "scratch", "scratch_2x": "scratch", "kd_2x": "scratch_2x"}
-    expected.update(scratch_4x="scratch_2x", kd_wide=None)
+    expected.update(scratch_4x="scratch_2x", kd_wide=None, tskd_exits="scratch", byot_wide=None)
     assert baselines == expected
+    # Which rows learn from a teacher: not scratch, not a student teaching itself (byot's terms read no teacher).
+    assert {row["name"] for row in rows if distills(row)} == {"kd", "kd_2x", "kd_wide", "tskd_exits"}
+
+
+def test_a_multi_exit_row_teaches_itself_without_a_teacher_and_records_every_exit(tmp_path):
+    """A `byot` row trains no teacher, is paired with the scratch row of its backbone, and its record holds each
+    exit's accuracy and cumulative MFLOPs, the ensemble and the vote, and the early exit chosen on validation."""
+    config = tiny_config(str(tmp_path))
+    config["rows"] = [
+        {"name": "scratch", "method": "scratch"},
+        {"name": "byot", "method": "byot", "options": {"exits": ["stage3", "stage4"]}},
+    ]
+    # Named rows: only the teachers they need are trained (without a selection the table's teacher always is).
+    assert run(write_config(str(tmp_path), config), "--rows", "scratch,byot") == 0
+    rows_dir = tmp_path / "results" / "tiny" / "quick"
+    assert sorted(p.name for p in rows_dir.iterdir()) == ["byot-seed0.json", "scratch-seed0.json"]  # No teacher.
+    record = json.loads((rows_dir / "byot-seed0.json").read_text())
+    exits = record["exits"]
+    assert list(exits["exits"]) == ["exit_stage3", "exit_stage4", "final"]
+    costs = [entry["mflops"] for entry in exits["exits"].values()]
+    assert costs == sorted(costs) and costs[-1] == pytest.approx(record["flops"] / 1e6, rel=0.05)
+    assert exits["exits"]["final"]["accuracy"] == pytest.approx(record["test_accuracy"])
+    assert 0.0 <= exits["ensemble_accuracy"] <= 1.0 and 0.0 <= exits["vote_accuracy"] <= 1.0
+    assert exits["chosen"]["threshold"] in [point["threshold"] for point in exits["curve"]]
+    report = json.loads((tmp_path / "results" / "tiny-quick.json").read_text())
+    by_name = {row["name"]: row for row in report["rows"]}
+    assert by_name["byot"]["baseline"] == "scratch" and by_name["byot"]["teacher"] is None
+    assert by_name["byot"]["delta_mean"] == pytest.approx(
+        record["test_accuracy"] - json.loads((rows_dir / "scratch-seed0.json").read_text())["test_accuracy"]
+    )
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():
