@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import tempfile
 import zipfile
 
@@ -166,6 +167,10 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
         ValueError: when the file is not a valid .keras file, or would need safe mode off (a Lambda layer).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            return load_saved_model(path)
+        raise ValueError(f"{path} is a folder, not a model: give a .keras file or a SavedModel folder")
     if not os.path.isfile(path):
         hint = "" if path.endswith(".keras") else " (a trained .keras file goes here; `kdkeras train` makes one)"
         raise FileNotFoundError(f"model file not found: {path}{hint}")
@@ -180,7 +185,47 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
             raise ValueError(
                 f"{path}: refused: the model contains code (e.g. a Lambda layer), which kdkeras never loads"
             ) from None
+        unknown = re.search(r"Could not locate class '([^']+)'", str(error))
+        if unknown:  # Keras' first line only says that the outer model "could not be deserialized properly".
+            raise ValueError(
+                f"{path}: uses the class '{unknown.group(1)}', which is neither Keras' nor kdkeras': in a script, "
+                "import the module that defines it before loading; or save the model without custom classes"
+            ) from None
         raise ValueError(f"{path}: not a valid .keras file ({type(error).__name__}: {message})") from None
+
+
+def load_saved_model(path: str) -> keras.Model:
+    """A TensorFlow SavedModel folder as a Keras model (inference only: a teacher, or a model to evaluate).
+
+    Its `serving_default` signature runs inside a `keras.layers.TFSMLayer`; it must take one image batch and return
+    one logits tensor. Its layers cannot be tapped, so it serves the terms that read the teacher's output only.
+
+    Raises:
+        ValueError: without such a signature.
+    """
+    import tensorflow as tf
+
+    try:
+        signature = tf.saved_model.load(path).signatures.get("serving_default")
+    except Exception as error:  # TensorFlow raises several types for a damaged folder.
+        raise ValueError(f"{path}: not a readable SavedModel ({type(error).__name__}: {_first_line(error)})") from None
+    if signature is None:
+        raise ValueError(f"{path}: a SavedModel without a 'serving_default' signature, which kdkeras calls")
+    inputs, outputs = signature.structured_input_signature[1], signature.structured_outputs
+    if len(inputs) != 1 or not isinstance(outputs, dict) or len(outputs) != 1:
+        raise ValueError(
+            f"{path}: its serving signature takes {sorted(inputs)} and returns {sorted(outputs)}; kdkeras needs "
+            "one image input and one logits output"
+        )
+    spec = next(iter(inputs.values()))
+    images = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
+    layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default", trainable=False)
+    logits = layer(images)[next(iter(outputs))]
+    return keras.Model(images, logits, name=os.path.basename(os.path.normpath(path)))
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _import_defining_modules(path: str) -> None:

@@ -55,6 +55,55 @@ def test_load_model_errors(tmp_path):
         artifacts.load_model(corrupt)
 
 
+def test_a_folder_that_is_no_saved_model_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="is a folder, not a model: give a .keras file or a SavedModel folder"):
+        artifacts.load_model(tmp_path)
+
+
+def test_an_unknown_custom_class_is_named(tmp_path):
+    @keras.saving.register_keras_serializable(package="elsewhere")
+    class Doubling(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    inputs = keras.Input((3,))
+    keras.Model(inputs, Doubling()(inputs)).save(tmp_path / "custom.keras")
+    # Loaded where the class is not defined, as the CLI would be.
+    del keras.saving.get_custom_objects()["elsewhere>Doubling"]
+    with pytest.raises(ValueError, match="custom.keras: uses the class 'Doubling', which is neither Keras' nor"):
+        artifacts.load_model(tmp_path / "custom.keras")
+
+
+def test_a_saved_model_folder_loads_as_a_model_that_teaches(tmp_path):
+    """A SavedModel (here Keras' `export`) loads as an inference-only Keras model with the same outputs, and serves
+    as a teacher of the distiller's output terms."""
+    from kdkeras import Distiller
+    from kdkeras.models import build_model
+
+    keras.utils.set_random_seed(0)
+    original = build_model("ds_alexnet", (28, 28, 1), 3, width=0.25)
+    original.export(str(tmp_path / "exported"), verbose=False)
+    teacher = artifacts.load_model(tmp_path / "exported")
+    images = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(teacher.predict(images, verbose=0), original.predict(images, verbose=0), atol=1e-5)
+    assert teacher.output_shape == (None, 3) and not teacher.trainable_weights
+
+    distiller = Distiller(teacher, build_model("ds_alexnet", (28, 28, 1), 3, width=0.25), ["ce", "kd"])
+    distiller.compile("adam")
+    history = distiller.fit(images, np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["kd"][0]) and history.history["kd"][0] > 0
+
+
+def test_a_saved_model_with_two_outputs_is_refused(tmp_path):
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"a": x, "b": x}, input_signature=[tf.TensorSpec((None, 4), tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "two"), signatures={"serving_default": module.f})
+    with pytest.raises(ValueError, match="one image input and one logits output"):
+        artifacts.load_model(tmp_path / "two")
+
+
 def test_lambda_layer_is_refused(tmp_path):
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
