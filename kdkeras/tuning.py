@@ -59,8 +59,9 @@ class SearchSpace:
         for name, bounds in (overrides or {}).items():
             if name not in ranges:
                 raise ValueError(f"search-space key {name!r} names nothing searched; searched: {', '.join(ranges)}")
-            if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2):
-                raise ValueError(f"search range of {name} must be [low, high], got {bounds!r}")
+            numbers = isinstance(bounds, (list, tuple)) and len(bounds) == 2
+            if not (numbers and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
+                raise ValueError(f"search range of {name} must be two numbers [low, high], got {bounds!r}")
             ranges[name] = (float(bounds[0]), float(bounds[1]), ranges[name][2])
         return cls(ranges)
 

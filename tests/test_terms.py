@@ -117,6 +117,10 @@ def test_options_resolve_presets_overrides_and_the_classic_sum():
         terms.from_options("kd", alpha=0.5)
     with pytest.raises(ValueError, match="unknown method 'kdd'; choose one of: scratch"):
         terms.from_options("kdd")
+    # A config's `"terms": "kd"` is one name, not the terms "k" and "d".
+    for not_a_list in ("kd", {"name": "kd"}, 3):
+        with pytest.raises(ValueError, match="terms must be a list of term names or specs, e.g. \\[ce, kd\\], got"):
+            terms.from_options(terms=not_a_list)
 
 
 def test_every_preset_builds_a_distiller_and_cites_its_source():

@@ -112,7 +112,9 @@ def test_cli_writes_reports_that_distill_accepts(setup, tmp_path, capsys):
         ({"hint.weight": [1, float("inf")]}, "not finite"),
         ({"kd.weight": [-1, 1]}, "search range of kd.weight must be >= 0"),
         ({"kd.dropout": [0, 1]}, "search-space key 'kd.dropout' names nothing searched; searched: lr, ce.weight"),
-        ({"kd.temperature": 3}, "search range of kd.temperature must be [low, high]"),
+        ({"kd.temperature": 3}, "search range of kd.temperature must be two numbers [low, high]"),
+        ({"kd.temperature": ["a", "b"]}, "search range of kd.temperature must be two numbers [low, high], got ['a'"),
+        ({"kd.temperature": [True, 4]}, "search range of kd.temperature must be two numbers"),
     ],
 )
 def test_bad_search_spaces(overrides, message):

@@ -89,6 +89,8 @@ def from_options(
         if not specs:
             raise ValueError("alpha, beta and gamma are all 0: nothing to learn from")
     elif terms is not None:
+        if isinstance(terms, (str, Mapping)) or not isinstance(terms, Sequence):  # "kd" is not ["k", "d"].
+            raise ValueError(f"terms must be a list of term names or specs, e.g. [ce, kd], got {terms!r}")
         specs = [dict(s) if isinstance(s, Mapping) else {"name": s} for s in terms]
     else:
         specs = preset(method or DEFAULT_PRESET)
