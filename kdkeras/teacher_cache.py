@@ -83,9 +83,17 @@ class TeacherCache:
 
     def __init__(self, path: str):
         self.path = path
-        with open(os.path.join(path, "meta.json")) as f:
-            self.meta = json.load(f)
-        self._logits = np.load(os.path.join(path, "logits.npy"), mmap_mode="r")
+        try:
+            with open(os.path.join(path, "meta.json")) as f:
+                self.meta = json.load(f)
+            self._logits = np.load(os.path.join(path, "logits.npy"), mmap_mode="r")
+        except (OSError, ValueError) as error:  # numpy: "mmap length is greater than file size", json, ...
+            raise DamagedCacheError(f"teacher cache {path} is damaged ({_first_line(error)})") from None
+        if list(self._logits.shape) != list(self.meta.get("shape", [])):
+            raise DamagedCacheError(
+                f"teacher cache {path} is damaged (logits of shape {list(self._logits.shape)}, meta.json says "
+                f"{self.meta.get('shape')})"
+            )
 
     @property
     def epochs(self) -> int:
@@ -113,20 +121,40 @@ class TeacherCache:
             config = dataclasses.replace(config, epochs=views)
         data_spec = _data_spec(teacher, config)
         path = os.path.join(root, _key(data_spec, config.epochs))
-        if os.path.exists(os.path.join(path, "meta.json")):
+        if os.path.exists(os.path.join(path, "meta.json")) and (cache := _readable(path, log)) is not None:
             log(f"teacher cache: reusing {path}")
-            return cls(path)
-        siblings = _siblings(root, data_spec)
+            return cache
+        siblings = {epochs: cache for epochs, folder in _siblings(root, data_spec).items()
+                    if (cache := _readable(folder, log)) is not None}  # fmt: skip
         longer = min((epochs for epochs in siblings if epochs > config.epochs), default=None)
         if longer is not None:  # A longer run's cache holds this run's epochs.
-            log(f"teacher cache: reusing the first {config.epochs} of {longer} epochs in {siblings[longer]}")
-            return cls(siblings[longer])
+            log(f"teacher cache: reusing the first {config.epochs} of {longer} epochs in {siblings[longer].path}")
+            return siblings[longer]
         shorter = max(siblings, default=None)  # Its epochs are copied, only the rest is computed.
         start = time.perf_counter()
         partial = f"{path}.partial"
-        _compute(teacher, config, partial, batch_size, cls(siblings[shorter]) if shorter is not None else None, log)
+        _compute(teacher, config, partial, batch_size, siblings.get(shorter), log)
         _publish(partial, path, time.perf_counter() - start, log)
         return cls(path)
+
+
+class DamagedCacheError(ValueError):
+    """A finished cache folder whose files cannot be read back (truncated, edited, half deleted)."""
+
+
+def _readable(path: str, log) -> TeacherCache | None:
+    """The cache in `path`, or None when it is damaged: then it is removed (it holds only what kdkeras computed and
+    computes again) and the reason logged."""
+    try:
+        return TeacherCache(path)
+    except DamagedCacheError as error:
+        log(f"{error}: removed; it is computed again")
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _compute(teacher, config, partial: str, batch_size: int, earlier: TeacherCache | None, log) -> None:

@@ -93,6 +93,31 @@ def test_the_cache_is_reused_and_any_change_makes_a_new_one(setup, tmp_path):
     assert same_images == teacher_cache.fingerprint(teacher, config)  # The optimizer does not change the images.
 
 
+@pytest.mark.parametrize("damage", ["truncate logits", "corrupt meta", "shape mismatch"])
+def test_a_damaged_cache_is_named_removed_and_computed_again(setup, tmp_path, damage):
+    _, teacher, config = setup
+    first = TeacherCache.prepare(teacher, config, str(tmp_path), log=lambda _: None)
+    expected = np.array(first.epoch_logits(1))
+    del first
+    folder = teacher_cache.fingerprint(teacher, config)
+    logits_path, meta_path = (os.path.join(tmp_path, folder, name) for name in ("logits.npy", "meta.json"))
+    if damage == "truncate logits":
+        with open(logits_path, "r+b") as f:
+            f.truncate(os.path.getsize(logits_path) // 2)
+    elif damage == "corrupt meta":
+        with open(meta_path, "w") as f:
+            f.write('{"shape":')
+    else:
+        meta = json.load(open(meta_path))
+        json.dump({**meta, "shape": [9, 9, 9]}, open(meta_path, "w"))
+    with pytest.raises(teacher_cache.DamagedCacheError, match=f"teacher cache {tmp_path}.* is damaged"):
+        TeacherCache(os.path.join(tmp_path, folder))
+    lines, log = _messages()
+    again = TeacherCache.prepare(teacher, config, str(tmp_path), log=log)
+    assert any("is damaged" in line and "removed; it is computed again" in line for line in lines)
+    np.testing.assert_array_equal(again.epoch_logits(1), expected)
+
+
 def test_a_longer_run_extends_a_shorter_cache_and_a_shorter_run_reads_a_longer_one(setup, tmp_path):
     """Epoch e's images do not depend on the run's length: a 3-epoch cache copies the 2 epochs of a 2-epoch one and
     computes only the third (the result equals a cache computed from scratch); a 1-epoch run reads the 3-epoch
