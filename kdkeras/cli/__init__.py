@@ -12,8 +12,10 @@ from here.
 import os
 
 # Before TensorFlow is imported anywhere: keep its C++ start-up chatter off the user's terminal, unless the user
-# asked for a level (then `runtime.import_tensorflow_quietly` hides nothing either; `main` reads this).
-TF_LOG_LEVEL_FROM_USER = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+# asked for more of it (a level below our 2: then `runtime.import_tensorflow_quietly` hides nothing either; `main`
+# reads this). A level of 2 or 3 asks for less, and gets the quiet start too.
+_USER_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip()
+SHOW_TF_DIAGNOSTICS = _USER_LEVEL.isdigit() and int(_USER_LEVEL) < 2
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kdkeras.cli.commands import parse_feature_pairs  # noqa: E402
