@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -493,3 +494,14 @@ def test_a_model_with_two_outputs_is_named_as_teacher_and_in_evaluate(trained, c
     argv = ["distill", "--teacher", two, "--dataset", dataset, "--out", str(tmp_path / "s.keras"), *FAST]
     message = _error(argv, capsys)
     assert "the teacher" in message and "2 output(s)" in message
+
+
+def test_a_loss_that_becomes_nan_ends_the_progress_line_then_says_so_in_one_line(trained, capsys, tmp_path):
+    _, dataset, _ = trained
+    argv = ["train", "--dataset", dataset, "--model", "ds_alexnet", "--width", "0.25", "--epochs", "1",
+            "--batch-size", "16", "--lr", "1e20", "--verbose", "1", "--out", str(tmp_path / "nan.keras")]  # fmt: skip
+    code, out, err = run(argv, capsys)
+    assert code == 1 and out.endswith("\n")  # The progress bar's line is ended before the error.
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and re.match(r"kdkeras: error: loss term 'loss' became (nan|inf)", lines[0]), err
+    assert "checkpoint" not in lines[0]  # None exists after the first steps: none is claimed.

@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None, as_program: bool | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except ArithmeticError as error:  # A loss became NaN or Inf.
+    except ArithmeticError as error:  # A loss became NaN or Inf, in the middle of an epoch's progress bar.
+        if getattr(args, "verbose", 0) == 1:
+            print(flush=True)  # Ends the bar's line: the error then starts a line of its own.
         print(f"kdkeras: error: {_one_line(error)}", file=sys.stderr)
         return 1
     except (ValueError, OSError) as error:
