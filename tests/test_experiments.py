@@ -222,6 +222,7 @@ def test_seeds_option_narrows_what_runs_not_what_the_report_covers(tmp_path):
         (lambda c: c["teacher"].update(model="vgg"), "teacher.model: unknown model 'vgg'"),
         (lambda c: c["training"].update(optimizer="lion"), "training.optimizer: must be one of adam, adamw, sgd"),
         (lambda c: c["budgets"]["full"].pop("epochs"), "budgets.full: missing 'epochs'"),
+        (lambda c: c.update(budgets={}), "budgets: define at least one of quick, full"),
         (lambda c: c["budgets"]["quick"].update(epochs=0), "budgets.quick.epochs: must be an integer >= 1"),
         (lambda c: c.update(seeds="0"), "seeds: must be a non-empty list of integers"),
         (lambda c: c["rows"].append({"name": "scratch", "method": "scratch"}), "duplicate or reserved row name(s)"),
@@ -259,6 +260,17 @@ def test_bad_config_fails_with_one_line_naming_the_key(tmp_path, capsys, change,
     assert err.startswith("kdkeras: error: ") and "\n" not in err
     assert path in err and message in err
     assert not (tmp_path / "results").exists()  # Nothing trained, nothing written.
+
+
+def test_a_config_needs_only_the_budget_it_is_run_with(tmp_path, capsys):
+    config = tiny_config(str(tmp_path))
+    del config["budgets"]["full"]
+    path = write_config(str(tmp_path), config)
+    assert run(path, "--rows", "scratch") == 0
+    assert (tmp_path / "results" / "tiny" / "quick" / "scratch-seed0.json").exists()
+    capsys.readouterr()
+    assert cli.main(["experiment", path, "--budget", "full", "--verbose", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "kdkeras: error: tiny: the config has no 'full' budget (it has: quick)"
 
 
 def test_unknown_row_name_fails_before_training(tmp_path, capsys):

@@ -256,8 +256,10 @@ def check_config(mapping: dict, path: str) -> dict:
             "must be a fraction of accuracy below 1 (0.008 is +0.8 points)",
         )
     budgets = _fill(config["budgets"], dict.fromkeys(BUDGETS), f"{path}: budgets")
+    _require(any(budgets.values()), f"{path}: budgets", f"define at least one of {', '.join(BUDGETS)}")
     for name in BUDGETS:
-        _require(budgets[name] is not None, f"{path}: budgets", f"missing budget '{name}'")
+        if budgets[name] is None:  # Only the budget a run asks for must be there (`Experiment` says so).
+            continue
         budget = budgets[name] = _fill(budgets[name], _BUDGET_DEFAULTS, f"{path}: budgets.{name}")
         trains_a_teacher = any(t.get("file") is None for t in [config["teacher"], *config["teachers"].values()])
         for key in ("epochs", "teacher_epochs") if trains_a_teacher else ("epochs",):

@@ -50,6 +50,9 @@ class Experiment:
     def __init__(self, config: dict, budget: str = "quick", verbose: int = 2):
         if budget not in BUDGETS:
             raise ValueError(f"unknown budget {budget!r}; choose one of: {', '.join(BUDGETS)}")
+        if config["budgets"][budget] is None:
+            defined = [name for name, plan in config["budgets"].items() if plan is not None]
+            raise ValueError(f"{config['name']}: the config has no '{budget}' budget (it has: {', '.join(defined)})")
         self.config, self.budget, self.verbose = config, budget, verbose
         self.plan = config["budgets"][budget]
         self.seeds = self.plan["seeds"] or config["seeds"]
