@@ -18,7 +18,7 @@ import time
 from kdkeras import artifacts
 from kdkeras.data import load_dataset
 from kdkeras.experiments import Experiment, check_config
-from kdkeras.experiments.runner import read_json
+from kdkeras.experiments.records import read_json
 from kdkeras.export import export_model, representative_images
 from kdkeras.presets import DEFAULT_PRESET, PRESETS
 from kdkeras.reporting import machine_text, markdown_table

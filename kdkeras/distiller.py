@@ -12,18 +12,16 @@ from keras import ops
 from kdkeras import terms as terms_lib
 from kdkeras.adapters import on_images_of
 from kdkeras.callbacks import SetEpoch
-from kdkeras.data import EpochClock, check_fit_labels, labeled_mask, labeled_weight
+from kdkeras.data import EpochClock
 from kdkeras.keras_fixes import MultiWorkerFit
+from kdkeras.labels import check_fit_labels, labeled_mask, labeled_weight
 from kdkeras.models import as_list, signature, tap
+from kdkeras.student_metrics import student_metrics
 from kdkeras.terms import Outputs, Term
 from kdkeras.validation import check_number
 
 # Metric names the distiller reports itself; a term may not take one of them.
 _RESERVED_NAMES = ("loss", "accuracy", "teacher_accuracy", "teacher_loss")
-
-
-# `compile(metrics=[...])` names of the student accuracy the distiller reports anyway.
-_ACCURACY_NAMES = ("accuracy", "acc", "sparse_categorical_accuracy")
 
 
 def _per_example_ce(labels, logits):
@@ -38,10 +36,8 @@ class Distiller(MultiWorkerFit, keras.Model):
 
         loss = Σ_terms weight · term(labels, teacher outputs, student outputs)
 
-    where each term is a registered `kdkeras.terms.Term`: `ce` (labels), `kd` (Hinton, Vinyals & Dean 2015, soft
-    targets, optionally on standardized logits, Sun et al. 2024), `dkd` (Zhao et al. 2022), `dist` (Huang et al.
-    2022), `hint` (FitNets, Romero et al. 2015, through trainable adapters), `attention` (Zagoruyko & Komodakis
-    2017), the exit terms of a multi-exit student (`exit_ce`, `exit_kd`, `self_kd`; `teacher=None` for
+    where each term is a registered `kdkeras.terms.Term` (`kdkeras.terms.available()`): the labels, the teacher's
+    output, its features through trainable adapters, the exits of a multi-exit student (`teacher=None` for
     self-distillation alone), or your own. Features are tapped by layer name once, here.
 
     In the classic mode (default) the teacher is frozen. With `collaborative=True` the teacher is trained as well,
@@ -72,9 +68,8 @@ class Distiller(MultiWorkerFit, keras.Model):
         terms: `Term`s, registered names or dicts (`kdkeras.terms.get`); default `kdkeras.terms.default_terms`.
         collaborative: also train the teacher (mutual learning).
         teacher_mimicry: in collaborative mode, the factor on the mirrored terms in the teacher's loss: 0 (default)
-            a teacher that keeps learning from the labels alone, 1 deep mutual learning's symmetric loss. Mutual
-            learning starts both networks together; a trained teacher that imitates a student that has just
-            started loses what it knows (measured in experiments/results/demo_scale.md).
+            a teacher that keeps learning from the labels alone (a trained teacher that imitates a student that has
+            just started loses what it knows), 1 deep mutual learning's symmetric loss.
         synchronized_bn: adapters synchronize their batch statistics across replicas.
         name: model name.
 
@@ -196,7 +191,7 @@ class Distiller(MultiWorkerFit, keras.Model):
         """
         if kwargs.get("loss") is not None:
             raise ValueError("Distiller.compile takes no 'loss': the loss is the weighted sum of the terms")
-        self.student_metrics = self._student_metrics(metrics)
+        self.student_metrics = student_metrics(metrics, {t.name for t in self.terms} | set(_RESERVED_NAMES))
         optimizer = keras.optimizers.get(optimizer)
         # Under a "mixed_float16" policy Keras wraps `optimizer` in a LossScaleOptimizer here.
         super().compile(optimizer=optimizer, **kwargs)
@@ -234,25 +229,6 @@ class Distiller(MultiWorkerFit, keras.Model):
             ),
             metrics=[keras.metrics.deserialize(metric) for metric in config.get("metrics", [])] or None,
         )
-
-    def _student_metrics(self, metrics) -> list[keras.metrics.Metric]:
-        if metrics is None:
-            return []
-        if isinstance(metrics, (str, keras.metrics.Metric)) or not isinstance(metrics, Sequence):
-            raise ValueError(f"metrics must be a list of metric names or keras.metrics.Metric objects, got {metrics!r}")
-        built = []
-        for metric in metrics:
-            if isinstance(metric, str) and metric in _ACCURACY_NAMES:
-                continue  # Reported as `accuracy` already.
-            try:
-                built.append(keras.metrics.get(metric))
-            except ValueError as error:
-                raise ValueError(f"unknown metric {metric!r}: {str(error).splitlines()[0]}") from None
-        taken = {t.name for t in self.terms} | set(_RESERVED_NAMES)
-        clashes = [m.name for m in built if m.name in taken]
-        if clashes or len({m.name for m in built}) != len(built):
-            raise ValueError(f"metric name(s) {', '.join(clashes) or 'repeated'} taken: give the metric another name")
-        return built
 
     @property
     def _student_variables(self):

@@ -14,8 +14,8 @@ import tensorflow as tf
 from kdkeras.data import DatasetInfo, load_dataset
 from kdkeras.models import signature
 
-if TYPE_CHECKING:  # training imports this module; the config type is only named here.
-    from kdkeras.training import TrainConfig
+if TYPE_CHECKING:
+    from kdkeras.settings import TrainConfig
 
 
 def check_classes(model: keras.Model, info: DatasetInfo, role: str = "model", any_input_size: bool = False) -> None:

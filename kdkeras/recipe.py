@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdkeras.data import EpochClock, check_labels, from_arrays
+from kdkeras.data import EpochClock, from_arrays
+from kdkeras.labels import check_labels
 from kdkeras.models import signature
 from kdkeras.training import RunResult, Splits, TrainConfig, run_training
 

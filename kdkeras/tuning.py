@@ -198,3 +198,62 @@ def write_reports(rows: list[dict], out_dir: str, note: str, term_specs: list[di
 def load_teacher(path: str) -> keras.Model:
     """Loads the shared teacher without its optimizer (`compile=False`), so trial checkpoints stay small."""
     return artifacts.load_model(path, compile=False)
+
+
+def search(
+    teacher: keras.Model,
+    student: tuple[str, dict],
+    term_specs: list,
+    config: TrainConfig,
+    *,
+    tuner: str = "random",
+    max_trials: int = 10,
+    directory: str = "tuning",
+    project_name: str = "kd",
+    overwrite: bool = False,
+    space_overrides: dict | None = None,
+    teacher_cache: str | None = None,
+    strategy=None,
+) -> dict:
+    """A whole search, as `kdkeras tune` runs it: the data once, a trial per point of the space, the reports.
+
+    Args:
+        teacher: the trained teacher (loaded under `strategy`'s scope).
+        student: `(architecture name, builder options)`, built afresh in each trial.
+        term_specs: the terms whose arguments are searched (`kdkeras.terms` specs).
+        config: the trials' training settings (`epochs` per trial, batch size, seed, dataset).
+        space_overrides: `{"TERM.ARGUMENT": [low, high]}` narrowing the searched ranges.
+        teacher_cache: a teacher-output cache folder shared by every trial (they see the same images).
+
+    Returns:
+        `{"rows": trials best first, "best": best_hparams.json's content, "out_dir", "logdir"}`.
+    """
+    from kdkeras import terms as terms_lib
+    from kdkeras.callbacks import SetEpoch
+    from kdkeras.data import EpochClock
+    from kdkeras.evaluation import check_classes
+    from kdkeras.training import load_cached_train, load_splits
+
+    clock = EpochClock()
+    train, validation, info = load_splits(config, clock)
+    check_classes(teacher, info, "teacher", any_input_size=True)
+    if teacher_cache:  # Every trial trains on the same images (same seed, epochs counted from 0): one cache serves all.
+        train = load_cached_train(teacher, config, clock, teacher_cache, term_specs)
+    name, options = student
+    probe = Distiller(teacher, build_model(name, info.input_shape, info.num_classes, **options), term_specs)
+    # "auto" feature pairs resolved once, so every trial (and best_hparams.json) names the same layers.
+    term_specs = [terms_lib.serialize(term) for term in probe.terms]
+    space = SearchSpace.for_terms(probe.terms, space_overrides)
+    hypermodel = DistillerHyperModel(teacher, student, term_specs, space, config, steps_per_epoch=len(train))
+    keras_tuner_ = make_tuner(tuner, hypermodel, max_trials, config.epochs, directory, project_name, overwrite,
+                              config.seed, distribution_strategy=strategy)  # fmt: skip
+    out_dir = os.path.join(directory, project_name)
+    logdir = os.path.join(out_dir, "tensorboard")
+    keras_tuner_.search(train, validation_data=validation, epochs=config.epochs, shuffle=False, verbose=config.verbose,
+                        callbacks=[SetEpoch(clock), keras.callbacks.TensorBoard(logdir)])  # fmt: skip
+    rows = trial_rows(keras_tuner_)
+    note = (
+        f"{tuner} search, {len(rows)} trials × {config.epochs} epoch(s), {info.name}, "
+        f"{config.max_train_examples or 'all'} training images; objective: student val_accuracy"
+    )
+    return {"rows": rows, "best": write_reports(rows, out_dir, note, term_specs), "out_dir": out_dir, "logdir": logdir}

@@ -402,7 +402,7 @@ def test_unreadable_images_negative_labels_and_misnamed_models_are_named(tmp_pat
 
 
 def test_a_user_set_tensorflow_log_level_below_ours_shows_its_diagnostics(monkeypatch, tmp_path):
-    probe = "import os, kdkeras.cli as c; print(c.SHOW_TF_DIAGNOSTICS, os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    probe = "import os, kdkeras.cli as c; print(c.runtime.SHOW_TF_DIAGNOSTICS, os.environ['TF_CPP_MIN_LOG_LEVEL'])"
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
     # 0 and 1 ask for more than the default; 2 and 3 for less, which the quiet start gives (3 once showed them).
     # Unset, the CLI sets level 3: runtime ERROR lines (oneDNN's DT_HALF notice) stay hidden too.
@@ -415,7 +415,7 @@ def test_a_user_set_tensorflow_log_level_below_ours_shows_its_diagnostics(monkey
     main_module = sys.modules["kdkeras.cli.main"]  # `kdkeras.cli.main` the attribute is the function.
 
     seen = []
-    monkeypatch.setattr(main_module, "SHOW_TF_DIAGNOSTICS", True)
+    monkeypatch.setattr(main_module.runtime, "SHOW_TF_DIAGNOSTICS", True)
     monkeypatch.setattr(
         main_module.runtime, "import_tensorflow_quietly", lambda show_diagnostics: seen.append(show_diagnostics)
     )

@@ -333,7 +333,7 @@ def test_from_arrays_is_the_seeded_pipeline_of_load_dataset():
     ids=["too_large", "negative", "fractional", "one_hot"],
 )
 def test_check_labels_says_what_it_found_and_what_it_expected(labels, message):
-    from kdkeras.data import check_labels
+    from kdkeras.labels import check_labels
 
     with pytest.raises(ValueError, match=message):
         check_labels(labels, 10)

@@ -13,6 +13,7 @@ from conftest import write_idx_folder
 from kdkeras import cli, terms
 from kdkeras.evaluation import decode_classes, encode_classes
 from kdkeras.experiments import Experiment, check_config, load_config, paired_delta, paired_examples
+from kdkeras.experiments.config import distills
 from kdkeras.experiments.report import (
     _baseline,
     _plot,
@@ -24,7 +25,6 @@ from kdkeras.experiments.report import (
     reaches_target,
     rows_reaching_target,
 )
-from kdkeras.experiments.runner import distills
 
 # End-to-end runs: in `make test` (and CI), not in `make test-fast`.
 pytestmark = pytest.mark.slow

@@ -336,17 +336,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    import keras
-
-    from kdkeras import terms as terms_lib
     from kdkeras import tuning
-    from kdkeras.callbacks import SetEpoch
-    from kdkeras.data import EpochClock
-    from kdkeras.distiller import Distiller
     from kdkeras.distribute import num_replicas, scale_batch_and_lr
-    from kdkeras.evaluation import check_classes
-    from kdkeras.models import build_model
-    from kdkeras.training import TrainConfig, load_cached_train, load_splits, set_seed
+    from kdkeras.training import TrainConfig, set_seed
 
     strategy = _start_strategy(args)
     set_seed(args.seed)
@@ -357,45 +349,16 @@ def cmd_tune(args) -> int:
         dataset=args.dataset, epochs=args.epochs_per_trial, batch_size=batch_size, seed=args.seed,
         max_train_examples=args.max_train_examples, data_dir=args.data_dir, verbose=args.verbose,
     )  # fmt: skip
-    clock = EpochClock()
-    train, validation, info = load_splits(config, clock)
-    check_classes(teacher, info, "teacher", any_input_size=True)
-    student_kwargs = _builder_options(args, strategy)
-    term_specs = args.term_specs
-    if args.teacher_cache:
-        # Every trial trains on the same images (same seed, epochs counted from 0): one cache serves them all.
-        train = load_cached_train(teacher, config, clock, args.teacher_cache, term_specs)
-    probe = Distiller(teacher, build_model(args.student, info.input_shape, info.num_classes, **student_kwargs),
-                      term_specs)  # fmt: skip
-    # "auto" feature pairs resolved once, so every trial (and best_hparams.json) names the same layers.
-    term_specs = [terms_lib.serialize(term) for term in probe.terms]
-    space = tuning.SearchSpace.for_terms(probe.terms, read_mapping(args.space) if args.space else None)
-    hypermodel = tuning.DistillerHyperModel(
-        teacher, (args.student, student_kwargs), term_specs, space, config, steps_per_epoch=len(train)
-    )
-    tuner = tuning.make_tuner(
-        args.tuner, hypermodel, args.max_trials, args.epochs_per_trial, args.directory, args.project_name,
-        args.overwrite, args.seed, distribution_strategy=strategy,
+    result = tuning.search(
+        teacher, (args.student, _builder_options(args, strategy)), args.term_specs, config, tuner=args.tuner,
+        max_trials=args.max_trials, directory=args.directory, project_name=args.project_name,
+        overwrite=args.overwrite, space_overrides=read_mapping(args.space) if args.space else None,
+        teacher_cache=args.teacher_cache, strategy=strategy,
     )  # fmt: skip
-    logdir = os.path.join(args.directory, args.project_name, "tensorboard")
-    tuner.search(
-        train,
-        validation_data=validation,
-        epochs=args.epochs_per_trial,
-        shuffle=False,
-        verbose=args.verbose,
-        callbacks=[SetEpoch(clock), keras.callbacks.TensorBoard(logdir)],
-    )
-    rows = tuning.trial_rows(tuner)
-    out_dir = os.path.join(args.directory, args.project_name)
-    note = (
-        f"{args.tuner} search, {len(rows)} trials × {args.epochs_per_trial} epoch(s), {info.name}, "
-        f"{config.max_train_examples or 'all'} training images; objective: student val_accuracy"
-    )
-    best = tuning.write_reports(rows, out_dir, note, term_specs)
-    print(f"best val_accuracy {rows[0]['val_accuracy']:.4f} with {json.dumps(best)}")
+    out_dir = result["out_dir"]
+    print(f"best val_accuracy {result['rows'][0]['val_accuracy']:.4f} with {json.dumps(result['best'])}")
     print(f"wrote {out_dir}/best_hparams.json (use: kdkeras distill --config {out_dir}/best_hparams.json …), "
-          f"trials.md, trials.json, objective.png; TensorBoard logs in {logdir}")  # fmt: skip
+          f"trials.md, trials.json, objective.png; TensorBoard logs in {result['logdir']}")  # fmt: skip
     return 0
 
 

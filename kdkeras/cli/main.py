@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from kdkeras.cli import SHOW_TF_DIAGNOSTICS, runtime  # Set by the package before it imports this module.
+from kdkeras.cli import runtime
 from kdkeras.cli.commands import parse_feature_pairs
 from kdkeras.cli.parser import build_parser
 from kdkeras.config_files import read_mapping
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None, as_program: bool | None = None) -> int:
         runtime.stop_on_second_interrupt()
     try:
         # Inside the error boundary: a Ctrl-C while TensorFlow loads (seconds) is one line too.
-        runtime.import_tensorflow_quietly(show_diagnostics=args.debug or SHOW_TF_DIAGNOSTICS)
+        runtime.import_tensorflow_quietly(show_diagnostics=args.debug or runtime.SHOW_TF_DIAGNOSTICS)
         args = _finish_defaults(_apply_config_file(parser, args, argv))
         return args.func(args)
     except KeyboardInterrupt as interrupt:

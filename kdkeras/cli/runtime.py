@@ -13,6 +13,16 @@ import sys
 import threading
 import time
 
+# On import (`kdkeras.cli` imports this module first), before anything imports TensorFlow: keep its C++ chatter off
+# the user's terminal, at start-up and after. Level 3 also hides its runtime ERROR lines, e.g. oneDNN's "supports
+# DT_HALF only on platforms with AVX-512 FP16" on CPUs without it: diagnostics for TensorFlow's developers; a failure
+# that matters reaches Python as an exception, which kdkeras reports in one line. A user who asks for more (a level
+# below 2) sees everything: then `import_tensorflow_quietly` hides nothing either (`main` passes this on). Levels 2
+# and 3 get the quiet start.
+_USER_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip()
+SHOW_TF_DIAGNOSTICS = _USER_LEVEL.isdigit() and int(_USER_LEVEL) < 2
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 # Seconds the watchdog leaves Python's own handler (the training callback's "stopped immediately", or
 # KeyboardInterrupt) to exit cleanly after the second signal before it ends the process itself.
 _GRACE_SECONDS = 2.0
@@ -27,7 +37,7 @@ def import_tensorflow_quietly(show_diagnostics: bool = False) -> None:
     enough: file descriptor 2 points at /dev/null while TensorFlow loads and probes its devices.
 
     Args:
-        show_diagnostics: hide nothing (`--debug`, or `TF_CPP_MIN_LOG_LEVEL` set by the user).
+        show_diagnostics: hide nothing (`--debug`, or a `TF_CPP_MIN_LOG_LEVEL` below 2 set by the user).
     """
     if show_diagnostics or "tensorflow" in sys.modules:
         return

@@ -12,7 +12,7 @@ callbacks come from `kdkeras.training.make_callbacks`), so re-running the same c
 The report step gathers the row JSONs into `RESULTS_DIR/NAME.md` / `.json` and draws the plots.
 
 Modules: `config` (the YAML schema, `load_config`), `runner` (`Experiment`: the teacher and the rows), `report`
-(the table, the paired differences and the plots).
+(the table and the plots), `statistics` (the paired differences).
 
 Row methods:
     scratch: the student trained on the labels alone.
@@ -32,8 +32,9 @@ marks it, and the report names the rows that reach it in the mean and on every s
 """
 
 from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, check_config, load_config
-from kdkeras.experiments.report import paired_delta, paired_examples, write_report
+from kdkeras.experiments.report import write_report
 from kdkeras.experiments.runner import Experiment
+from kdkeras.experiments.statistics import paired_delta, paired_examples
 
 __all__ = [
     "BUDGETS",

@@ -332,3 +332,13 @@ def _valid_seeds(seeds) -> bool:
     return (
         isinstance(seeds, list) and bool(seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
     )
+
+
+def distills(row: dict) -> bool:
+    """Whether a row learns from a teacher: every method but `scratch`, `reference` and those whose terms read no
+    teacher (a multi-exit student teaching itself, `byot`)."""
+    if row["method"] in ("scratch", "reference"):
+        return False
+    from kdkeras import terms as terms_lib
+
+    return any(term.needs_teacher for term in terms_lib.get_list(row["terms"]))

@@ -4,38 +4,12 @@ from its checkpoint) when the same command runs again."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import os
 import time
 
-from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, ROW_DEFAULTS
+from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, distills
+from kdkeras.experiments.records import fingerprint, read_json, recorded_spec, row_settings, train_settings
 from kdkeras.reporting import machine
-
-# Row keys added after results were recorded (left out of a row's spec while at their `ROW_DEFAULTS` value).
-_LATER_KEYS = ("teacher", "teacher_row", "teacher_mimicry", "teacher_cache", "unlabeled_examples")
-# Row keys that do not change what a row computes for one seed: its label, and which other seeds it runs.
-_NOT_SETTINGS = ("label", "seeds")
-
-
-def _row_settings(row: dict) -> dict:
-    """The row keys that decide one seed's result: not the label or seed list, and not a later key at its default
-    (so rows finished before that key existed still match)."""
-    return {k: v for k, v in row.items() if k not in _NOT_SETTINGS and not (k in _LATER_KEYS and v == ROW_DEFAULTS[k])}
-
-
-def _recorded_spec(record: dict) -> dict | None:
-    """A row JSON's spec with its row settings filtered as `Experiment.row_spec` filters them (a row recorded
-    while the label, seeds or a later key were still written out still matches)."""
-    spec = record.get("spec")
-    if not isinstance(spec, dict) or not isinstance(spec.get("row"), dict):
-        return spec
-    return {**spec, "row": _row_settings(spec["row"])}
-
-
-def _fingerprint(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Experiment:
@@ -152,23 +126,23 @@ class Experiment:
         return {
             "model": teacher["model"],
             "options": teacher["options"],
-            "train_config": _settings(config),
+            "train_config": train_settings(config),
         }
 
     def row_spec(self, row: dict, seed: int) -> dict:
         """Everything a row's result depends on; a finished row is skipped only when this matches its JSON."""
         config = self._row_config(row, seed)
         spec = {
-            "row": _row_settings(row),
+            "row": row_settings(row),
             "model": self.row_model(row),
-            "train_config": _settings(config),
+            "train_config": train_settings(config),
             "results_version": RESULTS_VERSION,
         }
         if distills(row):
             teacher_row = self._teacher_row(row)
             # A teacher assistant's spec includes its teacher row's: retraining that row makes this one stale.
             teacher = self.teacher_spec(row.get("teacher")) if teacher_row is None else self.row_spec(teacher_row, seed)
-            spec["teacher"] = _fingerprint(teacher)
+            spec["teacher"] = fingerprint(teacher)
             # Cached logits are float16: results may differ from live ones in the last digits.
             spec["teacher_logits"] = "cache" if self._cache_dir(row) else "live"
         return spec
@@ -261,7 +235,7 @@ class Experiment:
         path = self.row_path(row["name"], seed)
         record = read_json(path)
         model_path = self.model_path(row["name"], seed)
-        if record is not None and _recorded_spec(record) == spec:
+        if record is not None and recorded_spec(record) == spec:
             self._log(f"{row['name']} seed {seed}: done already ({record['test_accuracy']:.4f}), skipped")
             if "test_predictions" not in record and os.path.exists(model_path):
                 record = self._add_predictions(row, seed, record, path, model_path)
@@ -394,7 +368,7 @@ class Experiment:
             records = []
             for seed in self.row_seeds(row):
                 record = read_json(self.row_path(row["name"], seed))
-                if record is not None and _recorded_spec(record) == self.row_spec(row, seed):
+                if record is not None and recorded_spec(record) == self.row_spec(row, seed):
                     records.append(record)
             results[row["name"]] = records
         return teachers, results
@@ -411,16 +385,6 @@ class Experiment:
         return write_report(self, command)
 
 
-def distills(row: dict) -> bool:
-    """Whether a row learns from a teacher: every method but `scratch`, `reference` and those whose terms read no
-    teacher (a multi-exit student teaching itself, `byot`)."""
-    if row["method"] in ("scratch", "reference"):
-        return False
-    from kdkeras import terms as terms_lib
-
-    return any(term.needs_teacher for term in terms_lib.get_list(row["terms"]))
-
-
 def _file_digest(path: str) -> str:
     from kdkeras import artifacts
 
@@ -429,26 +393,7 @@ def _file_digest(path: str) -> str:
     return artifacts.weights_digest(artifacts.load_model(path))
 
 
-def _settings(config) -> dict:
-    """The parts of a `TrainConfig` that change the result (not where logs and checkpoints go), leaving out those
-    at their default: a field added to `TrainConfig` later does not make every finished row stale."""
-    from kdkeras.training import result_settings
-
-    defaults = {field.name: field.default for field in dataclasses.fields(config)}
-    return {k: v for k, v in result_settings(config).items() if k == "seed" or v != defaults[k]}
-
-
 def _dataset_info(config):
     from kdkeras.data import load_dataset
 
     return load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)[1]
-
-
-def read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: unreadable result file ({error}); delete it to run that row again") from None

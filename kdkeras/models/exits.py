@@ -54,7 +54,7 @@ def add_exits(model: keras.Model, stages: Sequence[str], name: str | None = None
         >>> exit_layers(student)
         ['exit_stage3', 'exit_stage4']
     """
-    from kdkeras.models import logits_tensor, require_layers
+    from kdkeras.models.anatomy import logits_tensor, require_layers
 
     final = logits_tensor(model, "model")
     if not stages:
