@@ -42,7 +42,7 @@ demo: install
 # thread per worker measured no faster). `TEST_WORKERS=0 make test` runs it in one process.
 TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q --numprocesses $(TEST_WORKERS) --maxprocesses 4
+	$(BIN)/python -m pytest -q --numprocesses $(TEST_WORKERS) --maxprocesses 4 --durations 15
 
 # The developer's loop: unit and numerics tests, without the end-to-end runs marked `slow` (CI runs them all).
 test-fast: install

@@ -139,13 +139,15 @@ def run_demo(
         rows.append({**{key: value for key, value in record.items() if key not in ("history", "spec")},
                      "model": label, "file": path, "file_kb": os.path.getsize(path) / 1024})  # fmt: skip
 
-    rows.append(_export_int8(os.path.join(out_dir, OUTPUTS["distilled"]), dataset, rows[-1], seed))
+    max_test = {**TRAINING, **(training or {})}.get("max_test_examples")
+    rows.append(_export_int8(os.path.join(out_dir, OUTPUTS["distilled"]), dataset, rows[-1], seed, max_test))
     table = format_table(rows)
     wall = time.perf_counter() - start
     note = (
         f"kdkeras demo, {dataset}, seed {seed}: students {student_epochs} epochs on {labeled_examples} labeled "
-        f"images, the distilled one also on {unlabeled_examples} without labels; test accuracy on the full test set "
-        f"({rows[0]['test_examples']} images); {machine_text()}; total wall time {wall:.0f} s (this run; finished "
+        f"images, the distilled one also on {unlabeled_examples} without labels; test accuracy on "
+        f"{'the full test set (' if max_test is None else 'a seeded sample of '}{rows[0]['test_examples']} test images"
+        f"{')' if max_test is None else ''}; {machine_text()}; total wall time {wall:.0f} s (this run; finished "
         f"steps of an earlier run are reused). Runs, curves and the paired comparison: {experiment.report_base}.md. "
         "The distilled student also takes more steps (its epochs cover more images); scratch given as many steps: "
         "experiments/results/demo_transfer.md (row scratch_steps)."
@@ -156,10 +158,11 @@ def run_demo(
     return rows
 
 
-def _export_int8(model_path: str, dataset: str, distilled: dict, seed: int) -> dict:
-    """The distilled student as full-integer TFLite, its accuracy verified on the test set: the table's last row."""
+def _export_int8(model_path: str, dataset: str, distilled: dict, seed: int, max_test_examples=None) -> dict:
+    """The distilled student as full-integer TFLite, its accuracy verified on the test set (the first
+    `max_test_examples` images of the students' seeded sample): the table's last row."""
     print("\n[export] distilled student → TFLite int8, verified on the test set", flush=True)
-    test, info = load_dataset(dataset, "test", 256)
+    test, info = load_dataset(dataset, "test", 256, max_examples=max_test_examples, seed=seed)
     train, _ = load_dataset(dataset, "train", 256, shuffle=True, seed=seed)
     tflite_path = os.path.join(os.path.dirname(model_path), "student_distilled_int8.tflite")
     verified = export_model(

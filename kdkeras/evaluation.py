@@ -81,8 +81,14 @@ def predict_test_split(model: keras.Model, config: TrainConfig) -> dict:
         example (which ones each gets right), which is how the experiment report separates a real difference
         from the luck of the test sample.
     """
-    test, info = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
+    test, info = load_test(config)
     return predict_dataset(model, test, info)
+
+
+def load_test(config: TrainConfig):
+    """The test split a run is scored on: `(dataset, info)`; a seeded sample of `config.max_test_examples`."""
+    return load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed,
+                        max_examples=config.max_test_examples)  # fmt: skip
 
 
 def predict_dataset(model: keras.Model, test, info: DatasetInfo) -> dict:
@@ -148,7 +154,7 @@ def exit_record(model: keras.Model, config: TrainConfig, test=None, validation=N
     from kdkeras.early_exit import exit_report
 
     if test is None:
-        test, _ = load_dataset(config.dataset, "test", 256, data_dir=config.data_dir, seed=config.seed)
+        test, _ = load_test(config)
     if validation is None:
         validation, _ = load_dataset(
             config.dataset, "validation", 256, validation_fraction=config.validation_fraction, seed=config.seed,

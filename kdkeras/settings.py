@@ -27,6 +27,7 @@ SETTING_RULES = {
     "seed": (is_integer, "an integer"),
     "max_train_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
     "max_validation_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
+    "max_test_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
     "unlabeled_examples": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
     "augment_views": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1 or unset"),
     "validation_fraction": (lambda v: is_finite_number(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
@@ -63,6 +64,8 @@ class TrainConfig:
         max_train_examples: train on the first N examples only (quick runs).
         max_validation_examples: validate on the first N held-out examples only (quick runs; the held-out set
             stays the same, so training never sees them).
+        max_test_examples: evaluate on a seeded sample of N test images only (quick runs and tests; a record says
+            how many it was scored on).
         unlabeled_examples: distillation only: also train on the next N training images without their labels
             (transfer images): only the teacher's terms see them (`kdkeras.data.load_dataset`).
         validation_fraction: share of the training data held out for validation.
@@ -88,6 +91,7 @@ class TrainConfig:
     seed: int = 0
     max_train_examples: int | None = None
     max_validation_examples: int | None = None
+    max_test_examples: int | None = None
     unlabeled_examples: int = 0
     validation_fraction: float = 0.1
     augment: bool = True

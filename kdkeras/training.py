@@ -45,7 +45,12 @@ def load_splits(config: TrainConfig, clock: EpochClock | None = None, teacher_lo
         clock: the `EpochClock` the training pipeline reads its epoch from (pass `SetEpoch(clock)` to `fit`).
         teacher_logits: cached teacher logits per epoch (`kdkeras.teacher_cache.TeacherCache.epoch_logits`).
     """
-    common = dict(validation_fraction=config.validation_fraction, seed=config.seed, data_dir=config.data_dir)
+    train, info = load_train(config, clock, teacher_logits)
+    return train, load_validation(config), info
+
+
+def load_train(config: TrainConfig, clock: EpochClock | None = None, teacher_logits=None):
+    """The training split as `load_splits` gives it: `(dataset, info)`."""
     train, info = load_dataset(
         config.dataset,
         "train",
@@ -57,17 +62,28 @@ def load_splits(config: TrainConfig, clock: EpochClock | None = None, teacher_lo
         teacher_logits=teacher_logits,
         unlabeled_examples=config.unlabeled_examples,
         augment_views=config.augment_views,
-        **common,
+        **_carve_out(config),
     )
     if config.batch_size > info.num_examples:  # Checked before any batch is assembled.
         raise ValueError(
             f"batch size {config.batch_size} is larger than the {info.num_examples} training examples of "
             f"{config.dataset}; pass a smaller --batch-size"
         )
+    return auto_shard_data(train), info
+
+
+def load_validation(config: TrainConfig):
+    """The validation split (never augmented), bounded by `config.max_validation_examples`."""
     validation, _ = load_dataset(
-        config.dataset, "validation", config.batch_size, max_examples=config.max_validation_examples, **common
-    )
-    return auto_shard_data(train), auto_shard_data(validation), info
+        config.dataset, "validation", config.batch_size, max_examples=config.max_validation_examples,
+        **_carve_out(config),
+    )  # fmt: skip
+    return auto_shard_data(validation)
+
+
+def _carve_out(config: TrainConfig) -> dict:
+    """What decides which training images are held out for validation (the same in every split's pipeline)."""
+    return dict(validation_fraction=config.validation_fraction, seed=config.seed, data_dir=config.data_dir)
 
 
 @dataclasses.dataclass
@@ -108,7 +124,7 @@ def load_cached_train(teacher, config: TrainConfig, clock: EpochClock, cache_roo
     from kdkeras.teacher_cache import TeacherCache
 
     cache = TeacherCache.prepare(teacher, config, cache_root)
-    return load_splits(config, clock, cache.epoch_logits)[0]
+    return load_train(config, clock, cache.epoch_logits)[0]
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:

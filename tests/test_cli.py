@@ -506,3 +506,25 @@ def test_a_loss_that_becomes_nan_ends_the_progress_line_then_says_so_in_one_line
     lines = err.strip().splitlines()
     assert len(lines) == 1 and re.match(r"kdkeras: error: loss term 'loss' became (nan|inf)", lines[0]), err
     assert "checkpoint" not in lines[0]  # None exists after the first steps: none is claimed.
+
+
+def test_a_distill_run_builds_each_split_once_and_records_its_exits(trained, capsys, tmp_path, monkeypatch):
+    """One pass through the pipeline: the training, validation and test splits are each built once (the test split
+    at the end, for the record; the teacher's validation logits once), and a multi-exit student's record holds its
+    exits and the early exit chosen on that same validation split."""
+    import kdkeras.data
+
+    _, dataset, teacher = trained
+    built = []
+    select = kdkeras.data._select
+    monkeypatch.setattr(kdkeras.data, "_select", lambda source, spec, split, *a: built.append(split) or select(
+        source, spec, split, *a))  # fmt: skip
+    out = tmp_path / "s.keras"
+    argv = ["distill", "--teacher", teacher, "--dataset", dataset, "--width", "0.25", "--exits", "stage3,stage4",
+            "--out", str(out), *FAST]  # fmt: skip
+    assert run(argv, capsys)[0] == 0
+    assert sorted(built) == ["test", "train", "validation"]
+    record = json.loads(open(str(out).replace(".keras", ".config.json")).read())
+    assert list(record["exits"]["exits"]) == ["exit_stage3", "exit_stage4", "final"]
+    assert record["exits"]["exits"]["final"]["accuracy"] == pytest.approx(record["test_accuracy"])
+    assert record["exits"]["chosen"] is not None

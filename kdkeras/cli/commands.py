@@ -75,10 +75,9 @@ def _start_training(args):
     the seed, and the dataset's info.
 
     Returns:
-        `(strategy, TrainConfig, DatasetInfo)`.
+        `(strategy, TrainConfig, Splits)`: the training and validation splits, built once for the whole run.
     """
-    from kdkeras.data import load_dataset
-    from kdkeras.training import set_seed
+    from kdkeras.training import prepare_splits, set_seed
 
     strategy = _start_strategy(args)
     _check_writable(args.out)
@@ -87,8 +86,7 @@ def _start_training(args):
         if folder:  # TensorBoard and the checkpoints would fail at their first write, after the first epoch.
             _check_creatable(folder)
     set_seed(args.seed)
-    _, info = load_dataset(config.dataset, "test", config.batch_size, data_dir=config.data_dir)
-    return strategy, config, info
+    return strategy, config, prepare_splits(config)
 
 
 def _train_config(args, strategy):
@@ -124,9 +122,10 @@ def _train_config(args, strategy):
     )
 
 
-def _finish_run(model, args, config, result, extra: dict, strategy) -> dict | None:
-    """Evaluates on the test split, saves the model and its run record (`kdkeras.training.run_training`'s, the
-    test result, and what the command knows) beside it, and prints a summary.
+def _finish_run(model, args, config, result, extra: dict, strategy, splits) -> dict | None:
+    """Evaluates on the test split (a multi-exit model: each exit, the ensemble, the early exit chosen on the run's
+    validation split too), saves the model and its run record (`kdkeras.training.run_training`'s, the test result,
+    and what the command knows) beside it, and prints a summary.
 
     Under a multi-worker strategy only the chief saves; the other workers print the digest of the weights they
     trained (equal to the chief's, as every update is all-reduced) and return None.
@@ -138,7 +137,8 @@ def _finish_run(model, args, config, result, extra: dict, strategy) -> dict | No
 
     from kdkeras import artifacts
     from kdkeras.distribute import num_replicas, worker_role
-    from kdkeras.evaluation import test_record
+    from kdkeras.evaluation import exit_record, load_test, test_record
+    from kdkeras.models.exits import exit_layers
 
     is_chief, index = worker_role(strategy)
     digest = artifacts.weights_digest(model)
@@ -148,9 +148,13 @@ def _finish_run(model, args, config, result, extra: dict, strategy) -> dict | No
 
     # Here, outside the strategy's scope: the chief evaluates alone, and inside the scope a multi-worker strategy
     # turns its model calls into collective ops that wait for workers which have finished.
+    test, info = load_test(config)
+    evaluated = test_record(model, config, test, info)
+    if exit_layers(model):
+        evaluated["exits"] = exit_record(model, config, test, splits.validation)
     record = {
         "command": args.command,
-        **test_record(model, config),
+        **evaluated,
         **result.record,
         "dataset": dataclasses.asdict(result.info),
         "train_config": dataclasses.asdict(config),
@@ -200,25 +204,26 @@ def cmd_train(args) -> int:
     from kdkeras.models import build_model
     from kdkeras.training import remove_backup, run_training
 
-    strategy, config, info = _start_training(args)
+    strategy, config, splits = _start_training(args)
     builder_options = _builder_options(args, strategy)
     with _output_lock(args, strategy):
         with strategy.scope():
-            model = build_model(args.model, info.input_shape, info.num_classes, **builder_options)
-            result = run_training(model, config, evaluate=False)  # _finish_run evaluates, outside the scope.
-        _finish_run(model, args, config, result, {"builder": {"name": args.model, **builder_options}}, strategy)
+            model = build_model(args.model, splits.info.input_shape, splits.info.num_classes, **builder_options)
+            result = run_training(model, config, evaluate=False, data=splits)  # _finish_run evaluates, outside.
+        extra = {"builder": {"name": args.model, **builder_options}}
+        _finish_run(model, args, config, result, extra, strategy, splits)
         remove_backup(config)  # Only now: a kill during the save above resumes from the finished training.
     return 0
 
 
 def cmd_distill(args) -> int:
-    strategy, config, info = _start_training(args)
+    strategy, config, splits = _start_training(args)
     with _output_lock(args, strategy):
-        _distill_locked(args, strategy, config, info)
+        _distill_locked(args, strategy, config, splits)
     return 0
 
 
-def _distill_locked(args, strategy, config, info) -> None:
+def _distill_locked(args, strategy, config, splits) -> None:
     from kdkeras import artifacts
     from kdkeras import terms as terms_lib
     from kdkeras.distribute import worker_role
@@ -229,12 +234,12 @@ def _distill_locked(args, strategy, config, info) -> None:
     # Teacher, student, distiller, optimizers and metrics: all get the strategy's (mirrored) variables.
     with strategy.scope():
         teacher = artifacts.load_model(args.teacher)
-        student = build_model(args.student, info.input_shape, info.num_classes, **builder_options)
+        student = build_model(args.student, splits.info.input_shape, splits.info.num_classes, **builder_options)
         synchronized = builder_options.get("synchronized_bn", False)
         result = run_training(  # _finish_run evaluates, outside the scope.
-            student, config, teacher, evaluate=False, terms=args.term_specs, collaborative=args.collaborative,
-            teacher_lr=args.teacher_lr, teacher_mimicry=args.teacher_mimicry, synchronized_bn=synchronized,
-            teacher_cache=args.teacher_cache,
+            student, config, teacher, evaluate=False, data=splits, terms=args.term_specs,
+            collaborative=args.collaborative, teacher_lr=args.teacher_lr, teacher_mimicry=args.teacher_mimicry,
+            synchronized_bn=synchronized, teacher_cache=args.teacher_cache,
         )  # fmt: skip
     distiller = result.distiller
     extra = {
@@ -248,7 +253,7 @@ def _distill_locked(args, strategy, config, info) -> None:
             "teacher_cache": args.teacher_cache,
         },
     }
-    _finish_run(distiller.student, args, config, result, extra, strategy)
+    _finish_run(distiller.student, args, config, result, extra, strategy, splits)
     if args.collaborative and args.teacher_out and worker_role(strategy)[0]:
         artifacts.save_model(distiller.teacher, args.teacher_out)
         print(f"updated teacher saved to {args.teacher_out}")

@@ -52,6 +52,7 @@ _TRAINING_DEFAULTS = {
     "flip": None,
     "validation_fraction": 0.1,
     "max_validation_examples": None,
+    "max_test_examples": None,
 }
 _BUDGET_DEFAULTS = {"epochs": None, "teacher_epochs": None, "max_train_examples": None, "seeds": None}
 ROW_DEFAULTS = {
