@@ -65,6 +65,43 @@ def benchmark_file(path: str, threads: int, runs: int = 50) -> dict:
     return row
 
 
+def benchmark_cascade(folder: str, threads: int, runs: int = 50) -> list[dict]:
+    """Per exit of an exported cascade (`kdkeras export --cascade`): the size of the segments up to it and the time
+    an image takes to reach it, running those segments one after another as an app does (`kdkeras.cascade`).
+
+    Returns:
+        One `benchmark_file`-like row per exit, shallow to deep, with `exit` and the cumulative `flops`.
+    """
+    import json
+
+    from kdkeras.cascade import MANIFEST
+
+    with open(os.path.join(folder, MANIFEST)) as f:
+        manifest = json.load(f)
+    paths = [os.path.join(folder, name) for name in manifest["segments"]]
+    segments = [TFLiteModel(path, num_threads=threads) for path in paths]
+
+    def up_to(k: int):
+        def run(images):
+            for segment in segments[: k + 1]:
+                outputs = segment.run(images)
+                images = outputs[-1]  # The stage's features feed the next segment.
+            return outputs[0]
+
+        return run
+
+    rows = []
+    for k, name in enumerate(manifest["exits"]):
+        content = b"".join(open(path, "rb").read() for path in paths[: k + 1])
+        rows.append({
+            "file": f"{os.path.basename(os.path.normpath(folder))}:{name}", "kind": f"cascade {manifest['quantize']}",
+            "exit": name, "flops": manifest["mflops"][k] * 1e6, "bytes": len(content),
+            "gzip_bytes": len(gzip.compress(content, 9)), "threads": threads,
+            **_speed(up_to(k), segments[0].input_shape, runs),
+        })  # fmt: skip
+    return rows
+
+
 def format_table(rows: list[dict]) -> str:
     header = ["file", "kind", "params", "MFLOPs", "size (KB)", "gzip (KB)", "latency b=1 (ms)", "images/s b=32",
               "threads"]  # fmt: skip

@@ -468,6 +468,13 @@ def test_multi_exit_students_through_the_cli(trained, capsys):
     code, out, _ = run(["export", "--model", student, "--cascade", "--dataset", dataset, "--out", cascade], capsys)
     assert code == 0 and "LiteRT accuracy" in out and "chosen on validation" in out
     assert sorted(os.listdir(cascade)) == ["cascade.json", "segment_0.tflite", "segment_1.tflite", "segment_2.tflite"]
+    # The benchmark of a cascade: a row per exit, each reaching further (more segments, more bytes, more MFLOPs).
+    bench = str(root / "bench")
+    code, out, _ = run(["benchmark", "--models", cascade, "--runs", "3", "--out-dir", bench], capsys)
+    rows = json.loads(open(os.path.join(bench, "benchmark.json")).read())["rows"]
+    assert code == 0 and [row["exit"] for row in rows] == ["exit_stage3", "exit_stage4", "final"]
+    assert all(a["bytes"] < b["bytes"] and a["flops"] < b["flops"] for a, b in zip(rows, rows[1:], strict=False))
+    assert all(row["latency_ms_batch1"] > 0 for row in rows) and "cascade:exit_stage3" in out
 
 
 def test_ctrl_c_while_tensorflow_loads_is_one_line_and_status_130(monkeypatch, capsys):

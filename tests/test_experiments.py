@@ -447,6 +447,34 @@ def test_a_multi_exit_row_teaches_itself_without_a_teacher_and_records_every_exi
     assert by_name["byot"]["delta_mean"] == pytest.approx(
         record["test_accuracy"] - json.loads((rows_dir / "scratch-seed0.json").read_text())["test_accuracy"]
     )
+    summary = by_name["byot"]["exit_summary"]
+    assert summary["ensemble_accuracy"] == pytest.approx(exits["ensemble_accuracy"])
+    assert by_name["scratch"]["exit_summary"] is None
+    markdown = (tmp_path / "results" / "tiny-quick.md").read_text()
+    assert "Multi-exit students" in markdown and "| byot | 1 | exit_stage3 " in markdown
+    assert (tmp_path / "results" / "tiny-quick-early_exit.png").stat().st_size > 1000
+
+
+def test_the_exit_summary_is_the_mean_over_seeds():
+    from kdkeras.experiments.exit_rows import exit_summary
+
+    def record(final, ensemble, chosen_accuracy, threshold):
+        curve = [{"threshold": 0.5, "accuracy": final - 0.01, "mflops": 3.0}, {"threshold": 0.9, "accuracy": final,
+                                                                                "mflops": 4.0}]  # fmt: skip
+        chosen = {"threshold": threshold, "accuracy": chosen_accuracy, "mflops": 3.0, "full_mflops": 4.0}
+        exits = {"exit_stage3": {"accuracy": final - 0.05, "mflops": 2.0}, "final": {"accuracy": final, "mflops": 4.0}}
+        return {"exits": {"exits": exits, "ensemble_accuracy": ensemble, "vote_accuracy": ensemble - 0.001,
+                          "curve": curve, "chosen": chosen}}  # fmt: skip
+
+    summary = exit_summary([record(0.90, 0.91, 0.89, 0.5), record(0.92, 0.93, 0.91, 0.9)])
+    assert summary["exits"]["final"]["accuracy"] == pytest.approx(0.91)
+    assert summary["exits"]["exit_stage3"] == {"accuracy": pytest.approx(0.86), "mflops": 2.0}
+    assert summary["ensemble_accuracy"] == pytest.approx(0.92) and summary["vote_accuracy"] == pytest.approx(0.919)
+    assert summary["curve"][0] == {"threshold": 0.5, "accuracy": pytest.approx(0.90), "mflops": 3.0}
+    assert summary["chosen"] == {"thresholds": [0.5, 0.9], "accuracy": pytest.approx(0.90), "mflops": 3.0,
+                                 "full_mflops": 4.0}  # fmt: skip
+    assert exit_summary([{"test_accuracy": 0.9}]) is None
+    assert exit_summary([record(0.9, 0.9, 0.9, 0.5), {"test_accuracy": 0.9}]) is None  # Not every seed has exits.
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

@@ -114,7 +114,8 @@ def cmd_benchmark(args) -> int:
     import tensorflow as tf
 
     from kdkeras import artifacts
-    from kdkeras.benchmark import benchmark_file, format_table
+    from kdkeras.benchmark import benchmark_cascade, benchmark_file, format_table
+    from kdkeras.cascade import MANIFEST
 
     try:  # Only possible before TensorFlow's runtime starts; then the Keras rows use its default threads.
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -122,6 +123,9 @@ def cmd_benchmark(args) -> int:
         pass
     rows = []
     for path in args.models:
+        if os.path.isfile(os.path.join(path, MANIFEST)):  # A cascade: a row per exit.
+            rows += benchmark_cascade(path, args.threads, args.runs)
+            continue
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model file not found: {path}")
         rows.append(benchmark_file(path, args.threads, args.runs))

@@ -188,7 +188,9 @@ def _compress_parser(sub) -> argparse.ArgumentParser:
 
 
 def _benchmark_parser(sub) -> argparse.ArgumentParser:
-    bench = sub.add_parser("benchmark", help="size, latency and throughput of .keras and .tflite files")
+    bench = sub.add_parser(
+        "benchmark", help="size, latency and throughput of .keras and .tflite files (per exit for a cascade folder)"
+    )
     bench.add_argument("--models", nargs="+", required=True)
     bench.add_argument("--threads", type=positive_int, default=1)
     bench.add_argument("--runs", type=positive_int, default=50)

@@ -8,6 +8,7 @@ import json
 import os
 
 from kdkeras.experiments.config import distills
+from kdkeras.experiments.exit_rows import exit_summary, exit_table, plot_early_exit
 from kdkeras.experiments.statistics import paired_delta, paired_examples
 from kdkeras.reporting import machine_text, markdown_table
 
@@ -192,6 +193,7 @@ def _summary(name: str, label: str, method: str, records: list[dict]) -> dict:
         ),
         "epochs": len(records[0]["history"].get("loss", [])),
         "machine": records[0]["machine"],
+        "exit_summary": exit_summary(records),
     }
 
 
@@ -242,6 +244,11 @@ def _markdown(report: dict, config: dict, title: str) -> str:
             )
             + "."
         )
+    exits = exit_table(report["rows"])
+    if exits:
+        lines += ["", "Multi-exit students (means over the seeds; the early exit's threshold is chosen on each seed's "
+                  "validation split, the cheapest within 0.3 points of its full student there):", "", exits, "",
+                  f"![early exit]({title}-early_exit.png)"]  # fmt: skip
     lines += [
         "",
         f"![accuracy vs parameters and FLOPs]({title}-accuracy_vs_params.png)",
@@ -336,6 +343,7 @@ def _plot(rows: list[dict], experiment, teachers: dict, results: dict, base: str
     plt.close(figure)
 
     _plot_val_curves(experiment, teachers, results, base)
+    plot_early_exit(rows, f"{base}-early_exit.png")
 
 
 def distinct_styles(key: str, values: list):

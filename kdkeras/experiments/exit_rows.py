@@ -1,0 +1,100 @@
+"""The multi-exit rows of an experiment report: each exit's accuracy and cost, the ensemble (mean softmax) and the
+majority vote, the early exit chosen on each seed's validation split (means over the seeds), and the plot of test
+accuracy against mean MFLOPs per image beside the single-exit students of the same budget."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kdkeras.reporting import markdown_table
+
+
+def exit_summary(records: list[dict]) -> dict | None:
+    """Means over the seeds of the rows' `exits` records (`kdkeras.early_exit.exit_report`); None for a row whose
+    records hold none."""
+    reports = [record["exits"] for record in records if "exits" in record]
+    if not reports or len(reports) != len(records):
+        return None
+    names = list(reports[0]["exits"])
+    chosen = [report["chosen"] for report in reports if report.get("chosen")]
+    curve = [
+        {key: float(np.mean([report["curve"][i][key] for report in reports])) for key in ("threshold", "accuracy",
+                                                                                          "mflops")}
+        for i in range(len(reports[0]["curve"]))
+    ]  # fmt: skip
+    return {
+        "exits": {
+            name: {"accuracy": float(np.mean([r["exits"][name]["accuracy"] for r in reports])),
+                   "mflops": reports[0]["exits"][name]["mflops"]}
+            for name in names
+        },
+        "ensemble_accuracy": float(np.mean([r["ensemble_accuracy"] for r in reports])),
+        "vote_accuracy": float(np.mean([r["vote_accuracy"] for r in reports])),
+        "curve": curve,
+        "chosen": None if len(chosen) != len(reports) else {
+            "thresholds": [c["threshold"] for c in chosen],
+            "accuracy": float(np.mean([c["accuracy"] for c in chosen])),
+            "mflops": float(np.mean([c["mflops"] for c in chosen])),
+            "full_mflops": chosen[0]["full_mflops"],
+        },
+    }  # fmt: skip
+
+
+def exit_table(rows: list[dict]) -> str:
+    """A Markdown table of the rows with an `exit_summary`; empty without any."""
+    rows = [row for row in rows if row.get("exit_summary")]
+    if not rows:
+        return ""
+    header = ["method", "seeds", "each exit: accuracy (cumulative MFLOPs)", "ensemble", "vote",
+              "early exit: accuracy, mean MFLOPs (% of full), thresholds"]  # fmt: skip
+    cells = []
+    for row in rows:
+        summary = row["exit_summary"]
+        exits = "; ".join(f"{name} {e['accuracy']:.4f} ({e['mflops']:.2f})" for name, e in summary["exits"].items())
+        chosen = summary["chosen"]
+        early = "–" if chosen is None else (
+            f"{chosen['accuracy']:.4f}, {chosen['mflops']:.2f} ({100 * chosen['mflops'] / chosen['full_mflops']:.0f} "
+            f"%), {', '.join(f'{t:g}' for t in chosen['thresholds'])}"
+        )  # fmt: skip
+        cells.append([row["label"], len(row["seeds"]), exits, f"{summary['ensemble_accuracy']:.4f}",
+                      f"{summary['vote_accuracy']:.4f}", early])  # fmt: skip
+    return markdown_table(header, cells, [False, True, False, True, True, False])
+
+
+def plot_early_exit(rows: list[dict], path: str) -> bool:
+    """Test accuracy against mean MFLOPs per image: each multi-exit row's early-exit curve (means over seeds, one
+    point per confidence threshold) and its exits, beside the single-exit rows trained as long. Returns whether a
+    plot was written (only when a row has exits)."""
+    multi = [row for row in rows if row.get("exit_summary")]
+    if not multi:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdkeras import artifacts
+
+    epochs = {row["epochs"] for row in multi}
+    single = [row for row in rows if not row.get("exit_summary") and row["method"] != "teacher"
+              and row["epochs"] in epochs]  # fmt: skip
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for row in single:
+        axes.errorbar(row["flops"] / 1e6, 100 * row["accuracy_mean"], yerr=100 * (row["accuracy_std"] or 0), fmt="s",
+                      capsize=3, label=f"{row['label']} (single exit)")  # fmt: skip
+    for row in multi:
+        summary = row["exit_summary"]
+        curve = summary["curve"]
+        line = axes.plot([p["mflops"] for p in curve], [100 * p["accuracy"] for p in curve], "-o", markersize=3,
+                         label=f"{row['label']}: early exit")[0]  # fmt: skip
+        exits = list(summary["exits"].values())
+        axes.scatter([e["mflops"] for e in exits], [100 * e["accuracy"] for e in exits], marker="x",
+                     color=line.get_color(), zorder=3, label=f"{row['label']}: each exit alone")  # fmt: skip
+    axes.set_xlabel("mean MFLOPs per test image")
+    axes.set_ylabel("test accuracy (%, mean over seeds)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    artifacts.save_figure(figure, path)
+    plt.close(figure)
+    return True
