@@ -475,6 +475,7 @@ def test_multi_exit_students_through_the_cli(trained, capsys):
     assert code == 0 and [row["exit"] for row in rows] == ["exit_stage3", "exit_stage4", "final"]
     assert all(a["bytes"] < b["bytes"] and a["flops"] < b["flops"] for a, b in zip(rows, rows[1:], strict=False))
     assert all(row["latency_ms_batch1"] > 0 for row in rows) and "cascade:exit_stage3" in out
+    assert "is a folder without cascade.json" in _error(["benchmark", "--models", str(root)], capsys)
 
 
 def test_ctrl_c_while_tensorflow_loads_is_one_line_and_status_130(monkeypatch, capsys):

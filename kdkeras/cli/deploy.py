@@ -126,6 +126,9 @@ def cmd_benchmark(args) -> int:
         if os.path.isfile(os.path.join(path, MANIFEST)):  # A cascade: a row per exit.
             rows += benchmark_cascade(path, args.threads, args.runs)
             continue
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder without {MANIFEST}: benchmark takes .keras and .tflite files and "
+                             "the folders `kdkeras export --cascade` writes")  # fmt: skip
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model file not found: {path}")
         rows.append(benchmark_file(path, args.threads, args.runs))

@@ -61,6 +61,16 @@ def exit_table(rows: list[dict]) -> str:
     return markdown_table(header, cells, [False, True, False, True, True, False])
 
 
+def exit_section(rows: list[dict], plot: str) -> list[str]:
+    """The report's Markdown lines on its multi-exit rows (none without any): the table and the plot `plot`."""
+    table = exit_table(rows)
+    if not table:
+        return []
+    return ["", "Multi-exit students (means over the seeds; the early exit's threshold is chosen on each seed's "
+            "validation split, the cheapest within 0.3 points of its full student there):", "", table, "",
+            f"![early exit]({plot})"]  # fmt: skip
+
+
 def plot_early_exit(rows: list[dict], path: str) -> bool:
     """Test accuracy against mean MFLOPs per image: each multi-exit row's early-exit curve (means over seeds, one
     point per confidence threshold) and its exits, beside the single-exit rows trained as long. Returns whether a

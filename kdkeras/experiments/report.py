@@ -8,7 +8,7 @@ import json
 import os
 
 from kdkeras.experiments.config import distills
-from kdkeras.experiments.exit_rows import exit_summary, exit_table, plot_early_exit
+from kdkeras.experiments.exit_rows import exit_section, exit_summary, plot_early_exit
 from kdkeras.experiments.statistics import paired_delta, paired_examples
 from kdkeras.reporting import machine_text, markdown_table
 
@@ -244,11 +244,7 @@ def _markdown(report: dict, config: dict, title: str) -> str:
             )
             + "."
         )
-    exits = exit_table(report["rows"])
-    if exits:
-        lines += ["", "Multi-exit students (means over the seeds; the early exit's threshold is chosen on each seed's "
-                  "validation split, the cheapest within 0.3 points of its full student there):", "", exits, "",
-                  f"![early exit]({title}-early_exit.png)"]  # fmt: skip
+    lines += exit_section(report["rows"], f"{title}-early_exit.png")
     lines += [
         "",
         f"![accuracy vs parameters and FLOPs]({title}-accuracy_vs_params.png)",
