@@ -87,3 +87,67 @@ def test_a_width_that_cannot_fit_is_refused_before_building():
     with pytest.raises(ValueError, match=r"model 'alexnet' at width 1e\+06 would have about .* parameters, more than"):
         build_model("alexnet", (28, 28, 1), 10, width=1e6)
     assert build_model("ds_alexnet", (28, 28, 1), 10, width=2.0).count_params() > 0  # A real width still builds.
+
+
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("MobileNetV2", "mobilenet_v2"),  # scaled to [-1, 1]
+        ("DenseNet121", "densenet"),  # [0, 1], then ImageNet mean and std
+        ("ResNet50", "resnet"),  # Caffe: BGR, ImageNet mean removed
+        ("MobileNetV3Small", "mobilenet_v3"),  # in the architecture itself: nothing in front
+    ],
+)
+def test_an_application_scales_pixels_as_its_imagenet_weights_expect(name, reference):
+    """What `applications:NAME` puts in front of the architecture equals keras.applications' own preprocess_input
+    on the same RGB pixels (applied by hand, as a user of the raw architecture would)."""
+    import importlib
+
+    from kdkeras.models.applications import _preprocessing
+
+    images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    mine = images
+    for layer in _preprocessing(name):
+        mine = layer(mine)
+    module = importlib.import_module(f"keras.applications.{reference}")
+    np.testing.assert_allclose(np.asarray(mine), np.asarray(module.preprocess_input(images.copy())), rtol=1e-5,
+                               atol=1e-4)  # fmt: skip
+
+
+def test_an_application_teacher_takes_the_datasets_images_and_its_weights_file(tmp_path):
+    """`applications:NAME` builds for 28×28 gray images (converted to the architecture's 32×32 RGB inside), saves and
+    loads like any model, starts from a weights file of the architecture without its top, and refuses what it
+    cannot build in one line."""
+    from kdkeras import artifacts
+
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    base.save_weights(str(tmp_path / "notop.weights.h5"))
+    model = build_model("applications:MobileNetV3Small", (28, 28, 1), 3, weights=str(tmp_path / "notop.weights.h5"))
+    inner = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    for mine, theirs in zip(inner.get_weights(), base.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32)
+    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 3)
+    artifacts.save_model(model, tmp_path / "teacher.keras")
+    np.testing.assert_allclose(artifacts.load_model(tmp_path / "teacher.keras").predict(images, verbose=0),
+                               model.predict(images, verbose=0), atol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="unknown Keras Application 'MobileNetV9'; choose one of: ConvNeXtBase"):
+        build_model("applications:MobileNetV9", (28, 28, 1), 3)
+    with pytest.raises(ValueError, match="weights must be none, imagenet or a weights file"):
+        build_model("applications:MobileNetV3Small", (28, 28, 1), 3, weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(ValueError, match="unknown model 'vgg'; choose one of: .* or applications:NAME"):
+        build_model("vgg", (28, 28, 1), 3)
+
+
+def test_imagenet_weights_that_cannot_be_downloaded_say_where_the_file_goes(monkeypatch):
+    def offline(**kwargs):  # What Keras raises on a machine without internet.
+        raise Exception("URL fetch failure on https://storage.example/weights_small_no_top.h5: None -- no network")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV3Small", offline)
+    with pytest.raises(ValueError) as raised:
+        build_model("applications:MobileNetV3Small", (28, 28, 1), 3, weights="imagenet")
+    assert str(raised.value) == (
+        "MobileNetV3Small: its ImageNet weights could not be downloaded (no internet?): put Keras' file "
+        "weights_small_no_top.h5 into ~/.keras/models/, or pass a weights file as --weights"
+    )

@@ -179,6 +179,12 @@ def _builder_options(args, strategy=None) -> dict:
     `--sync-bn`."""
     from kdkeras.distribute import use_synchronized_bn
 
+    model = getattr(args, "model", None) or getattr(args, "student", "")
+    if model.startswith("applications:"):  # A Keras Application takes its weights, not kdkeras' width and depth.
+        weights = getattr(args, "weights", None)
+        return {"weights": None if weights in (None, "none") else weights}
+    if getattr(args, "weights", None) is not None:
+        raise ValueError(f"--weights applies to applications:NAME models, not {model}")
     options = {"width": args.width}
     if getattr(args, "depth", None) is not None:
         options["depth"] = args.depth
@@ -309,7 +315,7 @@ def cmd_info(args) -> int:
     from kdkeras.models.exits import exit_layers
     from kdkeras.profiling import count_flops, count_params
 
-    if args.model in MODELS:
+    if args.model in MODELS or args.model.startswith("applications:"):
         model = build_model(args.model, args.input_shape, args.num_classes, **_builder_options(args))
         size = None
     else:

@@ -25,7 +25,14 @@ from kdkeras.export_choices import FORMATS, QUANTIZATIONS
 
 def _train_parser(sub) -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a teacher, or a student from scratch")
-    train.add_argument("--model", default="alexnet", help="alexnet, ds_alexnet or resnet")
+    train.add_argument(
+        "--model", default="alexnet",
+        help="alexnet, ds_alexnet, resnet, or applications:NAME (a Keras Application: applications:MobileNetV3Small)",
+    )  # fmt: skip
+    train.add_argument(
+        "--weights", default=None, metavar="none|imagenet|FILE",
+        help="an applications:NAME model's starting weights: ImageNet's (downloaded once), a weights file, or none",
+    )  # fmt: skip
     add_builder_options(train)
     train.add_argument("--out", default=None, help="output .keras file (default saved_models/MODEL.keras)")
     add_training_options(train, "model")

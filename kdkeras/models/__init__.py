@@ -36,7 +36,8 @@ def build_model(name: str, input_shape, num_classes: int, exits=None, **kwargs) 
     """Builds a registered model.
 
     Args:
-        name: one of `MODELS` (`alexnet`, `ds_alexnet`, `resnet`).
+        name: one of `MODELS` (`alexnet`, `ds_alexnet`, `resnet`), or `applications:NAME`, a Keras Application
+            with a new head (`kdkeras.models.applications`; option `weights`: None, `"imagenet"` or a file).
         input_shape: `(height, width, channels)`.
         num_classes: number of output logits.
         exits: stage layers to put an exit head after (a multi-exit student, `kdkeras.models.exits`), e.g.
@@ -49,19 +50,29 @@ def build_model(name: str, input_shape, num_classes: int, exits=None, **kwargs) 
     Raises:
         ValueError: for an unknown name or an option the builder does not take.
     """
+    if name.startswith("applications:"):  # A Keras Application (`kdkeras.models.applications`).
+        from kdkeras.models.applications import application
+
+        model = application(name.removeprefix("applications:"), input_shape, num_classes, **kwargs)
+        return model if not exits else _with_exits(model, exits)
     if name not in MODELS:
-        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
+        raise ValueError(
+            f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}, or applications:NAME (a Keras "
+            "Application, e.g. applications:MobileNetV3Small)"
+        )
     builder = MODELS[name]
     _check_size(name, builder, input_shape, num_classes, kwargs)
     try:
         model = builder(tuple(int(d) for d in input_shape), int(num_classes), **kwargs)
     except TypeError as error:
         raise ValueError(f"model '{name}' does not take these options {sorted(kwargs)}: {error}") from None
-    if exits:
-        from kdkeras.models.exits import add_exits
+    return _with_exits(model, exits) if exits else model
 
-        model = add_exits(model, list(exits))
-    return model
+
+def _with_exits(model: keras.Model, exits) -> keras.Model:
+    from kdkeras.models.exits import add_exits
+
+    return add_exits(model, list(exits))
 
 
 # Above this, a model's weights and Adam's two moments alone take more than 1.2 GB (float32): refused up front rather
