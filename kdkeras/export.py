@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 
 import keras
@@ -134,6 +135,20 @@ def configure_converter(converter, quantize: str, representative: np.ndarray | N
     return converter
 
 
+@contextlib.contextmanager
+def _stderr_hidden():
+    """File descriptor 2 on /dev/null: LiteRT's C++ INFO lines bypass Python (its errors still raise)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class TFLiteModel:
     """Runs a `.tflite` file with the LiteRT interpreter, (de)quantizing int8 inputs and outputs.
 
@@ -147,6 +162,8 @@ class TFLiteModel:
 
         try:
             self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+            with _stderr_hidden():  # The first allocation prints "INFO: Created TensorFlow Lite XNNPACK delegate".
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise ValueError(f"{path}: not a valid TFLite model ({str(error).splitlines()[0]})") from None
         self.input = self.interpreter.get_input_details()[0]

@@ -198,3 +198,12 @@ def test_an_export_never_replaces_what_no_kdkeras_export_wrote(trained, tmp_path
     export_model(model, out, "tflite", test, info.class_names)
     record = export_model(model, out, "saved_model", test, info.class_names)  # Replaces its own earlier export.
     assert os.path.isdir(out) and record["passed"] and json.load(open(verify_path(out)))["file"] == out
+
+
+def test_running_a_tflite_file_prints_no_litert_info_line(tflite_exports, capfd):
+    from kdkeras.export import TFLiteModel
+
+    capfd.readouterr()
+    model = TFLiteModel(tflite_exports["none"][0])
+    model.logits(np.zeros((3, *model.input_shape), np.float32))
+    assert "XNNPACK" not in capfd.readouterr().err
