@@ -120,27 +120,37 @@ def decode_classes(text: str) -> np.ndarray:
     return np.frombuffer(zlib.decompress(base64.b64decode(payload)), np.dtype(dtype).newbyteorder("<")).astype(np.int64)
 
 
-def test_record(model: keras.Model, config: TrainConfig, test=None, info: DatasetInfo | None = None) -> dict:
-    """The part of every run record that describes the trained model: its size and its test-split result.
+def test_record(model: keras.Model, config: TrainConfig, test=None, info: DatasetInfo | None = None,
+                validation=None) -> dict:  # fmt: skip
+    """The part of every run record that describes the trained model: its size and its test-split result, and for
+    a multi-exit model its exits (`exit_record`).
 
-    Used by `kdkeras train`/`distill` (the `.config.json` beside the model), the experiment rows and the demo, so
-    that they all evaluate the same way.
+    The one place a record's evaluation is assembled: `kdkeras train`/`distill` (the `.config.json` beside the
+    model), the experiment rows, teachers and the demo all call it, so that they all evaluate the same way.
 
     Args:
         test, info: a test dataset of your own and its `DatasetInfo`, instead of the test split of
-            `config.dataset`.
+            `config.dataset` (`load_test`).
+        validation: the run's validation split, where a multi-exit model's early-exit threshold is chosen; default
+            the carve-out of `config.dataset`.
 
     Returns:
-        `{"model", "params", "flops"}` and the items of `predict_test_split`.
+        `{"model", "params", "flops"}`, the items of `predict_dataset`, and `exits` for a multi-exit model.
     """
+    from kdkeras.models.exits import exit_layers
     from kdkeras.profiling import count_flops, count_params
 
-    return {
+    if test is None:
+        test, info = load_test(config)
+    record = {
         "model": model.name,
         "params": count_params(model),
         "flops": count_flops(model),
-        **(predict_test_split(model, config) if test is None else predict_dataset(model, test, info)),
+        **predict_dataset(model, test, info),
     }
+    if exit_layers(model):  # Each exit, the ensemble, the vote, and the early exit chosen on validation.
+        record["exits"] = exit_record(model, config, test, validation)
+    return record
 
 
 def exit_record(model: keras.Model, config: TrainConfig, test=None, validation=None) -> dict:

@@ -24,7 +24,7 @@ from kdkeras.callbacks import (
 from kdkeras.data import DatasetInfo, EpochClock, load_dataset
 from kdkeras.distiller import Distiller
 from kdkeras.distribute import auto_shard_data
-from kdkeras.evaluation import check_classes, exit_record, test_record
+from kdkeras.evaluation import check_classes, test_record
 from kdkeras.models.exits import exit_layers
 from kdkeras.settings import (  # noqa: F401 (TrainConfig and check_settings are part of this module's interface too)
     OPTIMIZERS,
@@ -375,9 +375,7 @@ def run_training(
         distiller, history, seconds, info = distill(teacher, model, config, callbacks, data=data, **distill_options)
     cpu_seconds = None if earlier_cpu_seconds is None else earlier_cpu_seconds + time.process_time() - cpu_start
     if evaluate and (data is None or test is not None):
-        record = test_record(model, config, test, info)
-        if exit_layers(model):  # Each exit, the ensemble, the vote, and the early exit chosen on validation.
-            record["exits"] = exit_record(model, config, test, None if data is None else data.validation)
+        record = test_record(model, config, test, info, None if data is None else data.validation)
     else:
         record = {"model": model.name}
     record.update(

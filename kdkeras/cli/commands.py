@@ -137,8 +137,7 @@ def _finish_run(model, args, config, result, extra: dict, strategy, splits) -> d
 
     from kdkeras import artifacts
     from kdkeras.distribute import num_replicas, worker_role
-    from kdkeras.evaluation import exit_record, load_test, test_record
-    from kdkeras.models.exits import exit_layers
+    from kdkeras.evaluation import test_record
 
     is_chief, index = worker_role(strategy)
     digest = artifacts.weights_digest(model)
@@ -148,13 +147,9 @@ def _finish_run(model, args, config, result, extra: dict, strategy, splits) -> d
 
     # Here, outside the strategy's scope: the chief evaluates alone, and inside the scope a multi-worker strategy
     # turns its model calls into collective ops that wait for workers which have finished.
-    test, info = load_test(config)
-    evaluated = test_record(model, config, test, info)
-    if exit_layers(model):
-        evaluated["exits"] = exit_record(model, config, test, splits.validation)
     record = {
         "command": args.command,
-        **evaluated,
+        **test_record(model, config, validation=splits.validation),
         **result.record,
         "dataset": dataclasses.asdict(result.info),
         "train_config": dataclasses.asdict(config),
