@@ -566,6 +566,10 @@ def test_only_finished_distilling_rows_are_named_as_reaching_the_target():
     ]
     # scratch_2x: Δ against a shorter scratch row; kd: a seed still missing; dkd: one seed below the target.
     assert rows_reaching_target(config_rows, summaries, ["kd"], 0.008) == ["dist"]
+    # A student teaching itself (byot) learns from no teacher: it is no distilling row, whatever its gain.
+    config_rows.append({"name": "byot", "method": "byot", "options": {"exits": ["stage4"]}})
+    summaries.append({"name": "byot", "delta_mean": 0.02, "delta_per_seed": {0: 0.02, 1: 0.02}})
+    assert rows_reaching_target(config_rows, summaries, ["kd"], 0.008) == ["dist"]
 
 
 def test_distinct_styles_pair_each_colour_with_each_look_before_repeating():

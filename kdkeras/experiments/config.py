@@ -341,5 +341,8 @@ def distills(row: dict) -> bool:
     if row["method"] in ("scratch", "reference"):
         return False
     from kdkeras import terms as terms_lib
+    from kdkeras.presets import PRESETS
 
-    return any(term.needs_teacher for term in terms_lib.get_list(row["terms"]))
+    # A validated row carries its resolved terms; a row as written names a preset or lists its terms.
+    specs = row.get("terms") or PRESETS.get(row["method"], {}).get("terms", [])
+    return any(term.needs_teacher for term in terms_lib.get_list(specs))
