@@ -130,8 +130,15 @@ def test_an_application_teacher_takes_the_datasets_images_and_its_weights_file(t
     images = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype(np.float32)
     assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 3)
     artifacts.save_model(model, tmp_path / "teacher.keras")
-    np.testing.assert_allclose(artifacts.load_model(tmp_path / "teacher.keras").predict(images, verbose=0),
-                               model.predict(images, verbose=0), atol=1e-5)  # fmt: skip
+    teacher = artifacts.load_model(tmp_path / "teacher.keras")
+    np.testing.assert_allclose(teacher.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
+    # It teaches like any classifier: the distiller's output terms read it.
+    from kdkeras import Distiller
+
+    distiller = Distiller(teacher, build_model("ds_alexnet", (28, 28, 1), 3, width=0.25), ["ce", "kd"])
+    distiller.compile("adam")
+    history = distiller.fit(images, np.array([0, 2]), batch_size=2, epochs=1, verbose=0).history
+    assert np.isfinite(history["kd"][0]) and history["teacher_accuracy"][0] in (0.0, 0.5, 1.0)
     with pytest.raises(ValueError, match="unknown Keras Application 'MobileNetV9'; choose one of: ConvNeXtBase"):
         build_model("applications:MobileNetV9", (28, 28, 1), 3)
     with pytest.raises(ValueError, match="weights must be none, imagenet or a weights file"):
