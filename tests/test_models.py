@@ -114,6 +114,7 @@ def test_an_application_scales_pixels_as_its_imagenet_weights_expect(name, refer
                                atol=1e-4)  # fmt: skip
 
 
+@pytest.mark.slow  # Builds MobileNetV3 twice and fits a distiller on it: end to end.
 def test_an_application_teacher_takes_the_datasets_images_and_its_weights_file(tmp_path):
     """`applications:NAME` builds for 28×28 gray images (converted to the architecture's 32×32 RGB inside), saves and
     loads like any model, starts from a weights file of the architecture without its top, and refuses what it
