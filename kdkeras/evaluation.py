@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdkeras.data import DatasetInfo, load_dataset
+from kdkeras.distribute import auto_shard_data
 from kdkeras.models import signature
 
 if TYPE_CHECKING:
@@ -91,6 +92,20 @@ def load_test(config: TrainConfig):
                         max_examples=config.max_test_examples)  # fmt: skip
 
 
+def load_validation(config: TrainConfig):
+    """The validation split (never augmented), bounded by `config.max_validation_examples`."""
+    validation, _ = load_dataset(
+        config.dataset, "validation", config.batch_size, max_examples=config.max_validation_examples,
+        **carve_out(config),
+    )  # fmt: skip
+    return auto_shard_data(validation)
+
+
+def carve_out(config: TrainConfig) -> dict:
+    """What decides which training images are held out for validation (the same in every split's pipeline)."""
+    return dict(validation_fraction=config.validation_fraction, seed=config.seed, data_dir=config.data_dir)
+
+
 def predict_dataset(model: keras.Model, test, info: DatasetInfo) -> dict:
     """`predict_test_split`'s result on a dataset of `(images, labels)` batches of your own."""
     labels, logits = _labels_and_logits(model, test, info)
@@ -165,9 +180,4 @@ def exit_record(model: keras.Model, config: TrainConfig, test=None, validation=N
 
     if test is None:
         test, _ = load_test(config)
-    if validation is None:
-        validation, _ = load_dataset(
-            config.dataset, "validation", 256, validation_fraction=config.validation_fraction, seed=config.seed,
-            data_dir=config.data_dir, max_examples=config.max_validation_examples,
-        )  # fmt: skip
-    return exit_report(model, test, validation)
+    return exit_report(model, test, load_validation(config) if validation is None else validation)

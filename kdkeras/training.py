@@ -24,7 +24,7 @@ from kdkeras.callbacks import (
 from kdkeras.data import DatasetInfo, EpochClock, load_dataset
 from kdkeras.distiller import Distiller
 from kdkeras.distribute import auto_shard_data
-from kdkeras.evaluation import check_classes, test_record
+from kdkeras.evaluation import carve_out, check_classes, load_validation, test_record
 from kdkeras.models.exits import exit_layers
 from kdkeras.settings import (  # noqa: F401 (TrainConfig and check_settings are part of this module's interface too)
     OPTIMIZERS,
@@ -62,7 +62,7 @@ def load_train(config: TrainConfig, clock: EpochClock | None = None, teacher_log
         teacher_logits=teacher_logits,
         unlabeled_examples=config.unlabeled_examples,
         augment_views=config.augment_views,
-        **_carve_out(config),
+        **carve_out(config),
     )
     if config.batch_size > info.num_examples:  # Checked before any batch is assembled.
         raise ValueError(
@@ -70,20 +70,6 @@ def load_train(config: TrainConfig, clock: EpochClock | None = None, teacher_log
             f"{config.dataset}; pass a smaller --batch-size"
         )
     return auto_shard_data(train), info
-
-
-def load_validation(config: TrainConfig):
-    """The validation split (never augmented), bounded by `config.max_validation_examples`."""
-    validation, _ = load_dataset(
-        config.dataset, "validation", config.batch_size, max_examples=config.max_validation_examples,
-        **_carve_out(config),
-    )  # fmt: skip
-    return auto_shard_data(validation)
-
-
-def _carve_out(config: TrainConfig) -> dict:
-    """What decides which training images are held out for validation (the same in every split's pipeline)."""
-    return dict(validation_fraction=config.validation_fraction, seed=config.seed, data_dir=config.data_dir)
 
 
 @dataclasses.dataclass
