@@ -180,7 +180,7 @@ def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
         _import_defining_modules(path)
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:  # Keras raises zipfile, OS, value and type errors for broken files.
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         if "safe_mode" in str(error) or "Lambda" in str(error):
             raise ValueError(
                 f"{path}: refused: the model contains code (e.g. a Lambda layer), which kdkeras never loads"
@@ -208,7 +208,7 @@ def load_saved_model(path: str) -> keras.Model:
     try:
         signature = tf.saved_model.load(path).signatures.get("serving_default")
     except Exception as error:  # TensorFlow raises several types for a damaged folder.
-        raise ValueError(f"{path}: not a readable SavedModel ({type(error).__name__}: {_first_line(error)})") from None
+        raise ValueError(f"{path}: not a readable SavedModel ({type(error).__name__}: {first_line(error)})") from None
     if signature is None:
         raise ValueError(f"{path}: a SavedModel without a 'serving_default' signature, which kdkeras calls")
     inputs, outputs = signature.structured_input_signature[1], signature.structured_outputs
@@ -224,7 +224,8 @@ def load_saved_model(path: str) -> keras.Model:
     return keras.Model(images, logits, name=os.path.basename(os.path.normpath(path)))
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
+    """An exception's first line of text (its type's name when it has none), for one-line messages."""
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 

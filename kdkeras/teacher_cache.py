@@ -88,7 +88,7 @@ class TeacherCache:
                 self.meta = json.load(f)
             self._logits = np.load(os.path.join(path, "logits.npy"), mmap_mode="r")
         except (OSError, ValueError) as error:  # numpy: "mmap length is greater than file size", json, ...
-            raise DamagedCacheError(f"teacher cache {path} is damaged ({_first_line(error)})") from None
+            raise DamagedCacheError(f"teacher cache {path} is damaged ({artifacts.first_line(error)})") from None
         if list(self._logits.shape) != list(self.meta.get("shape", [])):
             raise DamagedCacheError(
                 f"teacher cache {path} is damaged (logits of shape {list(self._logits.shape)}, meta.json says "
@@ -151,10 +151,6 @@ def _readable(path: str, log) -> TeacherCache | None:
         log(f"{error}: removed; it is computed again")
         shutil.rmtree(path, ignore_errors=True)
         return None
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _compute(teacher, config, partial: str, batch_size: int, earlier: TeacherCache | None, log) -> None:
