@@ -44,11 +44,11 @@ demo: install
 # `TEST_WORKERS=0 make test` runs it in one process.
 TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest -q --numprocesses $(TEST_WORKERS) --maxprocesses 4 --durations 15
+	$(BIN)/python -m pytest -q --numprocesses $(TEST_WORKERS) --maxprocesses 4 --dist loadscope --durations 15
 
 # The developer's loop: unit and numerics tests, without the end-to-end runs marked `slow` (CI runs them all).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" --numprocesses $(TEST_WORKERS) --maxprocesses 4
+	$(BIN)/python -m pytest -q -m "not slow" --numprocesses $(TEST_WORKERS) --maxprocesses 4 --dist loadscope
 
 lint: install
 	$(BIN)/ruff check kdkeras tests experiments

@@ -80,3 +80,11 @@ def mirrored_two_cpus():
     """One MirroredStrategy over the two logical CPUs for the whole session: a second MirroredStrategy in the same
     process aborts synchronized batch normalization with "Shape mismatch in the collective instance" (TF 2.21)."""
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end (`slow`) modules first. Under `--dist loadscope` (the Makefile's) each module goes whole to
+    one worker, so its module-scoped fixtures (a trained student, a finished experiment) are built once; handing
+    out the long modules before the short ones keeps both workers busy to the end instead of one finishing a long
+    module alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # A stable sort: files keep their order.

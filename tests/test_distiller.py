@@ -248,7 +248,7 @@ def test_short_distillation_on_fashion_mnist_beats_chance():
     from kdkeras.evaluation import evaluate_classifier
     from kdkeras.training import TrainConfig, distill, train_classifier
 
-    config = TrainConfig(epochs=2, max_train_examples=3000, max_validation_examples=500, batch_size=64, verbose=0)
+    config = TrainConfig(epochs=2, max_train_examples=3000, max_validation_examples=200, batch_size=64, verbose=0)
     keras.utils.set_random_seed(0)
     teacher = build_model("alexnet", SHAPE, 10, width=0.5)
     train_classifier(teacher, config)

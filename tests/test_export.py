@@ -30,11 +30,11 @@ pytestmark = [requires_fashion_mnist, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A small student trained on 3000 Fashion-MNIST images; 188 steps, enough for batch-norm statistics."""
+    """A small student trained on 2000 Fashion-MNIST images; 126 steps, enough for batch-norm statistics."""
     keras.utils.set_random_seed(0)
     model = build_model("ds_alexnet", (28, 28, 1), 10, width=0.5)
-    # Validation on 500 held-out images: the 6,000 of the full carve-out, scored twice, would double the fixture.
-    config = TrainConfig(epochs=2, max_train_examples=3000, max_validation_examples=500, batch_size=32, verbose=0)
+    # Validation on 200 held-out images: the 6,000 of the full carve-out, scored twice, would double the fixture.
+    config = TrainConfig(epochs=2, max_train_examples=2000, max_validation_examples=200, batch_size=32, verbose=0)
     train_classifier(model, config)
     path = str(tmp_path_factory.mktemp("export") / "student.keras")
     artifacts.save_model(model, path)

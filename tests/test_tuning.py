@@ -75,22 +75,29 @@ def test_search_uses_the_trial_values_shares_an_unchanged_teacher_and_resumes(se
     assert [r["val_accuracy"] for r in rows] == sorted((r["val_accuracy"] for r in rows), reverse=True)
 
 
-def test_cli_writes_reports_that_distill_accepts(setup, tmp_path, capsys):
+def test_cli_search_shares_one_teacher_cache_resumes_and_writes_reports_that_distill_accepts(setup, tmp_path, capsys):
     root, dataset, teacher_path, *_ = setup
     directory = str(tmp_path / "cli")
     argv = ["tune", "--method", "kd", "--teacher", teacher_path, "--width", "0.25", "--dataset", dataset,
-            "--max-trials", "3",
             "--epochs-per-trial", "1", "--max-train-examples", "100", "--batch-size", "32", "--directory", directory,
-            "--verbose", "0"]  # fmt: skip
-    assert cli.main(argv) == 0
+            "--verbose", "0", "--teacher-cache", "auto"]  # fmt: skip
+    assert cli.main([*argv, "--max-trials", "2"]) == 0
+    first = capsys.readouterr().out
+    assert first.count("teacher cache: epoch 1/1 computed") == 1 and "ready" in first  # Once for every trial.
+    assert cli.main([*argv, "--max-trials", "3"]) == 0  # Resumes the search: one more trial, same cache.
+    assert "teacher cache: reusing" in capsys.readouterr().out
+    caches = os.listdir(os.path.join(directory, "teacher_cache"))
+    assert len(caches) == 1 and not caches[0].endswith(".partial")
+
     out_dir = os.path.join(directory, "tskd")
     for name in ("best_hparams.json", "trials.json", "trials.md", "objective.png"):
         assert os.path.exists(os.path.join(out_dir, name)), name
     best = json.loads(open(os.path.join(out_dir, "best_hparams.json")).read())
     assert set(best) == {"terms", "lr"}
     trials = json.loads(open(os.path.join(out_dir, "trials.json")).read())["trials"]
+    assert len(trials) == 3 and all(np.isfinite(t["val_accuracy"]) for t in trials)
     best_kd = next(t for t in best["terms"] if t["name"] == "kd")
-    assert len(trials) == 3 and trials[0]["kd.temperature"] == best_kd["temperature"]
+    assert trials[0]["kd.temperature"] == best_kd["temperature"]
     assert os.listdir(os.path.join(out_dir, "tensorboard"))  # Per-trial TensorBoard logs.
 
     student = str(tmp_path / "s.keras")
@@ -163,20 +170,3 @@ def test_search_under_a_strategy_builds_every_trial_in_it(setup, tmp_path, mirro
     assert all(strategy is mirrored_two_cpus for strategy, _ in STRATEGIES)
     assert {kind for _, kind in STRATEGIES} == {"MirroredVariable"}
     assert all(np.isfinite(r["val_accuracy"]) for r in tuning.trial_rows(tuner))
-
-
-def test_every_trial_shares_one_teacher_cache(setup, tmp_path, capsys):
-    root, dataset, teacher_path, *_ = setup
-    directory = str(tmp_path / "cached")
-    argv = ["tune", "--teacher", teacher_path, "--width", "0.25", "--dataset", dataset, "--epochs-per-trial", "1",
-            "--max-train-examples", "100", "--batch-size", "32", "--directory", directory, "--verbose", "0",
-            "--teacher-cache", "auto"]  # fmt: skip
-    assert cli.main([*argv, "--max-trials", "2"]) == 0
-    first = capsys.readouterr().out
-    assert first.count("teacher cache: epoch 1/1 computed") == 1 and "ready" in first
-    assert cli.main([*argv, "--max-trials", "3"]) == 0  # Resumes the search: one more trial, same cache.
-    assert "teacher cache: reusing" in capsys.readouterr().out
-    caches = os.listdir(os.path.join(directory, "teacher_cache"))
-    assert len(caches) == 1 and not caches[0].endswith(".partial")
-    trials = json.loads(open(os.path.join(directory, "tskd", "trials.json")).read())["trials"]
-    assert len(trials) == 3 and all(np.isfinite(t["val_accuracy"]) for t in trials)
