@@ -93,6 +93,7 @@ def load_dataset(
     return_index: bool = False,
     unlabeled_examples: int = 0,
     augment_views: int | None = None,
+    mixed_fraction: float = 0.0,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Loads one split of a dataset as a batched, prefetched `tf.data.Dataset`.
 
@@ -124,6 +125,11 @@ def load_dataset(
             new every epoch): N distinct views of each image, so a teacher cache holds N epochs, not all (FKD,
             Shen & Xing 2022, stores a few crops per image). Default: a new augmentation every epoch. Without
             augmentation every epoch is the same view, and cached logits are read from epoch 0.
+        mixed_fraction: `train` only: the share of the examples shown, in each view, as a mix `λ·a + (1 − λ)·b` of
+            the example and another training image, λ uniform in [0, 1], without a label (`labeled` 0.0, as a
+            transfer image): the student matches the teacher's function between the images, not only on them
+            (function matching, Beyer et al. 2022). Which examples, partners and λ are a pure function of (seed,
+            view, example index), so a teacher cache serves the mixed images too.
 
     Returns:
         `(dataset, info)`: batches of (float32 images in [0, 255], int32 labels) and a `DatasetInfo`.
@@ -143,8 +149,9 @@ def load_dataset(
     shuffle = split == "train" if shuffle is None else shuffle
     flip = default_flip(spec) if flip is None else flip
     views = distinct_views(augment_images, augment_views)
+    mixing = _mixing(mixed_fraction, split)
     dataset = _pipeline(source, x, y, batch_size, seed, shuffle, augment_images, flip, drop_remainder, clock, epoch,
-                        teacher_logits, return_index, bool(unlabeled_examples), views)  # fmt: skip
+                        teacher_logits, return_index, bool(unlabeled_examples), views, mixing)  # fmt: skip
     return dataset, DatasetInfo(spec, len(source.class_names), source.class_names, source.input_shape, len(x))
 
 
@@ -196,6 +203,15 @@ def from_arrays(
     return dataset, DatasetInfo(name, len(class_names), class_names, source.input_shape, len(x))
 
 
+def _mixing(fraction, split: str) -> float:
+    """`mixed_fraction`, checked: a share in [0, 1], of the training split only."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+        raise DatasetError(f"mixed_fraction must be a number in [0, 1], got {fraction!r}")
+    if fraction and split != "train":
+        raise DatasetError(f"mixed_fraction applies to the train split, not {split}")
+    return float(fraction)
+
+
 def _with_unlabeled(source: Source, spec: str, split: str, validation_fraction: float, seed: int, x, y, count: int):
     """The labeled `(x, y)` followed by the next `count` images of the training split, labeled −1."""
     if split != "train":
@@ -213,14 +229,15 @@ def _with_unlabeled(source: Source, spec: str, split: str, validation_fraction: 
 
 
 def _pipeline(source: Source, x, y, batch_size, seed, shuffle, augment_images, flip, drop_remainder, clock, epoch,
-              teacher_logits, return_index, unlabeled=False, views=None) -> tf.data.Dataset:  # fmt: skip
+              teacher_logits, return_index, unlabeled=False, views=None, mixing=0.0) -> tf.data.Dataset:  # fmt: skip
     """The batched pipeline of one split's arrays (see `load_dataset` for the arguments)."""
     augmentation = None
     if augment_images:
         augmentation = {"pad": max(2, min(source.input_shape[:2]) // 8), "flip": flip}
+    unlabeled = unlabeled or mixing > 0  # A mixed image has no label either.
     targets = not return_index and (teacher_logits is not None or unlabeled)
     epoch_examples = _epoch_examples(source, x, y, seed, shuffle, augmentation, teacher_logits if targets else None,
-                                     unlabeled and targets, views)  # fmt: skip
+                                     unlabeled and targets, views, mixing)  # fmt: skip
     if epoch is not None:
         dataset = epoch_examples(tf.constant(epoch, tf.int64))
     else:
@@ -270,7 +287,7 @@ def distinct_views(augment_images: bool, augment_views: int | None) -> int | Non
 
 
 def _epoch_examples(source: Source, x, y, seed: int, shuffle: bool, augmentation: dict | None, teacher_logits,
-                    unlabeled: bool = False, views: int | None = None):  # fmt: skip
+                    unlabeled: bool = False, views: int | None = None, mixing: float = 0.0):  # fmt: skip
     """`epoch -> tf.data.Dataset` of one pass: `(image, label, index)`, or `(image, {"labels", "teacher_logits"})`
     with cached teacher logits (and `"labeled"` with unlabeled transfer images); order and augmentation are a pure
     function of (seed, epoch, example index)."""
@@ -280,14 +297,23 @@ def _epoch_examples(source: Source, x, y, seed: int, shuffle: bool, augmentation
     # Plain TensorFlow ops and Python-level branches: nothing for AutoGraph to convert (it tried, failed on the
     # closure and warned once per epoch, then ran the function as is, which is what this says up front).
     @tf.autograph.experimental.do_not_convert
-    def example(index, epoch):
+    def view_of(index, epoch):
         image = images[index]
         if source.from_files:
             image, _ = _decode_file(image, None, source.input_shape)
         image = tf.cast(image, tf.float32)
         if augmentation is not None:
             image = augment(image, example_seed(seed, epoch, index), augmentation["pad"], augmentation["flip"])
-        return image, tf.cast(labels[index], tf.int32), index
+        return image
+
+    @tf.autograph.experimental.do_not_convert
+    def example(index, epoch):
+        image, label = view_of(index, epoch), tf.cast(labels[index], tf.int32)
+        if mixing:
+            mixed, partner, weight = mix_draw(seed, epoch, index, len(x), mixing)
+            image = tf.where(mixed, weight * image + (1.0 - weight) * view_of(partner, epoch), image)
+            label = tf.where(mixed, tf.constant(-1, tf.int32), label)  # Unlabeled, as a transfer image.
+        return image, label, index
 
     def epoch_examples(epoch):
         order = epoch_order(len(x), seed, epoch) if shuffle else tf.range(len(x), dtype=tf.int32)
@@ -349,7 +375,18 @@ def epoch_order(num_examples: int, seed: int, epoch):
     return tf.argsort(tf.random.stateless_uniform([num_examples], seed=key), stable=True)
 
 
+def mix_draw(seed: int, epoch, index, num_examples: int, fraction: float):
+    """Whether example `index` is mixed in `epoch`, its partner and its own weight λ: a pure function of (seed,
+    epoch, index). The partner is uniform over the examples, λ uniform in [0, 1] (mixup with α = 1)."""
+    # Epoch and index as int64 tensors: the key is then the pipeline's also when called with Python ints.
+    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 2], tf.int64), tf.cast(epoch, tf.int64))
+    key = tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
+    draw = tf.random.stateless_uniform([3], seed=key)
+    partner = tf.minimum(tf.cast(draw[1] * num_examples, tf.int32), num_examples - 1)
+    return draw[0] < fraction, partner, draw[2]
+
+
 def example_seed(seed: int, epoch, index):
     """The augmentation seed of one example in one epoch: a pure function of (seed, epoch, example index)."""
-    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), epoch)
+    key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 1], tf.int64), tf.cast(epoch, tf.int64))
     return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))

@@ -29,6 +29,7 @@ SETTING_RULES = {
     "max_validation_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
     "max_test_examples": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1"),
     "unlabeled_examples": (lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
+    "mixed_fraction": (lambda v: is_finite_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "augment_views": (lambda v: v is None or (is_integer(v) and v >= 1), "an integer >= 1 or unset"),
     "validation_fraction": (lambda v: is_finite_number(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
     "augment": (lambda v: isinstance(v, bool), "true or false"),
@@ -68,6 +69,8 @@ class TrainConfig:
             how many it was scored on).
         unlabeled_examples: distillation only: also train on the next N training images without their labels
             (transfer images): only the teacher's terms see them (`kdkeras.data.load_dataset`).
+        mixed_fraction: distillation only: the share of training examples shown as a mix of two images, without a
+            label, on which the student matches the teacher (function matching; `kdkeras.data.load_dataset`).
         validation_fraction: share of the training data held out for validation.
         augment: random crop (and flip where it keeps the class) during training.
         augment_views: epoch e shows the augmentation of epoch e mod N (`kdkeras.data.load_dataset`): a teacher
@@ -93,6 +96,7 @@ class TrainConfig:
     max_validation_examples: int | None = None
     max_test_examples: int | None = None
     unlabeled_examples: int = 0
+    mixed_fraction: float = 0.0
     validation_fraction: float = 0.1
     augment: bool = True
     augment_views: int | None = None

@@ -47,6 +47,8 @@ def _data_spec(teacher, config) -> dict:
     spec = {field: getattr(config, field) for field in _DATA_FIELDS}
     if config.unlabeled_examples:  # Only when set: caches made before it existed keep their fingerprints.
         spec["unlabeled_examples"] = config.unlabeled_examples
+    if config.mixed_fraction:
+        spec["mixed_fraction"] = config.mixed_fraction
     spec.update(teacher=artifacts.weights_digest(teacher), version=1)
     return spec
 
@@ -162,7 +164,7 @@ def _compute(teacher, config, partial: str, batch_size: int, earlier: TeacherCac
             config.dataset, "train", batch_size, validation_fraction=config.validation_fraction,
             seed=config.seed, shuffle=False, augment_images=config.augment, flip=config.flip,
             max_examples=config.max_train_examples, data_dir=config.data_dir, epoch=epoch, return_index=True,
-            unlabeled_examples=config.unlabeled_examples,
+            unlabeled_examples=config.unlabeled_examples, mixed_fraction=config.mixed_fraction,
         )  # fmt: skip
 
     _, info = training_stream(0)

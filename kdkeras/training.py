@@ -62,6 +62,7 @@ def load_train(config: TrainConfig, clock: EpochClock | None = None, teacher_log
         teacher_logits=teacher_logits,
         unlabeled_examples=config.unlabeled_examples,
         augment_views=config.augment_views,
+        mixed_fraction=config.mixed_fraction,
         **carve_out(config),
     )
     if config.batch_size > info.num_examples:  # Checked before any batch is assembled.
@@ -230,8 +231,9 @@ def train_classifier(model: keras.Model, config: TrainConfig, callbacks=(), data
     Returns:
         `(history dict, wall seconds, DatasetInfo)`.
     """
-    if config.unlabeled_examples:
-        raise ValueError("unlabeled_examples: only a teacher can teach on unlabeled images (distill, not train)")
+    if config.unlabeled_examples or config.mixed_fraction:
+        name = "unlabeled_examples" if config.unlabeled_examples else "mixed_fraction"
+        raise ValueError(f"{name}: only a teacher can teach on images without labels (distill, not train)")
     data = data or prepare_splits(config)
     compile_classifier(model, make_optimizer(config, len(data.train)))
     history, seconds = _fit(model, data.train, data.validation, config, callbacks, data.clock)

@@ -116,7 +116,8 @@ def test_distill_method_and_terms_from_the_command_line(trained, capsys, tmp_pat
     out_path = str(tmp_path / "s.keras")
     code, _, err = run(
         ["distill", "--teacher", teacher, "--width", "0.25", "--dataset", dataset, "--method", "dkd",
-         "--term", "dkd:beta=2,warmup_epochs=1", "--term", "dist:gamma=0.5", "--out", out_path, *FAST],
+         "--term", "dkd:beta=2,warmup_epochs=1", "--term", "dist:gamma=0.5", "--mixed-fraction", "0.5",
+         "--out", out_path, *FAST],
         capsys,
     )  # fmt: skip
     assert code == 0, err
@@ -125,6 +126,7 @@ def test_distill_method_and_terms_from_the_command_line(trained, capsys, tmp_pat
     assert list(used) == ["ce", "dkd", "dist"]
     assert (used["dkd"]["beta"], used["dkd"]["alpha"], used["dkd"]["warmup_epochs"]) == (2, 1.0, 1)
     assert used["dist"]["gamma"] == 0.5 and "dist" in record["history"] and "val_dkd" in record["history"]
+    assert record["train_config"]["mixed_fraction"] == 0.5  # Function matching on half the images.
 
 
 def _error(argv, capsys):
@@ -356,6 +358,9 @@ def test_numbers_must_be_finite_and_well_typed_from_flags_and_config_files(train
         with pytest.raises(SystemExit) as exit_info:
             cli.main([*base, flag, "inf"])
         assert exit_info.value.code == 2 and "must be a finite number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*base, "--mixed-fraction", "1.5"])
+    assert exit_info.value.code == 2 and "must be in [0, 1], got 1.5" in capsys.readouterr().err
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"epochs": 1.5}))
     assert f"{config}: epochs: invalid literal" in _error([*base, "--config", str(config)], capsys)

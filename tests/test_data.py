@@ -370,3 +370,44 @@ def test_unlabeled_examples_are_the_next_training_images_marked_unlabeled(idx_fo
         load_dataset(spec, "train", 8, max_examples=20, unlabeled_examples=100, validation_fraction=0.2)
     with pytest.raises(DatasetError, match="apply to the train split, not validation"):
         load_dataset(spec, "validation", 8, unlabeled_examples=5, validation_fraction=0.2)
+
+
+def test_mixed_fraction_shows_mixes_of_two_views_without_labels(idx_folder):
+    """Function matching's images: a share of the examples is λ·a + (1 − λ)·b of the example's own view and its
+    partner's view in the same epoch, labeled −1 (no label); which ones, the partner and λ depend only on (seed,
+    epoch, index)."""
+    spec = f"idx:{idx_folder}"
+    common = dict(validation_fraction=0.2, seed=4, augment_images=True, epoch=1, return_index=True, shuffle=False)
+
+    def stream(**options):
+        ((images, labels, indices),) = list(load_dataset(spec, "train", 100, **common, **options)[0])
+        return images.numpy(), labels.numpy(), indices.numpy()
+
+    views, labels, indices = stream()
+    mixed_images, mixed_labels, mixed_indices = stream(mixed_fraction=0.5)
+    np.testing.assert_array_equal(mixed_indices, indices)
+    n = len(indices)
+    is_mixed = []
+    for i in indices:
+        mixed, partner, weight = (t.numpy() for t in data.mix_draw(4, 1, i, n, 0.5))
+        is_mixed.append(bool(mixed))
+        if mixed:
+            assert 0.0 <= weight <= 1.0 and 0 <= partner < n
+            np.testing.assert_allclose(mixed_images[i], weight * views[i] + (1 - weight) * views[partner], atol=1e-4)
+            assert mixed_labels[i] == -1
+        else:
+            np.testing.assert_array_equal(mixed_images[i], views[i])
+            assert mixed_labels[i] == labels[i]
+    assert 0.25 * n < sum(is_mixed) < 0.75 * n  # About half of the 48 examples.
+    np.testing.assert_array_equal(stream(mixed_fraction=0.5)[0], mixed_images)  # The same draw every time.
+    assert stream(mixed_fraction=1.0)[1].tolist() == [-1] * n and stream(mixed_fraction=0.0)[1].tolist() == list(labels)
+
+    # Training batches carry the mask the distiller reads: a mixed image teaches through the teacher only.
+    batches, _ = load_dataset(spec, "train", 100, validation_fraction=0.2, seed=4, mixed_fraction=0.5)
+    ((_, targets),) = list(batches)
+    assert set(targets) == {"labels", "labeled"} and 0 < targets["labeled"].numpy().mean() < 1
+    for bad in (1.5, -0.1, True, "half"):
+        with pytest.raises(DatasetError, match="mixed_fraction must be a number in \\[0, 1\\]"):
+            load_dataset(spec, "train", 8, validation_fraction=0.2, mixed_fraction=bad)
+    with pytest.raises(DatasetError, match="mixed_fraction applies to the train split, not validation"):
+        load_dataset(spec, "validation", 8, validation_fraction=0.2, mixed_fraction=0.5)

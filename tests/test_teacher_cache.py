@@ -234,3 +234,21 @@ def test_augmentation_views_repeat_and_the_cache_holds_only_them(setup, tmp_path
     assert len(history["loss"]) == 5 and np.all(np.isfinite(history["loss"]))
     assert TeacherCache.prepare(teacher, dataclasses.replace(config, epochs=4, augment=False), str(tmp_path / "flat"),
                                 log=lambda _: None).epochs == 1  # fmt: skip
+
+
+def test_the_cache_serves_mixed_images_and_knows_them_from_plain_ones(setup, tmp_path):
+    """With `mixed_fraction` the cached logits are the teacher's on the mixed images the student sees, and the
+    cache of the mixed stream is another than the plain stream's."""
+    _, teacher, config = setup
+    mixed_config = dataclasses.replace(config, mixed_fraction=0.5)
+    assert teacher_cache.fingerprint(teacher, mixed_config) != teacher_cache.fingerprint(teacher, config)
+    cache = TeacherCache.prepare(teacher, mixed_config, str(tmp_path), log=lambda _: None)
+    stream, _ = load_dataset(config.dataset, "train", 16, seed=config.seed, augment_images=True, epoch=1,
+                             return_index=True, mixed_fraction=0.5)  # fmt: skip
+    unlabeled = 0
+    for images, labels, indices in stream:
+        live = teacher(images, training=False).numpy()
+        np.testing.assert_allclose(cache.epoch_logits(1)[indices.numpy()].astype(np.float32), live, rtol=2e-3,
+                                   atol=2e-3)  # fmt: skip
+        unlabeled += int(np.sum(labels.numpy() == -1))
+    assert unlabeled > 0  # Mixed images were among them.

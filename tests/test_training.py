@@ -140,3 +140,16 @@ def test_max_validation_examples_bounds_the_validation_split(tmp_path):
     assert sum(len(labels) for _, labels in validation) == 5
     with pytest.raises(ValueError, match="max_validation_examples: must be"):
         TrainConfig(max_validation_examples=0)
+
+
+@pytest.mark.parametrize("setting", [{"unlabeled_examples": 10}, {"mixed_fraction": 0.5}])
+def test_images_without_labels_are_refused_for_training_alone(setting):
+    """Transfer images and mixed images carry no label: only a teacher teaches on them, so `train` refuses them
+    before anything is loaded; a share outside [0, 1] is refused when the config is made."""
+    from kdkeras.training import train_classifier
+
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"{name}: only a teacher can teach on images without labels"):
+        train_classifier(build_model("ds_alexnet", (28, 28, 1), 10, width=0.25), TrainConfig(**setting))
+    with pytest.raises(ValueError, match=r"mixed_fraction: must be a number in \[0, 1\], got 1.5"):
+        TrainConfig(mixed_fraction=1.5)

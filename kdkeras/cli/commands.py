@@ -111,6 +111,7 @@ def _train_config(args, strategy):
         max_train_examples=args.max_train_examples,
         max_validation_examples=args.max_validation_examples,
         unlabeled_examples=getattr(args, "unlabeled_examples", 0),
+        mixed_fraction=getattr(args, "mixed_fraction", 0.0),
         validation_fraction=args.validation_fraction,
         augment=args.augment,
         flip=args.flip,

@@ -101,6 +101,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def share(text: str) -> float:
+    value = _checked_float(text, strict=False)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
 def clusters(text: str) -> int:
     value = int(text)
     if value < 2:

@@ -19,6 +19,7 @@ from kdkeras.cli.options import (
     positive_int,
     seeds,
     shape,
+    share,
 )
 from kdkeras.export_choices import FORMATS, QUANTIZATIONS
 
@@ -76,6 +77,14 @@ def _distill_parser(sub) -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="also train on the next N training images without their labels: only the teacher teaches on them",
+    )
+    dist.add_argument(
+        "--mixed-fraction",
+        type=share,
+        default=0.0,
+        metavar="F",
+        help="show this share of the training images as a mix of two, without a label: the student matches the "
+        "teacher between the images too (function matching)",
     )
     dist.add_argument("--teacher-out", default=None, help="where to save the updated teacher (collaborative)")
     dist.add_argument("--out", default=None, help="output .keras file (default saved_models/STUDENT_distilled.keras)")

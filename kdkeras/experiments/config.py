@@ -80,6 +80,8 @@ ROW_DEFAULTS = {
     "teacher_row": None,
     # distillation: also train on the next N training images without their labels (only the teacher teaches there)
     "unlabeled_examples": 0,
+    # distillation: show this share of the training images as mixes of two, without labels (function matching)
+    "mixed_fraction": 0.0,
     # any row: train longer than the budget's epochs (e.g. 2 to check that scratch has converged)
     "epochs_multiplier": 1,
     # any row: run only these of the experiment's seeds (e.g. a costly check on one seed)
@@ -87,7 +89,7 @@ ROW_DEFAULTS = {
 }
 _DISTILL_KEYS = (
     "terms", "temperature", "pairs", "collaborative", "teacher_lr", "teacher_mimicry", "teacher", "teacher_row",
-    "teacher_cache", "unlabeled_examples",
+    "teacher_cache", "unlabeled_examples", "mixed_fraction",
 )  # fmt: skip
 
 
@@ -178,6 +180,8 @@ def _row_spec(values, index: int, path: str) -> dict:
     else:
         _require(row["terms"] is None, f"{where}.terms", f"a preset method ({row['method']}) takes no term list")
     _number(row["unlabeled_examples"], f"{where}.unlabeled_examples", 0, integer=True)
+    _number(row["mixed_fraction"], f"{where}.mixed_fraction", 0)
+    _require(row["mixed_fraction"] <= 1, f"{where}.mixed_fraction", f"must be at most 1, got {row['mixed_fraction']}")
     if row["temperature"] is not None:
         _number(row["temperature"], f"{where}.temperature", strict=True)
     if row["teacher_lr"] is not None:

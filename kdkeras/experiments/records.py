@@ -11,7 +11,7 @@ import json
 from kdkeras.experiments.config import ROW_DEFAULTS
 
 # Row keys added after results were recorded (left out of a row's spec while at their `ROW_DEFAULTS` value).
-_LATER_KEYS = ("teacher", "teacher_row", "teacher_mimicry", "teacher_cache", "unlabeled_examples")
+_LATER_KEYS = ("teacher", "teacher_row", "teacher_mimicry", "teacher_cache", "unlabeled_examples", "mixed_fraction")
 # Row keys that do not change what a row computes for one seed: its label, and which other seeds it runs.
 _NOT_SETTINGS = ("label", "seeds")
 

@@ -65,7 +65,7 @@ class Experiment:
         return os.path.join(self.models_dir, f"{name}-seed{seed}.keras")
 
     def _train_config(self, epochs: int, seed: int, run: str, training: dict, lr: float | None = None,
-                      unlabeled_examples: int = 0):  # fmt: skip
+                      unlabeled_examples: int = 0, mixed_fraction: float = 0.0):  # fmt: skip
         from kdkeras.training import TrainConfig
 
         return TrainConfig(
@@ -75,6 +75,7 @@ class Experiment:
             seed=seed,
             max_train_examples=self.plan["max_train_examples"],
             unlabeled_examples=unlabeled_examples,
+            mixed_fraction=mixed_fraction,
             **{**training, "lr": lr or training["lr"]},
             # Beside the experiment's models (`models_dir`), not in the working directory's runs/.
             logdir=os.path.join(self.models_dir, "logs", run),
@@ -98,7 +99,8 @@ class Experiment:
     def _row_config(self, row: dict, seed: int):
         epochs = self.plan["epochs"] * row["epochs_multiplier"]
         return self._train_config(epochs, seed, f"{row['name']}-seed{seed}", self.config["training"],
-                                  unlabeled_examples=row.get("unlabeled_examples", 0))  # fmt: skip
+                                  unlabeled_examples=row.get("unlabeled_examples", 0),
+                                  mixed_fraction=row.get("mixed_fraction", 0.0))  # fmt: skip
 
     def row_model(self, row: dict) -> dict:
         """The architecture a row trains: its own for a reference row, else the student with the row's options."""
