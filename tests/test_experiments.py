@@ -1,5 +1,6 @@
 """Tests for kdkeras.experiments: config validation, running rows, skipping finished ones, the report."""
 
+import copy
 import json
 import os
 import shutil
@@ -63,10 +64,29 @@ def run(path, *extra):
     return cli.main(["experiment", path, "--budget", "quick", "--verbose", "0", *extra])
 
 
-def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_path, capsys):
-    path = write_config(str(tmp_path), tiny_config(str(tmp_path), target_delta=0.008))
-    assert run(path) == 0
-    rows_dir = tmp_path / "results" / "tiny" / "quick"
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny experiment (teacher, scratch, tskd) run once for the module; a test that starts from a finished
+    experiment takes a copy (`copy_of`) rather than training the same three models again."""
+    root = tmp_path_factory.mktemp("finished")
+    config = tiny_config(str(root), target_delta=0.008)
+    assert run(write_config(str(root), config)) == 0
+    return root, config
+
+
+def copy_of(finished, tmp_path, **overrides) -> dict:
+    """The finished experiment's results and models copied under `tmp_path`, and its config pointing there. The
+    dataset stays where it is: a row's settings name it, so the copied rows count as done."""
+    root, config = finished
+    for kind in ("results", "models"):
+        shutil.copytree(root / kind, tmp_path / kind)
+    copied = {**copy.deepcopy(config), "results_dir": str(tmp_path / "results"), "models_dir": str(tmp_path / "models")}
+    return {**copied, **overrides}
+
+
+def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(finished, tmp_path, capsys):
+    root, config = finished  # Run by the fixture, from nothing.
+    rows_dir = root / "results" / "tiny" / "quick"
     records = {name: json.loads((rows_dir / f"{name}.json").read_text()) for name in ("teacher", "scratch-seed0")}
     records["tskd-seed0"] = json.loads((rows_dir / "tskd-seed0.json").read_text())
     for record in records.values():
@@ -82,11 +102,11 @@ def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_pat
     from kdkeras.data import load_dataset
     from kdkeras.evaluation import evaluate_classifier
 
-    student = artifacts.load_model(tmp_path / "models" / "tiny" / "quick" / "tskd-seed0.keras")
-    test, info = load_dataset(tiny_config(str(tmp_path))["dataset"], "test", 256)
+    student = artifacts.load_model(root / "models" / "tiny" / "quick" / "tskd-seed0.keras")
+    test, info = load_dataset(config["dataset"], "test", 256)
     assert evaluate_classifier(student, test, info)["accuracy"] == pytest.approx(records["tskd-seed0"]["test_accuracy"])
 
-    report = json.loads((tmp_path / "results" / "tiny-quick.json").read_text())
+    report = json.loads((root / "results" / "tiny-quick.json").read_text())
     assert [row["name"] for row in report["rows"]] == ["teacher", "scratch", "tskd"]
     assert report["missing"] == []
     by_name = {row["name"]: row for row in report["rows"]}
@@ -97,16 +117,18 @@ def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_pat
     )
     assert report["target_delta"] == 0.008
     assert report["reach_target"] == (["tskd"] if by_name["tskd"]["delta_mean"] >= 0.008 else [])
-    markdown = (tmp_path / "results" / "tiny-quick.md").read_text()
+    markdown = (root / "results" / "tiny-quick.md").read_text()
     assert "| tskd | ds_alexnet |" in markdown and "python -m kdkeras.experiments" in markdown
     reached = "reached by tskd" if report["reach_target"] else "reached by no row"
     assert (
         f"Target: Δ vs scratch ≥ +0.80 points in the mean and on every seed, all seeds finished: {reached}." in markdown
     )
     for plot in ("accuracy_vs_params", "val_curves"):
-        assert (tmp_path / "results" / f"tiny-quick-{plot}.png").stat().st_size > 1000
+        assert (root / "results" / f"tiny-quick-{plot}.png").stat().st_size > 1000
 
-    # Re-running skips everything; nothing is rewritten.
+    # Re-running (a copy) skips everything; nothing is rewritten.
+    path = write_config(str(tmp_path), copy_of(finished, tmp_path))
+    rows_dir = tmp_path / "results" / "tiny" / "quick"
     mtimes = {p: p.stat().st_mtime_ns for p in rows_dir.iterdir()}
     capsys.readouterr()
     assert run(path) == 0
@@ -115,13 +137,11 @@ def test_runner_writes_row_jsons_and_the_report_then_skips_finished_rows(tmp_pat
     assert {p: p.stat().st_mtime_ns for p in rows_dir.iterdir()} == mtimes
 
 
-def test_changing_a_row_reruns_only_that_row(tmp_path, capsys):
-    config = tiny_config(str(tmp_path))
-    path = write_config(str(tmp_path), config)
-    assert run(path) == 0
+def test_changing_a_row_reruns_only_that_row(finished, tmp_path, capsys):
+    config = copy_of(finished, tmp_path)
     config["rows"][1]["temperature"] = 3.0
     config["rows"][0]["label"] = "renamed only"  # A label is not a setting: no re-run.
-    write_config(str(tmp_path), config)
+    path = write_config(str(tmp_path), config)
     capsys.readouterr()
     assert run(path) == 0
     out = capsys.readouterr().out
@@ -131,27 +151,25 @@ def test_changing_a_row_reruns_only_that_row(tmp_path, capsys):
     assert record["spec"]["row"]["terms"][1]["temperature"] == 3.0
 
 
-def test_rows_recorded_with_a_later_schema_key_at_its_default_still_count(tmp_path, capsys):
+def test_rows_recorded_with_a_later_schema_key_at_its_default_still_count(finished, tmp_path, capsys):
     """`teacher_row` came after rows were recorded: a spec with or without `teacher_row: null` is the same spec."""
-    path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
-    assert run(path, "--rows", "tskd") == 0
+    config = copy_of(finished, tmp_path)
     json_path = tmp_path / "results" / "tiny" / "quick" / "tskd-seed0.json"
     record = json.loads(json_path.read_text())
     assert "teacher_row" not in record["spec"]["row"]
     record["spec"]["row"]["teacher_row"] = None
     json_path.write_text(json.dumps(record))
-    config = tiny_config(str(tmp_path))
     config["rows"][1]["seeds"] = [0]  # Which seeds a row runs does not change its seed-0 result either.
-    write_config(str(tmp_path), config)
+    path = write_config(str(tmp_path), config)
     capsys.readouterr()
     assert run(path, "--rows", "tskd") == 0
     assert "tskd seed 0: done already" in capsys.readouterr().out
 
 
-def test_a_row_reads_the_teacher_cache_unless_it_asks_for_the_live_teacher(tmp_path, capsys):
+def test_a_row_reads_the_teacher_cache_unless_it_asks_for_the_live_teacher(finished, tmp_path, capsys):
     """A logits-only row fills and reads the teacher-output cache; `teacher_cache: false` runs the teacher each step
     (nothing cached, nothing to refill when the row resumes on another machine), and the spec says which."""
-    config = tiny_config(str(tmp_path), rows=[{"name": "dist", "method": "dist"}])
+    config = copy_of(finished, tmp_path, rows=[{"name": "dist", "method": "dist"}])  # The trained teacher.
     path = write_config(str(tmp_path), config)
     assert run(path) == 0
     rows_dir = tmp_path / "results" / "tiny" / "quick"
@@ -213,6 +231,8 @@ def test_seeds_option_narrows_what_runs_not_what_the_report_covers(tmp_path):
         (lambda c: c["rows"][1].update(temperature=float("inf")), "row 'tskd'.temperature: must be a finite number"),
         (lambda c: c["rows"][0].update(method="magic"), "row 'scratch'.method: must be one of"),
         (lambda c: c["rows"][0].update(temperature=2.0), "row 'scratch': temperature only apply to distillation rows"),
+        (lambda c: c["rows"][1].update(mixed_fraction=2), "row 'tskd'.mixed_fraction: must be at most 1, got 2"),
+        (lambda c: c["rows"][0].update(mixed_fraction=0.5), "mixed_fraction only apply to distillation rows"),
         (lambda c: c["rows"][1].update(method="distill"), "method 'distill' needs a 'terms' list"),
         (lambda c: c["rows"][1].update(terms=["ce"]), "a preset method (tskd) takes no term list"),
         (
@@ -326,19 +346,22 @@ def test_a_row_taught_by_another_rows_model_trains_that_row_first(tmp_path, caps
     assert "wide seed 0: scratch" in out and "assisted seed 0: kd" in out
 
 
-def test_a_row_learns_from_a_named_teacher_trained_once_beside_the_experiments(tmp_path, capsys):
+def test_a_row_learns_from_a_named_teacher_trained_once_beside_the_experiments(finished, tmp_path, capsys):
     """`teachers` names more teachers; a row with `teacher: NAME` learns from that one, trained first (and only
     when a selected row needs it or `--rows teacher-NAME` asks), listed in the report beside the experiment's."""
     from kdkeras import artifacts
 
-    config = tiny_config(str(tmp_path))
+    config = copy_of(finished, tmp_path)
     config["teachers"] = {"big": {"model": "alexnet", "options": {"width": 0.5}}}
     config["rows"].append({"name": "kd_big", "method": "kd", "teacher": "big"})
     path = write_config(str(tmp_path), config)
-    assert run(path, "--rows", "kd_big") == 0
     rows_dir, models_dir = (tmp_path / kind / "tiny" / "quick" for kind in ("results", "models"))
-    # The named teacher and the row only: the experiment's teacher is not needed by this row.
-    assert sorted(p.name for p in rows_dir.iterdir()) == ["kd_big-seed0.json", "teacher-big.json"]
+    before = {p.name for p in rows_dir.iterdir()}
+    capsys.readouterr()
+    assert run(path, "--rows", "kd_big") == 0
+    # The named teacher and the row only: the experiment's teacher is not needed by this row, not even looked at.
+    assert {p.name for p in rows_dir.iterdir()} - before == {"kd_big-seed0.json", "teacher-big.json"}
+    assert "] teacher:" not in capsys.readouterr().out
     big, kd_big = (json.loads((rows_dir / name).read_text()) for name in ("teacher-big.json", "kd_big-seed0.json"))
     assert big["spec"]["options"] == {"width": 0.5}
     assert (
@@ -352,7 +375,7 @@ def test_a_row_learns_from_a_named_teacher_trained_once_beside_the_experiments(t
     capsys.readouterr()
     assert run(path) == 0
     out = capsys.readouterr().out
-    assert "teacher-big: reusing" in out and "kd_big seed 0: done already" in out and "teacher: training" in out
+    assert "teacher-big: reusing" in out and "kd_big seed 0: done already" in out and "] teacher: reusing" in out
     report_path = tmp_path / "results" / "tiny-quick.json"
     report = json.loads(report_path.read_text())
     assert [row["name"] for row in report["rows"]] == ["teacher", "teacher-big", "scratch", "tskd", "kd_big"]
@@ -673,9 +696,8 @@ def test_paired_examples_matches_mcnemar_and_the_standard_error_by_hand():
     }  # fmt: skip
 
 
-def test_rows_recorded_without_predictions_get_them_from_their_saved_model(tmp_path, capsys):
-    path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
-    assert run(path) == 0
+def test_rows_recorded_without_predictions_get_them_from_their_saved_model(finished, tmp_path, capsys):
+    path = write_config(str(tmp_path), copy_of(finished, tmp_path))
     rows_dir = tmp_path / "results" / "tiny" / "quick"
     recorded = json.loads((rows_dir / "tskd-seed0.json").read_text())
     predicted, labels = decode_classes(recorded["test_predictions"]), decode_classes(recorded["test_labels"])
@@ -702,9 +724,8 @@ def test_rows_recorded_without_predictions_get_them_from_their_saved_model(tmp_p
     assert "test_predictions" not in json.loads((rows_dir / "tskd-seed0.json").read_text())
 
 
-def test_rows_record_which_training_of_the_teacher_they_learned_from(tmp_path, capsys):
-    path = write_config(str(tmp_path), tiny_config(str(tmp_path)))
-    assert run(path) == 0
+def test_rows_record_which_training_of_the_teacher_they_learned_from(finished, tmp_path, capsys):
+    path = write_config(str(tmp_path), copy_of(finished, tmp_path))
     rows_dir = tmp_path / "results" / "tiny" / "quick"
     teacher_json, tskd_json = rows_dir / "teacher.json", rows_dir / "tskd-seed0.json"
     teacher, tskd = json.loads(teacher_json.read_text()), json.loads(tskd_json.read_text())
