@@ -87,9 +87,11 @@ ROW_DEFAULTS = {
     # any row: run only these of the experiment's seeds (e.g. a costly check on one seed)
     "seeds": None,
 }
+# Row keys that add training images without labels (only a teacher teaches on them): TrainConfig fields too.
+UNLABELED_IMAGES = ("unlabeled_examples", "mixed_fraction")
 _DISTILL_KEYS = (
     "terms", "temperature", "pairs", "collaborative", "teacher_lr", "teacher_mimicry", "teacher", "teacher_row",
-    "teacher_cache", "unlabeled_examples", "mixed_fraction",
+    "teacher_cache", *UNLABELED_IMAGES,
 )  # fmt: skip
 
 

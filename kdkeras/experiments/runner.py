@@ -7,7 +7,7 @@ import contextlib
 import os
 import time
 
-from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, distills
+from kdkeras.experiments.config import BUDGETS, RESULTS_VERSION, ROW_DEFAULTS, UNLABELED_IMAGES, distills
 from kdkeras.experiments.records import fingerprint, read_json, recorded_spec, row_settings, train_settings
 from kdkeras.reporting import machine
 
@@ -64,8 +64,7 @@ class Experiment:
         """The trained model of a row and seed."""
         return os.path.join(self.models_dir, f"{name}-seed{seed}.keras")
 
-    def _train_config(self, epochs: int, seed: int, run: str, training: dict, lr: float | None = None,
-                      unlabeled_examples: int = 0, mixed_fraction: float = 0.0):  # fmt: skip
+    def _train_config(self, epochs: int, seed: int, run: str, training: dict, lr: float | None = None, **images):
         from kdkeras.training import TrainConfig
 
         return TrainConfig(
@@ -74,8 +73,7 @@ class Experiment:
             epochs=epochs,
             seed=seed,
             max_train_examples=self.plan["max_train_examples"],
-            unlabeled_examples=unlabeled_examples,
-            mixed_fraction=mixed_fraction,
+            **images,  # A row's images without labels: `unlabeled_examples`, `mixed_fraction`.
             **{**training, "lr": lr or training["lr"]},
             # Beside the experiment's models (`models_dir`), not in the working directory's runs/.
             logdir=os.path.join(self.models_dir, "logs", run),
@@ -99,8 +97,7 @@ class Experiment:
     def _row_config(self, row: dict, seed: int):
         epochs = self.plan["epochs"] * row["epochs_multiplier"]
         return self._train_config(epochs, seed, f"{row['name']}-seed{seed}", self.config["training"],
-                                  unlabeled_examples=row.get("unlabeled_examples", 0),
-                                  mixed_fraction=row.get("mixed_fraction", 0.0))  # fmt: skip
+                                  **{key: row.get(key, ROW_DEFAULTS[key]) for key in UNLABELED_IMAGES})  # fmt: skip
 
     def row_model(self, row: dict) -> dict:
         """The architecture a row trains: its own for a reference row, else the student with the row's options."""
