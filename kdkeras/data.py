@@ -167,6 +167,7 @@ def from_arrays(
     flip: bool = False,
     clock: EpochClock | None = None,
     name: str = "arrays",
+    mixed_fraction: float = 0.0,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """`load_dataset`'s pipeline over in-memory arrays: the same seeded order and augmentation per pass.
 
@@ -175,8 +176,8 @@ def from_arrays(
             in [0, 255].
         y: `(examples,)` integer class labels 0, 1, 2, …
         class_names: one name per class; default `"0"`, `"1"`, … for `max(y) + 1` classes.
-        seed, shuffle, augment_images, flip, clock: as for `load_dataset` (`flip` defaults to off: kdkeras cannot
-            know whether mirroring keeps your classes).
+        seed, shuffle, augment_images, flip, clock, mixed_fraction: as for `load_dataset` (`flip` defaults to off:
+            kdkeras cannot know whether mirroring keeps your classes).
         name: the `DatasetInfo.name`.
 
     Raises:
@@ -199,7 +200,8 @@ def from_arrays(
         raise ValueError(f"{len(x)} images but {len(y)} labels")
     class_names = tuple(class_names) if class_names is not None else tuple(str(k) for k in range(int(y.max()) + 1))
     source = Source((x, y), None, class_names, tuple(int(d) for d in x.shape[1:]))
-    dataset = _pipeline(source, x, y, batch_size, seed, shuffle, augment_images, flip, False, clock, None, None, False)
+    dataset = _pipeline(source, x, y, batch_size, seed, shuffle, augment_images, flip, False, clock, None, None, False,
+                        views=None, mixing=_mixing(mixed_fraction, "train"))  # fmt: skip
     return dataset, DatasetInfo(name, len(class_names), class_names, source.input_shape, len(x))
 
 

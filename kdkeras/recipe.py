@@ -105,6 +105,8 @@ def _prepare(model, data, validation_data, test_data, settings: dict):
     input_shape, classes = signature(model, "model")
     if isinstance(data, tf.data.Dataset):
         config = TrainConfig(dataset="tf.data", **settings)
+        if config.mixed_fraction:
+            raise ValueError("mixed_fraction applies to a dataset spec or arrays; mix the images of your own pipeline")
         train, info = _own_pipeline(data, input_shape, classes, "data")
         clock = None
     elif isinstance(data, (tuple, list)) and len(data) == 2:
@@ -115,7 +117,8 @@ def _prepare(model, data, validation_data, test_data, settings: dict):
         clock = EpochClock()
         # from_arrays checks the labels against the model's classes.
         train, info = from_arrays(x, y, config.batch_size, class_names=_names(classes), seed=config.seed,
-                                  augment_images=config.augment, flip=bool(config.flip), clock=clock)  # fmt: skip
+                                  augment_images=config.augment, flip=bool(config.flip), clock=clock,
+                                  mixed_fraction=config.mixed_fraction)  # fmt: skip
     else:
         raise ValueError(
             f"data must be a dataset spec, an (images, labels) tuple of arrays or a tf.data.Dataset, got "

@@ -411,3 +411,7 @@ def test_mixed_fraction_shows_mixes_of_two_views_without_labels(idx_folder):
             load_dataset(spec, "train", 8, validation_fraction=0.2, mixed_fraction=bad)
     with pytest.raises(DatasetError, match="mixed_fraction applies to the train split, not validation"):
         load_dataset(spec, "validation", 8, validation_fraction=0.2, mixed_fraction=0.5)
+    # The recipe's arrays mix the same way.
+    arrays, _ = data.from_arrays(views, np.maximum(labels, 0), 100, shuffle=False, mixed_fraction=1.0)
+    ((_, targets),) = list(arrays)
+    np.testing.assert_array_equal(targets["labeled"].numpy(), np.zeros(n))

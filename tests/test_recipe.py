@@ -82,6 +82,9 @@ def test_the_recipe_refuses_what_it_cannot_train_on_with_a_value_error():
         kdkeras.train(model, (_rgb32(X), Y), epochs=1)
     with pytest.raises(ValueError, match="data must be a dataset spec"):
         kdkeras.train(model, X, epochs=1)
+    batches = tf.data.Dataset.from_tensor_slices((X[..., None], Y)).batch(8)
+    with pytest.raises(ValueError, match="mixed_fraction applies to a dataset spec or arrays"):
+        kdkeras.distill(model, _sequential((28, 28, 1)), batches, epochs=1, mixed_fraction=0.5)
 
 
 def test_the_recipe_on_arrays_checkpoints_and_refuses_a_checkpoint_of_other_data(tmp_path):
