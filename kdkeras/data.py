@@ -313,7 +313,8 @@ def _epoch_examples(source: Source, x, y, seed: int, shuffle: bool, augmentation
         image, label = view_of(index, epoch), tf.cast(labels[index], tf.int32)
         if mixing:
             mixed, partner, weight = mix_draw(seed, epoch, index, len(x), mixing)
-            image = tf.where(mixed, weight * image + (1.0 - weight) * view_of(partner, epoch), image)
+            # tf.cond, not tf.where: the partner's view (a second file read and decode for a folder) only when used.
+            image = tf.cond(mixed, lambda: weight * image + (1.0 - weight) * view_of(partner, epoch), lambda: image)
             label = tf.where(mixed, tf.constant(-1, tf.int32), label)  # Unlabeled, as a transfer image.
         return image, label, index
 

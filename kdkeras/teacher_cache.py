@@ -32,6 +32,7 @@ import tensorflow as tf
 from kdkeras import artifacts
 from kdkeras.adapters import on_images_of
 from kdkeras.data import distinct_views, load_dataset
+from kdkeras.evaluation import carve_out
 from kdkeras.models import signature
 
 # What a cached run's pipeline depends on (TrainConfig fields); the rest (lr, optimizer, …) does not change the images.
@@ -161,10 +162,9 @@ def _compute(teacher, config, partial: str, batch_size: int, earlier: TeacherCac
 
     def training_stream(epoch):
         return load_dataset(
-            config.dataset, "train", batch_size, validation_fraction=config.validation_fraction,
-            seed=config.seed, shuffle=False, augment_images=config.augment, flip=config.flip,
-            max_examples=config.max_train_examples, data_dir=config.data_dir, epoch=epoch, return_index=True,
-            unlabeled_examples=config.unlabeled_examples, mixed_fraction=config.mixed_fraction,
+            config.dataset, "train", batch_size, shuffle=False, augment_images=config.augment, flip=config.flip,
+            max_examples=config.max_train_examples, epoch=epoch, return_index=True,
+            unlabeled_examples=config.unlabeled_examples, mixed_fraction=config.mixed_fraction, **carve_out(config),
         )  # fmt: skip
 
     _, info = training_stream(0)
