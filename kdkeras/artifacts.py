@@ -270,3 +270,22 @@ def weights_digest(model: keras.Model) -> str:
         digest.update(f"{value.dtype}{value.shape}".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
+
+
+def architecture_digest(model: keras.Model) -> str:
+    """SHA-256 of a model's architecture, blind to the layer names Keras generates.
+
+    Building the same model twice in one process names its layers `conv2d`, then `conv2d_1`: the configs differ
+    though the networks are the same (a notebook cell run again after an interrupt). Keras' own weight files address
+    layers by class for this reason. Here every name becomes its rank of first appearance in the config, so two
+    builds of one architecture give one digest and a change of layers, shapes or wiring gives another.
+    """
+    import hashlib
+    import json
+
+    text = json.dumps(model.get_config(), sort_keys=True, default=str)
+    names = {layer.name for layer in model._flatten_layers(include_self=True)}
+    quoted = sorted((f'"{name}"' for name in names), key=lambda q: (text.find(q) < 0, text.find(q)))
+    for rank, name in enumerate(quoted):
+        text = text.replace(name, f'"#{rank}"')  # Whole quoted strings only: `conv2d` never hits `conv2d_1`.
+    return hashlib.sha256(text.encode()).hexdigest()

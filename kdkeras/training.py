@@ -155,14 +155,10 @@ def make_callbacks(config: TrainConfig, extra: Sequence[keras.callbacks.Callback
 
 def run_spec(model: keras.Model, config: TrainConfig) -> dict:
     """Everything a run's weights depend on, for telling a checkpoint of this run from one of another run."""
-    import hashlib
-    import json
-
-    from kdkeras.artifacts import weights_digest
+    from kdkeras.artifacts import architecture_digest, weights_digest
 
     spec = result_settings(config)
-    network = getattr(model, "student", model)
-    spec["model"] = hashlib.sha256(json.dumps(network.get_config(), sort_keys=True, default=str).encode()).hexdigest()
+    spec["model"] = architecture_digest(getattr(model, "student", model))
     if isinstance(model, Distiller):
         spec["terms"] = [terms_lib.serialize(term) for term in model.terms]
         spec["collaborative"] = model.collaborative

@@ -180,3 +180,16 @@ def test_the_saving_layer_imports_nothing_above_it_yet_loads_a_saved_distiller(t
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[] Distiller ['ce', 'hint'] 1"
+
+
+def test_the_architecture_digest_ignores_generated_names_but_not_structure():
+    def built(classes=3, skip=False):
+        inputs = keras.Input((8,))
+        hidden = keras.layers.Dense(4)(inputs)
+        return keras.Model(inputs, keras.layers.Dense(classes)(inputs if skip else hidden))
+
+    first, again = built(), built()  # The second build's layers are dense_2, dense_3: other names, same network.
+    assert [layer.name for layer in first.layers] != [layer.name for layer in again.layers]
+    assert artifacts.architecture_digest(first) == artifacts.architecture_digest(again)
+    assert artifacts.architecture_digest(built(classes=5)) != artifacts.architecture_digest(first)  # A shape.
+    assert artifacts.architecture_digest(built(skip=True)) != artifacts.architecture_digest(first)  # The wiring.

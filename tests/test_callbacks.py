@@ -19,7 +19,6 @@ from kdkeras.callbacks import (
     recorded_cpu_seconds,
 )
 from kdkeras.distiller import Distiller
-from kdkeras.models import build_model
 from kdkeras.training import TrainConfig, make_callbacks
 
 RNG = np.random.default_rng(0)
@@ -27,10 +26,18 @@ X = RNG.uniform(0, 255, (32, 28, 28, 1)).astype(np.float32)
 Y = RNG.integers(0, 10, 32).astype(np.int32)
 
 
+def _tiny(classes=10):
+    """A one-convolution classifier: these tests are about callbacks, and a model this small traces in a sixth of
+    the time of the smallest ds_alexnet (0.9 s against 5.5 s for a 2-epoch fit, alternated)."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Conv2D(4, 3, strides=2),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(classes, name="logits"),
+    ])  # fmt: skip
+
+
 def _distiller():
     keras.utils.set_random_seed(0)
-    teacher = build_model("alexnet", (28, 28, 1), 10, width=0.25)
-    student = build_model("ds_alexnet", (28, 28, 1), 10, width=0.25)
+    teacher, student = _tiny(), _tiny()
     distiller = Distiller(teacher, student, [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9}])
     distiller.compile("adam")
     return distiller
@@ -101,7 +108,7 @@ def test_resumable_backup_reports_the_resumed_epoch(tmp_path):
 
 def _classifier(classes=10):
     keras.utils.set_random_seed(0)
-    model = build_model("ds_alexnet", (28, 28, 1), classes, width=0.25)
+    model = _tiny(classes)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
