@@ -26,15 +26,15 @@ def kdkeras(*args):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    dataset, teacher = idx_dataset_and_teacher(str(root), n_train=1200, n_test=100, classes=10, width=0.5)
+    dataset, teacher = idx_dataset_and_teacher(str(root), n_train=1200, n_test=100, classes=10, width=0.25)
     return root, dataset, teacher
 
 
 def distill_command(root, dataset, teacher, name):
     out = str(root / f"{name}.keras")
     argv = kdkeras(
-        "distill", "--teacher", teacher, "--dataset", dataset, "--epochs", "3", "--batch-size", "40",
-        "--checkpoint-steps", "3", "--logdir", "none", "--verbose", "0", "--out", out,
+        "distill", "--teacher", teacher, "--width", "0.25", "--dataset", dataset, "--epochs", "3", "--batch-size", "40",
+        "--checkpoint-steps", "10", "--logdir", "none", "--verbose", "0", "--out", out,
     )  # fmt: skip
     return argv, out, out.removesuffix(".keras") + ".backup"
 
@@ -122,7 +122,7 @@ def test_same_seed_gives_identical_weights_and_accuracy(setup):
     for run in ("a", "b"):
         out = str(root / f"seeded_{run}.keras")
         argv = kdkeras(
-            "train", "--model", "ds_alexnet", "--width", "0.5", "--dataset", dataset, "--epochs", "1",
+            "train", "--model", "ds_alexnet", "--width", "0.25", "--dataset", dataset, "--epochs", "1",
             "--max-train-examples", "400", "--seed", "7", "--logdir", "none", "--verbose", "0", "--out", out,
         )  # fmt: skip
         result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
@@ -141,7 +141,7 @@ def test_compress_fine_tuning_resumes_after_sigkill(setup):
     backup_dir = str(root / "compressed.backup")
     argv = kdkeras(
         "compress", "--model", teacher, "--teacher", teacher, "--dataset", dataset, "--prune", "0.5",
-        "--epochs", "4", "--batch-size", "10", "--max-train-examples", "400", "--max-drop", "100", "--out", out,
+        "--epochs", "3", "--batch-size", "20", "--max-train-examples", "400", "--max-drop", "100", "--out", out,
     )  # fmt: skip
     process = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
