@@ -1,6 +1,7 @@
 """Tests for kdkeras.distribute and the Distiller under tf.distribute: strategies, the global-batch loss reduction
 (N replicas = one device), synchronized BN, mixed precision, and a real two-worker MultiWorkerMirroredStrategy run."""
 
+import functools
 import json
 import os
 import subprocess
@@ -150,6 +151,13 @@ def _distill_updates(strategy, collaborative: bool, synchronized: bool, batch_si
     }
 
 
+@functools.cache
+def _one_device_updates(collaborative=False, method="kd", l2=0.0):
+    """The reference of the tests below, computed once per setting: `_distill_updates` is seeded, so a second
+    one-device run gives the same vectors."""
+    return _distill_updates(tf.distribute.get_strategy(), collaborative, synchronized=False, method=method, l2=l2)
+
+
 def _largest_relative_difference(reference, other):
     """max over groups of ‖Δ_other − Δ_ref‖ / ‖Δ_ref‖: 0 for identical updates, 1 for a 2× update.
 
@@ -176,7 +184,7 @@ REGULARIZATION = 1.0  # L2 factor.
     "collaborative, method", [(False, "kd"), (True, "kd"), (False, "dkd")], ids=["classic", "collaborative", "dkd"]
 )
 def test_two_replicas_update_like_one_device(mirrored_two_cpus, collaborative, method):
-    one_device = _distill_updates(tf.distribute.get_strategy(), collaborative, synchronized=False, method=method)
+    one_device = _one_device_updates(collaborative, method)
     two_replicas = _distill_updates(mirrored_two_cpus, collaborative, synchronized=True, method=method)
     assert _largest_relative_difference(one_device, two_replicas) < TOLERANCE
 
@@ -184,7 +192,7 @@ def test_two_replicas_update_like_one_device(mirrored_two_cpus, collaborative, m
 def test_a_loss_averaged_per_replica_fails_the_equivalence(mirrored_two_cpus, monkeypatch):
     """The tolerance above is tight enough to catch the classic bug: averaging over each replica's own batch while
     the gradients are summed across replicas doubles the update on two replicas."""
-    one_device = _distill_updates(tf.distribute.get_strategy(), False, synchronized=False)
+    one_device = _one_device_updates()
     monkeypatch.setattr(tf.nn, "compute_average_loss", lambda losses, sample_weight=None: tf.reduce_mean(losses))
     per_replica_mean = _distill_updates(mirrored_two_cpus, False, synchronized=True)
     difference = _largest_relative_difference(one_device, per_replica_mean)
@@ -194,7 +202,7 @@ def test_a_loss_averaged_per_replica_fails_the_equivalence(mirrored_two_cpus, mo
 def test_regularization_under_two_replicas_counts_once(mirrored_two_cpus, monkeypatch):
     """A student's weight regularizers add 1/N of their loss on each of N replicas (the gradients are summed), so
     two replicas update like one device; added whole on each replica, they would count twice."""
-    one_device = _distill_updates(tf.distribute.get_strategy(), False, synchronized=False, l2=REGULARIZATION)
+    one_device = _one_device_updates(l2=REGULARIZATION)
     two_replicas = _distill_updates(mirrored_two_cpus, False, synchronized=True, l2=REGULARIZATION)
     assert _largest_relative_difference(one_device, two_replicas) < TOLERANCE
     monkeypatch.setattr(tf.nn, "scale_regularization_loss", lambda loss: loss)
@@ -204,7 +212,7 @@ def test_regularization_under_two_replicas_counts_once(mirrored_two_cpus, monkey
 
 def test_unsynchronized_bn_under_two_replicas_differs(mirrored_two_cpus):
     """Plain BN normalizes with each replica's half batch: the update is not the one-device update."""
-    one_device = _distill_updates(tf.distribute.get_strategy(), False, synchronized=False)
+    one_device = _one_device_updates()
     local_bn = _distill_updates(mirrored_two_cpus, False, synchronized=False)
     assert _largest_relative_difference(one_device, local_bn) > TOLERANCE
 
