@@ -26,7 +26,7 @@ def kdkeras(*args):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    dataset, teacher = idx_dataset_and_teacher(str(root), n_train=1200, n_test=100, classes=10, width=0.25)
+    dataset, teacher = idx_dataset_and_teacher(str(root), n_train=1200, n_test=100, classes=10)
     return root, dataset, teacher
 
 

@@ -31,7 +31,7 @@ class Recorder(keras.callbacks.Callback):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
-    dataset, teacher_path = idx_dataset_and_teacher(str(root), n_train=160, n_test=40, classes=3, width=0.25)
+    dataset, teacher_path = idx_dataset_and_teacher(str(root), n_train=160, n_test=40, classes=3)
     config = TrainConfig(dataset=dataset, epochs=1, batch_size=32, verbose=0)
     train, validation, _ = load_splits(config)
     return root, dataset, teacher_path, config, train, validation
