@@ -264,7 +264,7 @@ def test_mixed_precision_keeps_losses_float32_and_finite(restore_policy, policy)
 def test_two_workers_distill_and_the_chief_saves_what_both_trained(tmp_path):
     """Two `kdkeras distill --strategy multiworker` processes on 127.0.0.1. Without the Distiller's workarounds
     for keras-team/keras#20585, `fit` fails in both before the first step and after it."""
-    dataset, teacher = idx_dataset_and_teacher(str(tmp_path), n_train=200, n_test=40, classes=3, width=0.25)
+    dataset, teacher = idx_dataset_and_teacher(str(tmp_path), n_train=200, n_test=40, classes=3)
     out = tmp_path / "out" / "student.keras"
     command = [
         sys.executable, "-m", "kdkeras", "distill", "--strategy", "multiworker", "--teacher", teacher,
@@ -305,7 +305,7 @@ def test_two_workers_distill_and_the_chief_saves_what_both_trained(tmp_path):
 
 
 def test_cli_distill_with_a_strategy_and_mixed_precision_records_both(tmp_path, capsys, restore_policy):
-    dataset, teacher = idx_dataset_and_teacher(str(tmp_path), n_train=80, n_test=20, classes=3, width=0.25)
+    dataset, teacher = idx_dataset_and_teacher(str(tmp_path), n_train=80, n_test=20, classes=3)
     out = tmp_path / "student.keras"
     argv = ["distill", "--teacher", teacher, "--dataset", dataset, "--epochs", "1", "--batch-size", "16",
             "--width", "0.25", "--out", str(out), "--logdir", "none", "--verbose", "0",
