@@ -41,9 +41,10 @@ def test_tf_keras_rebuild_gives_the_same_logits(name, kwargs):
     np.testing.assert_allclose(twin(X, training=False).numpy(), model.predict_on_batch(X), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sparsity", [0.5, 0.8])
-def test_pruning_reaches_the_requested_sparsity(pair, sparsity):
+def test_pruning_reaches_the_requested_sparsity(pair):
+    """At 0.8 here; test_resume's compress run reaches 0.5 through the command line, resumed after a kill."""
     teacher, student, train, _, _ = pair
+    sparsity = 0.8
     stripped, report = compression.fine_tune(student, teacher, train, "prune", epochs=2, sparsity=sparsity)
     zeros = compression.kernel_sparsity(stripped)
     pruned = {k: v for k, v in zeros.items() if "depthwise" not in k}
