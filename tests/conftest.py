@@ -72,21 +72,18 @@ def tiny_teacher(classes, input_shape=(28, 28, 1)):
     return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(x), name="tiny_teacher")
 
 
-def idx_dataset_and_teacher(root, n_train, n_test, classes, width=None):
-    """A generated `idx:` dataset under `root` and an (untrained, seeded) teacher saved beside it: alexnet at
-    `width`, or `tiny_teacher` without one.
+def idx_dataset_and_teacher(root, n_train, n_test, classes):
+    """A generated `idx:` dataset under `root` and an (untrained, seeded) `tiny_teacher` saved beside it.
 
     Returns:
         `(dataset spec, teacher .keras path)`.
     """
     from kdkeras import artifacts
-    from kdkeras.models import build_model
 
     dataset = f"idx:{write_idx_folder(os.path.join(root, 'idx'), n_train=n_train, n_test=n_test, classes=classes)}"
     keras.utils.set_random_seed(0)
     teacher = os.path.join(root, "teacher.keras")
-    model = tiny_teacher(classes) if width is None else build_model("alexnet", (28, 28, 1), classes, width=width)
-    artifacts.save_model(model, teacher)
+    artifacts.save_model(tiny_teacher(classes), teacher)
     return dataset, teacher
 
 
