@@ -283,11 +283,10 @@ def architecture_digest(model: keras.Model) -> str:
     import hashlib
     import json
 
-    def names_within(layer) -> set[str]:
-        return {layer.name}.union(*(names_within(inner) for inner in getattr(layer, "layers", ())))
-
     text = json.dumps(model.get_config(), sort_keys=True, default=str)
-    names = names_within(model)
+    # Keras' own walk over nested layers: the public `Sequential.layers` leaves out the input layer, whose
+    # generated name (`input_layer_3`) is in the config too.
+    names = {layer.name for layer in model._flatten_layers(include_self=True)}
     quoted = sorted((f'"{name}"' for name in names), key=lambda q: (text.find(q) < 0, text.find(q)))
     for rank, name in enumerate(quoted):
         text = text.replace(name, f'"#{rank}"')  # Whole quoted strings only: `conv2d` never hits `conv2d_1`.

@@ -193,3 +193,8 @@ def test_the_architecture_digest_ignores_generated_names_but_not_structure():
     assert artifacts.architecture_digest(first) == artifacts.architecture_digest(again)
     assert artifacts.architecture_digest(built(classes=5)) != artifacts.architecture_digest(first)  # A shape.
     assert artifacts.architecture_digest(built(skip=True)) != artifacts.architecture_digest(first)  # The wiring.
+
+    def sequential():  # Its input layer's generated name is in the config but not in `.layers`.
+        return keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+
+    assert artifacts.architecture_digest(sequential()) == artifacts.architecture_digest(sequential())
