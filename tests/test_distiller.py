@@ -336,9 +336,9 @@ def test_distilling_with_the_labels_alone_is_training_from_scratch(tmp_path):
     keras.utils.set_random_seed(0)
     teacher = _sequential(SHAPE, "teacher", classes=3)
     keras.utils.set_random_seed(1)
-    scratch = _sequential(SHAPE, "scratch", classes=3, batch_norm=True)  # Batch norm: its warm start is compared.
+    scratch = _sequential(SHAPE, "scratch", classes=3, stateful=True)  # BN warm start and dropout masks compared.
     keras.utils.set_random_seed(1)
-    student = _sequential(SHAPE, "student", classes=3, batch_norm=True)
+    student = _sequential(SHAPE, "student", classes=3, stateful=True)
     np.testing.assert_array_equal(values(scratch.weights)[0], values(student.weights)[0])
     keras.utils.set_random_seed(2)
     history, _, _ = train_classifier(scratch, config)
@@ -367,12 +367,14 @@ def test_collaborative_teacher_is_refined_at_a_hundredth_of_the_student_lr_by_de
     assert float(distiller.teacher_optimizer._learning_rate(0)) == pytest.approx(1e-4)
 
 
-def _sequential(shape, name, classes=10, batch_norm=False):
-    """A one-convolution classifier (with batch norm if asked): it traces in a fraction of ds_alexnet's time."""
+def _sequential(shape, name, classes=10, stateful=False):
+    """A one-convolution classifier: it traces in a fraction of ds_alexnet's time. `stateful` adds what a training
+    path must handle like `fit` does, as ds_alexnet has: batch norm (its statistics) and dropout (its random masks)."""
     return keras.Sequential(
         [keras.Input(shape), keras.layers.Rescaling(1 / 255), keras.layers.Conv2D(6, 3, strides=2, name="stage1"),
-         *([keras.layers.BatchNormalization()] if batch_norm else []), keras.layers.ReLU(),
-         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(classes, name="logits")],
+         *([keras.layers.BatchNormalization()] if stateful else []), keras.layers.ReLU(),
+         keras.layers.GlobalAveragePooling2D(), *([keras.layers.Dropout(0.3)] if stateful else []),
+         keras.layers.Dense(classes, name="logits")],
         name=name,
     )  # fmt: skip
 
