@@ -11,7 +11,7 @@ from kdkeras.demo import TEACHER, format_table, run_demo
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The demo's own teacher and regime, on a tiny budget: seconds, not minutes.
 TINY = {"labeled_examples": 300, "unlabeled_examples": 300, "student_epochs": 1, "teacher": os.path.join(ROOT, TEACHER),
-        "training": {"max_validation_examples": 500, "max_test_examples": 1000}}  # fmt: skip
+        "training": {"max_validation_examples": 300, "max_test_examples": 500}}  # fmt: skip
 
 
 def test_format_table():
@@ -38,7 +38,7 @@ def test_tiny_demo_writes_everything_and_a_second_run_reuses_it(tmp_path, capsys
         assert os.path.exists(tmp_path / name)
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["rows"]) == 4 and "total wall time" in results["note"]
-    assert {row["test_examples"] for row in rows} == {1000} and "a seeded sample of 1000 test images" in results["note"]
+    assert {row["test_examples"] for row in rows} == {500} and "a seeded sample of 500 test images" in results["note"]
     assert "| distilled student, TFLite int8 |" in (tmp_path / "results.md").read_text()
     assert rows[0]["params"] > 8 * rows[2]["params"] and rows[0]["train_seconds"] is None  # Trained beforehand.
     distilled_record = json.loads((tmp_path / "demo" / "full" / "distilled-seed0.json").read_text())

@@ -124,7 +124,7 @@ def test_same_seed_gives_identical_weights_and_accuracy(setup):
         out = str(root / f"seeded_{run}.keras")
         argv = kdkeras(
             "train", "--model", "ds_alexnet", "--width", "0.25", "--dataset", dataset, "--epochs", "1",
-            "--max-train-examples", "400", "--seed", "7", "--logdir", "none", "--verbose", "0", "--out", out,
+            "--max-train-examples", "200", "--seed", "7", "--logdir", "none", "--verbose", "0", "--out", out,
         )  # fmt: skip
         result = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
@@ -147,7 +147,7 @@ def test_compress_fine_tuning_resumes_after_sigkill(setup):
     backup_dir = str(root / "compressed.backup")
     argv = kdkeras(
         "compress", "--model", student, "--teacher", teacher, "--dataset", dataset, "--prune", "0.5",
-        "--epochs", "3", "--batch-size", "20", "--max-train-examples", "400", "--max-drop", "100", "--out", out,
+        "--epochs", "3", "--batch-size", "20", "--max-train-examples", "200", "--max-drop", "100", "--out", out,
     )  # fmt: skip
     process = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
