@@ -40,8 +40,9 @@ demo: install
 # whose steps are bound by Python and op dispatch on one core, so two workers on 2 cores took the suite from about
 # 19 to 8 minutes when it was smaller (one TensorFlow thread per worker measured no faster; 4 workers: 1047 s against
 # 905 s, so not more). `--dist loadscope` keeps a module on one worker, so its module-scoped fixtures are built once.
-# On 2026-12-07, from a fresh clone after `make install` on 2 idle cores: `make test` 429 tests in 581 s of pytest
-# (9 min 48 s with the make checks; 905 s at 06:00 the same day), `make test-fast` 242 in 88 s.
+# On 2026-12-07, from fresh clones after `make install` on 2 idle cores: `make test` 429 tests in 496 s of pytest
+# (8 min 22 s in all, commit 5806307; 581 s and 631 s on the two commits before it: this machine drifts that much;
+# 905 s at 06:00 the same day), `make test-fast` 242 in 88 s.
 # `TEST_WORKERS=0 make test` runs it in one process.
 TEST_WORKERS ?= auto
 test: install
