@@ -60,20 +60,22 @@ def write_idx_folder(folder, n_train=60, n_test=20, size=28, classes=3, seed=0):
     return folder
 
 
-def tiny_teacher(classes, input_shape=(28, 28, 1)):
+def tiny_classifier(classes, input_shape=(28, 28, 1), name="tiny"):
     """A two-convolution functional classifier whose layers carry the stage names of kdkeras' models (`stage3`,
-    `stage5`, `logits`), so feature terms can tap it. For tests of mechanics (resuming, tuning, workers): it traces
-    in a fraction of the time of the smallest alexnet."""
+    `stage5`, `logits`), so feature terms can tap it. For tests of mechanics (checkpoints, resuming, tuning, workers,
+    the teacher cache): a 2-epoch fit of a one-convolution model took 0.9 s against 5.5 s for ds_alexnet width 0.25
+    (alternated), nearly all of that Keras tracing the graph."""
     inputs = keras.Input(input_shape)
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="stage3")(x)
     x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="stage5")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(x), name="tiny_teacher")
+    return keras.Model(inputs, keras.layers.Dense(classes, name="logits")(x), name=name)
 
 
 def idx_dataset_and_teacher(root, n_train, n_test, classes):
-    """A generated `idx:` dataset under `root` and an (untrained, seeded) `tiny_teacher` saved beside it.
+    """A generated `idx:` dataset under `root` and an (untrained, seeded) `tiny_classifier` saved beside it as the
+    teacher.
 
     Returns:
         `(dataset spec, teacher .keras path)`.
@@ -83,7 +85,7 @@ def idx_dataset_and_teacher(root, n_train, n_test, classes):
     dataset = f"idx:{write_idx_folder(os.path.join(root, 'idx'), n_train=n_train, n_test=n_test, classes=classes)}"
     keras.utils.set_random_seed(0)
     teacher = os.path.join(root, "teacher.keras")
-    artifacts.save_model(tiny_teacher(classes), teacher)
+    artifacts.save_model(tiny_classifier(classes, name="teacher"), teacher)
     return dataset, teacher
 
 

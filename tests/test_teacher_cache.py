@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_teacher, write_idx_folder
+from conftest import tiny_classifier, write_idx_folder
 from keras import ops
 
 from kdkeras import teacher_cache
@@ -29,7 +29,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     dataset = f"idx:{write_idx_folder(str(root / 'idx'), n_train=90, n_test=20, classes=3)}"
     keras.utils.set_random_seed(0)
-    teacher = tiny_teacher(3)  # What is cached is the teacher's output: any classifier does, the smaller the faster.
+    # What is cached is the teacher's output: any classifier does, the smaller the faster.
+    teacher = tiny_classifier(3, name="teacher")
     config = TrainConfig(dataset=dataset, epochs=2, batch_size=16, seed=3, verbose=0, lr=1e-3)
     return root, teacher, config
 
@@ -199,7 +200,7 @@ def test_the_training_stream_is_a_pure_function_of_seed_epoch_and_index(setup):
 def test_a_teacher_of_another_input_size_is_cached_on_the_converted_images(setup, tmp_path):
     _, _, config = setup
     keras.utils.set_random_seed(1)
-    rgb_teacher = tiny_teacher(3, (32, 32, 3))
+    rgb_teacher = tiny_classifier(3, (32, 32, 3), name="rgb_teacher")
     cache = TeacherCache.prepare(rgb_teacher, dataclasses.replace(config, epochs=1), str(tmp_path), log=lambda _: None)
     data, _ = load_dataset(config.dataset, "train", 16, seed=config.seed, augment_images=True, epoch=0,
                            return_index=True)  # fmt: skip
