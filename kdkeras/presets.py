@@ -38,6 +38,17 @@ PRESETS: dict[str, dict] = {
         # student cannot reproduce; the labels keep their full weight, so a weak teacher costs little.
         "terms": [{"name": "ce", "weight": 1.0}, {"name": "kd", "weight": 1.0, "temperature": 1.0}],
     },
+    "kd_t1_dist": {
+        "doc": "kd_t1 and DIST together: CE 1 + KD 1 at T 1 + DIST (β 2, γ 2, τ 4)",
+        # kd_t1 paid where the student was short of steps (the demo's budget) and DIST where it had more (20-80
+        # epochs): KD at T 1 pulls the probabilities toward the teacher's early on, DIST's correlations keep the
+        # ranking of the classes once the student fits them.
+        "terms": [
+            {"name": "ce", "weight": 1.0},
+            {"name": "kd", "weight": 1.0, "temperature": 1.0},
+            {"name": "dist", "temperature": 4.0, "beta": 2.0, "gamma": 2.0},
+        ],
+    },
     "fitnets": {
         "doc": "FitNets hints (Romero et al., 2015) beside the labels",
         "terms": [{"name": "ce"}, {"name": "hint", "weight": 1.0}],
