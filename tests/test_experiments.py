@@ -475,6 +475,7 @@ def test_a_multi_exit_row_teaches_itself_without_a_teacher_and_records_every_exi
     assert by_name["scratch"]["exit_summary"] is None
     markdown = (tmp_path / "results" / "tiny-quick.md").read_text()
     assert "Multi-exit students" in markdown and "| byot | 1 | exit_stage3 " in markdown
+    assert "- byot, against the single-exit students from scratch: scratch " in markdown
     assert (tmp_path / "results" / "tiny-quick-early_exit.png").stat().st_size > 1000
 
 
@@ -498,6 +499,31 @@ def test_the_exit_summary_is_the_mean_over_seeds():
                                  "full_mflops": 4.0}  # fmt: skip
     assert exit_summary([{"test_accuracy": 0.9}]) is None
     assert exit_summary([record(0.9, 0.9, 0.9, 0.5), {"test_accuracy": 0.9}]) is None  # Not every seed has exits.
+
+
+def test_the_early_exit_curve_is_compared_with_each_width_at_its_own_cost():
+    from kdkeras.experiments.exit_rows import against_curve, family_lines, width_family
+
+    # Listed out of order: the comparison sorts by cost. Between (2, 0.88) and (4, 0.90), at 3 MFLOPs: 0.89.
+    curve = [{"threshold": 0.9, "accuracy": 0.90, "mflops": 4.0}, {"threshold": 0.5, "accuracy": 0.88, "mflops": 2.0}]
+    assert against_curve(curve, 3.0, 0.885) == pytest.approx(0.5)  # 100 * (0.89 - 0.885)
+    assert against_curve(curve, 4.0, 0.91) == pytest.approx(-1.0)
+    assert against_curve(curve, 1.0, 0.80) is None and against_curve(curve, 5.0, 0.95) is None
+
+    def row(name, method, flops, accuracy, epochs=20, model="ds_alexnet", summary=None):
+        return {"name": name, "label": name, "method": method, "model": model, "flops": flops, "epochs": epochs,
+                "accuracy_mean": accuracy, "params": 1000, "exit_summary": summary}  # fmt: skip
+
+    multi = row("tskd_exits", "tskd_exits", 4.1e6, 0.90, summary={"curve": curve})
+    rows = [row("scratch_w1", "scratch", 13e6, 0.92), row("scratch", "scratch", 3e6, 0.885), multi,
+            row("dist", "dist", 3e6, 0.89), row("scratch_4x", "scratch", 3e6, 0.92, epochs=80),
+            row("resnet", "scratch", 1e6, 0.8, model="resnet")]  # fmt: skip
+    # Only students from scratch of the same model and schedule, cheapest first.
+    assert [r["name"] for r in width_family(rows, multi)] == ["scratch", "scratch_w1"]
+    assert family_lines(rows) == [
+        "- tskd_exits, against the single-exit students from scratch: scratch 0.8850 at 3.00 MFLOPs (the curve +0.50 "
+        "points there); scratch_w1 0.9200 at 13.00 MFLOPs (outside the curve's MFLOPs)."
+    ]
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

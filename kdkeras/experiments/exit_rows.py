@@ -61,14 +61,50 @@ def exit_table(rows: list[dict]) -> str:
     return markdown_table(header, cells, [False, True, False, True, True, False])
 
 
+def width_family(rows: list[dict], multi: dict) -> list[dict]:
+    """The single-exit students from scratch that a multi-exit row's early exit competes with: the same model
+    family at other widths, trained as long; cheapest first."""
+    family = [row for row in rows if row["method"] == "scratch" and not row.get("exit_summary")
+              and row["model"] == multi["model"] and row["epochs"] == multi["epochs"]]  # fmt: skip
+    return sorted(family, key=lambda row: row["flops"])
+
+
+def against_curve(curve: list[dict], mflops: float, accuracy: float) -> float | None:
+    """How far the early-exit curve lies above a single-exit student (points of accuracy, negative: below it) at
+    that student's cost, the curve's accuracy interpolated linearly in MFLOPs; None outside the curve's MFLOPs (a
+    student cheaper than the first exit or dearer than the full multi-exit student has nothing to compare with)."""
+    points = sorted((p["mflops"], p["accuracy"]) for p in curve)
+    costs, accuracies = [c for c, _ in points], [a for _, a in points]
+    if not costs[0] <= mflops <= costs[-1]:
+        return None
+    return 100 * (float(np.interp(mflops, costs, accuracies)) - accuracy)
+
+
+def family_lines(rows: list[dict]) -> list[str]:
+    """One sentence per multi-exit row: its early-exit curve against each width of its single-exit family."""
+    lines = []
+    for row in [row for row in rows if row.get("exit_summary")]:
+        parts = []
+        for student in width_family(rows, row):
+            mflops, accuracy = student["flops"] / 1e6, student["accuracy_mean"]
+            gap = against_curve(row["exit_summary"]["curve"], mflops, accuracy)
+            where = "outside the curve's MFLOPs" if gap is None else f"the curve {gap:+.2f} points there"
+            parts.append(f"{student['label']} {accuracy:.4f} at {mflops:.2f} MFLOPs ({where})")
+        if parts:
+            lines.append(f"- {row['label']}, against the single-exit students from scratch: " + "; ".join(parts) + ".")
+    return lines
+
+
 def exit_section(rows: list[dict], plot: str) -> list[str]:
-    """The report's Markdown lines on its multi-exit rows (none without any): the table and the plot `plot`."""
+    """The report's Markdown lines on its multi-exit rows (none without any): the table, the early-exit curves
+    against the single-exit width family, and the plot `plot`."""
     table = exit_table(rows)
     if not table:
         return []
+    family = family_lines(rows)
     return ["", "Multi-exit students (means over the seeds; the early exit's threshold is chosen on each seed's "
             "validation split, the cheapest within 0.3 points of its full student there):", "", table, "",
-            f"![early exit]({plot})"]  # fmt: skip
+            *([*family, ""] if family else []), f"![early exit]({plot})"]  # fmt: skip
 
 
 def plot_early_exit(rows: list[dict], path: str) -> bool:
@@ -86,9 +122,18 @@ def plot_early_exit(rows: list[dict], path: str) -> bool:
     from kdkeras import artifacts
 
     epochs = {row["epochs"] for row in multi}
+    family = {row["name"]: row for multi_row in multi for row in width_family(rows, multi_row)}
     single = [row for row in rows if not row.get("exit_summary") and row["method"] != "teacher"
-              and row["epochs"] in epochs]  # fmt: skip
+              and row["epochs"] in epochs and row["name"] not in family]  # fmt: skip
     figure, axes = plt.subplots(figsize=(8, 5))
+    if family:  # The widths from scratch as one line: the cost/accuracy trade a single-exit student offers.
+        widths = sorted(family.values(), key=lambda row: row["flops"])
+        axes.errorbar([row["flops"] / 1e6 for row in widths], [100 * row["accuracy_mean"] for row in widths],
+                      yerr=[100 * (row["accuracy_std"] or 0) for row in widths], fmt="k--s", capsize=3,
+                      label="single-exit students from scratch (the width family)")  # fmt: skip
+        for row in widths:
+            axes.annotate(f"{row['params'] / 1000:.0f} k params", (row["flops"] / 1e6, 100 * row["accuracy_mean"]),
+                          textcoords="offset points", xytext=(4, -12), fontsize=7)  # fmt: skip
     for row in single:
         axes.errorbar(row["flops"] / 1e6, 100 * row["accuracy_mean"], yerr=100 * (row["accuracy_std"] or 0), fmt="s",
                       capsize=3, label=f"{row['label']} (single exit)")  # fmt: skip
