@@ -144,3 +144,34 @@ def test_the_tflite_cascade_leaves_where_the_keras_model_leaves(tmp_path):
     with pytest.raises(ValueError, match="no kdkeras cascade export wrote it"):
         (tmp_path / "mine").mkdir()
         export_cascade(student, str(tmp_path / "mine"), threshold)
+
+
+@pytest.mark.slow
+def test_the_cascade_experiment_reports_each_form_against_the_keras_early_exit(tmp_path):
+    """experiments/cascade.py: the cascade's mean MFLOPs are the exits' costs weighted by where the images left,
+    every exit gets a latency row, and the report's Δ is the form's accuracy minus the Keras early exit's."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "cascade.py")
+    spec = importlib.util.spec_from_file_location("cascade_experiment", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    student = _student()
+    images = np.random.default_rng(4).uniform(0, 255, (48, *SHAPE)).astype(np.float32)
+    labels = np.arange(48) % 10
+    form = script.run_form(student, str(tmp_path / "none"), "none", 0.2, None, images, labels)
+    costs = exit_costs(student)
+    mflops = [costs[name] / 1e6 for name in ("exit_stage3", "exit_stage4", FINAL)]
+    assert sum(form["leaving_at_each_exit"]) == 48
+    assert form["mean_mflops"] == pytest.approx(np.dot(form["leaving_at_each_exit"], mflops) / 48)
+    assert [e["exit"] for e in form["exits"]] == ["exit_stage3", "exit_stage4", FINAL]
+    assert [e["mflops"] for e in form["exits"]] == pytest.approx(mflops)
+    assert all(e["latency_ms"] > 0 for e in form["exits"])
+    keras_point = {"accuracy": form["accuracy"] - 0.002, "mflops": 2.0, "full_mflops": mflops[-1]}
+    result = {"command": "c", "machine": "m", "model": "s.keras", "seed": 0, "threshold": 0.2, "test_images": 48,
+              "keras": keras_point, "keras_full_accuracy": 0.5, "forms": [form]}  # fmt: skip
+    report = script.markdown(result)
+    assert f"| LiteRT cascade, none | {form['accuracy']:.4f} | +0.20 | {form['mean_mflops']:.2f} |" in report
+    assert report.count("\n| exit_") == 2 and f"\n| {FINAL} | {mflops[-1]:.2f} | " in report
