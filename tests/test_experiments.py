@@ -514,15 +514,20 @@ def test_the_early_exit_curve_is_compared_with_each_width_at_its_own_cost():
         return {"name": name, "label": name, "method": method, "model": model, "flops": flops, "epochs": epochs,
                 "accuracy_mean": accuracy, "params": 1000, "exit_summary": summary}  # fmt: skip
 
-    multi = row("tskd_exits", "tskd_exits", 4.1e6, 0.90, summary={"curve": curve})
+    # The report adds the thresholds' extremes to the curve: all images at the first exit, or all at the last.
+    exits = {"exit_stage3": {"accuracy": 0.87, "mflops": 1.5}, "final": {"accuracy": 0.905, "mflops": 5.0}}
+    multi = row("tskd_exits", "tskd_exits", 5e6, 0.905, summary={"curve": curve, "exits": exits})
     rows = [row("scratch_w1", "scratch", 13e6, 0.92), row("scratch", "scratch", 3e6, 0.885), multi,
             row("dist", "dist", 3e6, 0.89), row("scratch_4x", "scratch", 3e6, 0.92, epochs=80),
-            row("resnet", "scratch", 1e6, 0.8, model="resnet")]  # fmt: skip
+            row("resnet", "scratch", 1e6, 0.8, model="resnet"),
+            row("scratch_w075", "scratch", 4.5e6, 0.90)]  # fmt: skip
     # Only students from scratch of the same model and schedule, cheapest first.
-    assert [r["name"] for r in width_family(rows, multi)] == ["scratch", "scratch_w1"]
+    assert [r["name"] for r in width_family(rows, multi)] == ["scratch", "scratch_w075", "scratch_w1"]
+    # At 4.5 MFLOPs, between (4, 0.90) and the final exit's (5, 0.905): 0.9025.
     assert family_lines(rows) == [
         "- tskd_exits, against the single-exit students from scratch: scratch 0.8850 at 3.00 MFLOPs (the curve +0.50 "
-        "points there); scratch_w1 0.9200 at 13.00 MFLOPs (outside the curve's MFLOPs)."
+        "points there); scratch_w075 0.9000 at 4.50 MFLOPs (the curve +0.25 points there); scratch_w1 0.9200 at "
+        "13.00 MFLOPs (outside the curve's MFLOPs)."
     ]
 
 

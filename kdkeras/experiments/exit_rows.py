@@ -84,10 +84,14 @@ def family_lines(rows: list[dict]) -> list[str]:
     """One sentence per multi-exit row: its early-exit curve against each width of its single-exit family."""
     lines = []
     for row in [row for row in rows if row.get("exit_summary")]:
+        summary = row["exit_summary"]
+        # The thresholds' extremes: every image leaving at the first exit, or none before the last.
+        exits = list(summary["exits"].values())
+        curve = [*summary["curve"], exits[0], exits[-1]]
         parts = []
         for student in width_family(rows, row):
             mflops, accuracy = student["flops"] / 1e6, student["accuracy_mean"]
-            gap = against_curve(row["exit_summary"]["curve"], mflops, accuracy)
+            gap = against_curve(curve, mflops, accuracy)
             where = "outside the curve's MFLOPs" if gap is None else f"the curve {gap:+.2f} points there"
             parts.append(f"{student['label']} {accuracy:.4f} at {mflops:.2f} MFLOPs ({where})")
         if parts:
