@@ -33,6 +33,7 @@ from kdkeras.early_exit import exit_report  # noqa: E402
 from kdkeras.export import representative_images  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
+FORM_NAMES = {"none": "float32", "int8": "int8"}
 
 
 def run_form(model, folder: str, quantize: str, threshold: float, representative, images, labels) -> dict:
@@ -75,12 +76,12 @@ def markdown(result: dict) -> str:
     for form in result["forms"]:
         delta = 100 * (form["accuracy"] - keras_point["accuracy"])
         lines.append(
-            f"| LiteRT cascade, {form['quantize']} | {form['accuracy']:.4f} | {delta:+.2f} | "
+            f"| LiteRT cascade, {FORM_NAMES[form['quantize']]} | {form['accuracy']:.4f} | {delta:+.2f} | "
             f"{form['mean_mflops']:.2f} | {' / '.join(map(str, form['leaving_at_each_exit']))} |"
         )
+    forms = " | ".join(f"{FORM_NAMES[f['quantize']]}: ms, KB" for f in result["forms"])
     lines += ["", "Latency to reach each exit (the segments up to it, batch 1, 1 thread, median of 50 runs):", "",
-              "| exit | cumulative MFLOPs | " + " | ".join(f"{f['quantize']}: ms, KB" for f in result["forms"]) + " |",
-              "|---|---:|" + "---:|" * len(result["forms"])]  # fmt: skip
+              f"| exit | cumulative MFLOPs | {forms} |", "|---|---:|" + "---:|" * len(result["forms"])]  # fmt: skip
     for k, first in enumerate(result["forms"][0]["exits"]):
         cells = " | ".join(f"{f['exits'][k]['latency_ms']:.3f}, {f['exits'][k]['kb']:.0f}" for f in result["forms"])
         lines.append(f"| {first['exit']} | {first['mflops']:.2f} | {cells} |")
@@ -96,7 +97,7 @@ def plot(result: dict, path: str) -> None:
     figure, axes = plt.subplots(figsize=(7, 4))
     for form, marker in zip(result["forms"], "os", strict=False):
         axes.plot([e["mflops"] for e in form["exits"]], [e["latency_ms"] for e in form["exits"]], f"-{marker}",
-                  label=f"{form['quantize']}: test accuracy {form['accuracy']:.4f}")  # fmt: skip
+                  label=f"{FORM_NAMES[form['quantize']]}: test accuracy {form['accuracy']:.4f}")  # fmt: skip
         for e in form["exits"]:
             axes.annotate(e["exit"], (e["mflops"], e["latency_ms"]), fontsize=7, textcoords="offset points",
                           xytext=(3, 3))  # fmt: skip

@@ -173,5 +173,5 @@ def test_the_cascade_experiment_reports_each_form_against_the_keras_early_exit(t
     result = {"command": "c", "machine": "m", "model": "s.keras", "seed": 0, "threshold": 0.2, "test_images": 48,
               "keras": keras_point, "keras_full_accuracy": 0.5, "forms": [form]}  # fmt: skip
     report = script.markdown(result)
-    assert f"| LiteRT cascade, none | {form['accuracy']:.4f} | +0.20 | {form['mean_mflops']:.2f} |" in report
+    assert f"| LiteRT cascade, float32 | {form['accuracy']:.4f} | +0.20 | {form['mean_mflops']:.2f} |" in report
     assert report.count("\n| exit_") == 2 and f"\n| {FINAL} | {mflops[-1]:.2f} | " in report
