@@ -475,7 +475,7 @@ def test_a_multi_exit_row_teaches_itself_without_a_teacher_and_records_every_exi
     assert by_name["scratch"]["exit_summary"] is None
     markdown = (tmp_path / "results" / "tiny-quick.md").read_text()
     assert "Multi-exit students" in markdown and "| byot | 1 | exit_stage3 " in markdown
-    assert "- byot, against the single-exit students from scratch: scratch " in markdown
+    assert "- byot (1 seed), against the single-exit students from scratch: scratch " in markdown
     assert (tmp_path / "results" / "tiny-quick-early_exit.png").stat().st_size > 1000
 
 
@@ -512,7 +512,8 @@ def test_the_early_exit_curve_is_compared_with_each_width_at_its_own_cost():
 
     def row(name, method, flops, accuracy, epochs=20, model="ds_alexnet", summary=None):
         return {"name": name, "label": name, "method": method, "model": model, "flops": flops, "epochs": epochs,
-                "accuracy_mean": accuracy, "params": 1000, "exit_summary": summary}  # fmt: skip
+                "accuracy_mean": accuracy, "params": 1000, "exit_summary": summary,
+                "seeds": [0] if name == "scratch_w075" else [0, 1, 2]}  # fmt: skip
 
     # The report adds the thresholds' extremes to the curve: all images at the first exit, or all at the last.
     exits = {"exit_stage3": {"accuracy": 0.87, "mflops": 1.5}, "final": {"accuracy": 0.905, "mflops": 5.0}}
@@ -525,9 +526,9 @@ def test_the_early_exit_curve_is_compared_with_each_width_at_its_own_cost():
     assert [r["name"] for r in width_family(rows, multi)] == ["scratch", "scratch_w075", "scratch_w1"]
     # At 4.5 MFLOPs, between (4, 0.90) and the final exit's (5, 0.905): 0.9025.
     assert family_lines(rows) == [
-        "- tskd_exits, against the single-exit students from scratch: scratch 0.8850 at 3.00 MFLOPs (the curve +0.50 "
-        "points there); scratch_w075 0.9000 at 4.50 MFLOPs (the curve +0.25 points there); scratch_w1 0.9200 at "
-        "13.00 MFLOPs (outside the curve's MFLOPs)."
+        "- tskd_exits (3 seeds), against the single-exit students from scratch: scratch 0.8850 (3 seeds) at 3.00 "
+        "MFLOPs (the curve +0.50 points there); scratch_w075 0.9000 (1 seed) at 4.50 MFLOPs (the curve +0.25 points "
+        "there); scratch_w1 0.9200 (3 seeds) at 13.00 MFLOPs (outside the curve's MFLOPs)."
     ]
 
 

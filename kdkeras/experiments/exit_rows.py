@@ -93,10 +93,15 @@ def family_lines(rows: list[dict]) -> list[str]:
             mflops, accuracy = student["flops"] / 1e6, student["accuracy_mean"]
             gap = against_curve(curve, mflops, accuracy)
             where = "outside the curve's MFLOPs" if gap is None else f"the curve {gap:+.2f} points there"
-            parts.append(f"{student['label']} {accuracy:.4f} at {mflops:.2f} MFLOPs ({where})")
+            parts.append(f"{student['label']} {accuracy:.4f} ({_seeds(student)}) at {mflops:.2f} MFLOPs ({where})")
         if parts:
-            lines.append(f"- {row['label']}, against the single-exit students from scratch: " + "; ".join(parts) + ".")
+            lines.append(f"- {row['label']} ({_seeds(row)}), against the single-exit students from scratch: "
+                         + "; ".join(parts) + ".")  # fmt: skip
     return lines
+
+
+def _seeds(row: dict) -> str:
+    return f"{len(row['seeds'])} seed{'s' * (len(row['seeds']) != 1)}"
 
 
 def exit_section(rows: list[dict], plot: str) -> list[str]:
