@@ -54,7 +54,11 @@ def tflite_exports(trained, tmp_path_factory):
     exports = {}
     for quantize in QUANTIZATIONS:
         out = str(folder / f"m_{quantize}.tflite")
-        exports[quantize] = out, export_model(model, out, "tflite", test, info.class_names, quantize, representative)
+        # A 2-epoch model has many near ties, so int8 moves its accuracy on 512 images by about a point, by how much
+        # depends on the CPU's kernels (1.17 on one machine): the tests below check agreement with Keras, and the
+        # 1-point gate has tests of its own (test_verification_fails_for_a_broken_model_and_writes_nothing).
+        exports[quantize] = out, export_model(model, out, "tflite", test, info.class_names, quantize, representative,
+                                              max_drop=3.0)  # fmt: skip
     return exports
 
 
