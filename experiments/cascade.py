@@ -23,8 +23,6 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-
 from kdkeras import artifacts  # noqa: E402
 from kdkeras.benchmark import benchmark_cascade  # noqa: E402
 from kdkeras.cascade import Cascade, export_cascade  # noqa: E402
@@ -36,15 +34,12 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 FORM_NAMES = {"none": "float32", "int8": "int8"}
 
 
-def run_form(model, folder: str, quantize: str, threshold: float, representative, images, labels) -> dict:
-    """Exports one form of the cascade, runs it on the test images and times each exit."""
-    manifest = export_cascade(model, folder, threshold, quantize, representative if quantize == "int8" else None)
-    classes, leaves = Cascade(folder).predict(images)
+def run_form(model, folder: str, quantize: str, threshold: float, representative, test) -> dict:
+    """Exports one form of the cascade, runs it on the test split and times each exit."""
+    export_cascade(model, folder, threshold, quantize, representative if quantize == "int8" else None)
     return {
         "quantize": quantize,
-        "accuracy": float(np.mean(classes == labels)),
-        "mean_mflops": float(np.mean(np.asarray(manifest["mflops"])[leaves])),
-        "leaving_at_each_exit": np.bincount(leaves, minlength=len(manifest["exits"])).tolist(),
+        **Cascade(folder).evaluate(test),
         "exits": [
             {
                 "exit": row["exit"],
@@ -123,14 +118,14 @@ def main() -> None:
     train, _ = load_dataset("fashion_mnist", "train", 256, seed=args.seed, shuffle=True)
     report = exit_report(model, test, validation)
     chosen = report["chosen"]
-    images, labels = (np.concatenate(parts) for parts in zip(*[(x.numpy(), y.numpy()) for x, y in test], strict=True))
     representative = representative_images(train, 200, info.input_shape)
-    forms = [run_form(model, os.path.join(args.work_dir, quantize), quantize, chosen["threshold"], representative,
-                      images, labels) for quantize in ("none", "int8")]  # fmt: skip
+    forms = [run_form(model, os.path.join(args.work_dir, quantize), quantize, chosen["threshold"], representative, test)
+             for quantize in ("none", "int8")]  # fmt: skip
     result = {
         "command": "python experiments/cascade.py " + " ".join(sys.argv[1:]),
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
-        "model": args.model, "seed": args.seed, "threshold": chosen["threshold"], "test_images": len(labels),
+        "model": args.model, "seed": args.seed, "threshold": chosen["threshold"],
+        "test_images": sum(forms[0]["leaving_at_each_exit"]),
         "keras": chosen, "keras_full_accuracy": report["exits"]["final"]["accuracy"], "keras_exits": report["exits"],
         "forms": forms,
     }  # fmt: skip

@@ -135,3 +135,18 @@ class Cascade:
                 if not len(active):
                     break
         return classes, leaves
+
+    def evaluate(self, dataset) -> dict:
+        """The cascade on a dataset of `(images, labels)` batches: `{"accuracy", "leaving_at_each_exit" (image
+        counts, shallow to deep), "mean_mflops" (the exits' cumulative costs weighted by where the images left)}`."""
+        hits, leaves = [], []
+        for images, labels in dataset:
+            classes, leave = self.predict(np.asarray(images))
+            hits.append(classes == np.asarray(labels))
+            leaves.append(leave)
+        hits, leaves = np.concatenate(hits), np.concatenate(leaves)
+        return {
+            "accuracy": float(np.mean(hits)),
+            "leaving_at_each_exit": np.bincount(leaves, minlength=len(self.segments)).tolist(),
+            "mean_mflops": float(np.mean(np.asarray(self.manifest["mflops"])[leaves])),
+        }

@@ -153,6 +153,8 @@ def test_the_cascade_experiment_reports_each_form_against_the_keras_early_exit(t
     import importlib.util
     import os
 
+    import tensorflow as tf
+
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "cascade.py")
     spec = importlib.util.spec_from_file_location("cascade_experiment", path)
     script = importlib.util.module_from_spec(spec)
@@ -161,10 +163,15 @@ def test_the_cascade_experiment_reports_each_form_against_the_keras_early_exit(t
     student = _student()
     images = np.random.default_rng(4).uniform(0, 255, (48, *SHAPE)).astype(np.float32)
     labels = np.arange(48) % 10
-    form = script.run_form(student, str(tmp_path / "none"), "none", 0.2, None, images, labels)
+    test = tf.data.Dataset.from_tensor_slices((images, labels)).batch(20)  # Batches of 20, 20 and 8.
+    form = script.run_form(student, str(tmp_path / "none"), "none", 0.2, None, test)
     costs = exit_costs(student)
     mflops = [costs[name] / 1e6 for name in ("exit_stage3", "exit_stage4", FINAL)]
     assert sum(form["leaving_at_each_exit"]) == 48
+    from kdkeras.cascade import Cascade
+
+    classes, _ = Cascade(str(tmp_path / "none")).predict(images)  # All 48 at once: the same as batch by batch.
+    assert form["accuracy"] == pytest.approx(np.mean(classes == labels))
     assert form["mean_mflops"] == pytest.approx(np.dot(form["leaving_at_each_exit"], mflops) / 48)
     assert [e["exit"] for e in form["exits"]] == ["exit_stage3", "exit_stage4", FINAL]
     assert [e["mflops"] for e in form["exits"]] == pytest.approx(mflops)

@@ -41,23 +41,19 @@ def cmd_export(args) -> int:
 def _export_cascade(args, model, test, representative) -> int:
     """`export --cascade`: the threshold chosen on validation, the segments written, the cascade's test accuracy
     in LiteRT against the Keras early exit's at that threshold."""
-    import numpy as np
-
     from kdkeras.cascade import Cascade, export_cascade
     from kdkeras.data import load_dataset
     from kdkeras.early_exit import exit_report
 
     validation, _ = load_dataset(args.dataset, "validation", 256, data_dir=args.data_dir)
-    report = exit_report(model, test, validation)
-    chosen = report["chosen"]
+    chosen = exit_report(model, test, validation)["chosen"]
     export_cascade(model, args.out, chosen["threshold"], args.quantize, representative)
-    images, labels = (np.concatenate(parts) for parts in zip(*[(x.numpy(), y.numpy()) for x, y in test], strict=True))
-    classes, leaves = Cascade(args.out).predict(images)
-    accuracy = float(np.mean(classes == labels))
+    scores = Cascade(args.out).evaluate(test)
     print(
         f"exported the cascade {args.out} (threshold {chosen['threshold']}, chosen on validation): LiteRT accuracy "
-        f"{accuracy:.4f} against the Keras early exit's {chosen['accuracy']:.4f} on {len(labels)} test images; "
-        f"images leaving at each exit: {np.bincount(leaves, minlength=len(report['exits'])).tolist()}"
+        f"{scores['accuracy']:.4f} against the Keras early exit's {chosen['accuracy']:.4f} on "
+        f"{sum(scores['leaving_at_each_exit'])} test images; images leaving at each exit: "
+        f"{scores['leaving_at_each_exit']}"
     )
     return 0
 
