@@ -1,4 +1,5 @@
-"""What every report shares: its Markdown tables and the description of the machine its numbers come from."""
+"""What every report shares: its Markdown tables, the description of the machine its numbers come from, and plot
+styles that tell many curves apart."""
 
 from __future__ import annotations
 
@@ -48,3 +49,12 @@ def machine_text(info: dict | None = None) -> str:
     gpus = f"{info['gpus']} GPU(s)" if info["gpus"] else "no GPU"
     versions = f"TensorFlow {info['tensorflow']}, Keras {info['keras']}"
     return f"{info['cpu_cores']} CPU cores ({info['processor']}), {gpus}, {versions}"
+
+
+def distinct_styles(key: str, values: list):
+    """An endless iterator of `{key: value, "color": colour}` styles (e.g. `key="marker"`), no two alike until every
+    pair is used: the ten tab10 colours with the first value, then with the next one, and so on."""
+    import matplotlib.pyplot as plt
+    from cycler import cycler
+
+    return (cycler(**{key: values}) * cycler(color=plt.get_cmap("tab10").colors))()

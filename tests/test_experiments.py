@@ -22,10 +22,10 @@ from kdkeras.experiments.report import (
     _table,
     _teacher_label,
     _val_curve_panels,
-    distinct_styles,
     reaches_target,
     rows_reaching_target,
 )
+from kdkeras.reporting import distinct_styles
 
 # End-to-end runs: in `make test` (and CI), not in `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -497,6 +497,7 @@ def test_the_exit_summary_is_the_mean_over_seeds():
     assert summary["curve"][0] == {"threshold": 0.5, "accuracy": pytest.approx(0.90), "mflops": 3.0}
     assert summary["chosen"] == {"thresholds": [0.5, 0.9], "accuracy": pytest.approx(0.90), "mflops": 3.0,
                                  "full_mflops": 4.0}  # fmt: skip
+    assert summary["ensemble_accuracies"] == [0.91, 0.93] and summary["vote_accuracies"] == [0.909, 0.929]
     assert exit_summary([{"test_accuracy": 0.9}]) is None
     assert exit_summary([record(0.9, 0.9, 0.9, 0.5), {"test_accuracy": 0.9}]) is None  # Not every seed has exits.
 
@@ -530,6 +531,63 @@ def test_the_early_exit_curve_is_compared_with_each_width_at_its_own_cost():
         "MFLOPs (the curve +0.50 points there); scratch_w075 0.9000 (1 seed) at 4.50 MFLOPs (the curve +0.25 points "
         "there); scratch_w1 0.9200 (3 seeds) at 13.00 MFLOPs (outside the curve's MFLOPs)."
     ]
+
+
+def test_a_multi_exit_row_is_compared_seed_by_seed_with_scratch_and_the_best_single_exit_distillation():
+    from kdkeras.experiments.exit_rows import best_single_exit, comparison_lines
+
+    def row(name, accuracies, seeds=(0, 1, 2), teacher=None, baseline="scratch", summary=None):
+        return {"name": name, "label": name, "seeds": list(seeds), "accuracies": accuracies, "teacher": teacher,
+                "baseline": baseline, "exit_summary": summary}  # fmt: skip
+
+    summary = {"ensemble_accuracies": [0.905, 0.915], "vote_accuracies": [0.900, 0.910]}
+    multi = row("tskd_exits", [0.902, 0.912], seeds=(0, 1), teacher="teacher", summary=summary)
+    rows = [
+        row("scratch", [0.900, 0.910, 0.920], baseline=None), multi,
+        row("dist", [0.903, 0.909, 0.990], teacher="teacher"),  # Best over all seeds, not over seeds 0 and 1.
+        row("kd", [0.904, 0.911, 0.900], teacher="teacher"),  # Best over the multi-exit row's seeds: 0.9075.
+        row("dkd", [0.990, 0.990], seeds=(0, 2), teacher="teacher"),  # Lacks seed 1: no paired comparison.
+        row("kd_2x", [0.990, 0.990, 0.990], teacher="teacher", baseline="scratch_2x"),  # Another budget.
+        row("byot", [0.95, 0.95], seeds=(0, 1), baseline="scratch", summary=summary),  # Multi-exit: no rival.
+    ]  # fmt: skip
+    assert best_single_exit(rows, multi)["name"] == "kd"
+    # Final exit: 0.902 - 0.900, 0.912 - 0.910; ensemble +0.5, +0.5; vote 0.0, 0.0 (points). Against kd: -0.2, +0.1.
+    assert comparison_lines(rows)[0] == (
+        "- tskd_exits (2 seeds), paired by seed, against scratch (0.9050 on the same seeds): final exit +0.20 "
+        "(+0.20, +0.20); ensemble +0.50 (+0.50, +0.50); vote +0.00 (+0.00, +0.00), against the best single-exit "
+        "distillation of this student and budget, kd (0.9075 on the same seeds): final exit -0.05 (-0.20, +0.10); "
+        "ensemble +0.25 (+0.10, +0.40); vote -0.25 (-0.40, -0.10)."
+    )
+    assert best_single_exit(rows[:2], multi) is None  # Only scratch: the sentence has no second comparison.
+    assert comparison_lines(rows[:2]) == [comparison_lines(rows)[0].split(", against the best")[0] + "."]
+
+
+def test_the_early_exit_plot_has_a_panel_per_budget(tmp_path, monkeypatch):
+    from kdkeras import artifacts
+    from kdkeras.experiments.exit_rows import plot_early_exit
+
+    summary = {
+        "curve": [{"threshold": 0.5, "accuracy": 0.88, "mflops": 2.0}],
+        "exits": {"exit_stage3": {"accuracy": 0.87, "mflops": 1.5}, "final": {"accuracy": 0.9, "mflops": 4.0}},
+    }
+
+    def row(name, method, epochs, summary=None):
+        return {"name": name, "label": name, "method": method, "model": "ds_alexnet", "flops": 4e6, "params": 30000,
+                "epochs": epochs, "accuracy_mean": 0.9, "accuracy_std": None, "exit_summary": summary}  # fmt: skip
+
+    rows = [row("scratch", "scratch", 20), row("scratch_2x", "scratch", 40), row("dist", "dist", 20),
+            row("dist_4x", "dist", 80), row("tskd", "tskd_exits", 20, summary),
+            row("tskd_2x", "tskd_exits", 40, summary)]  # fmt: skip
+    saved = []
+    monkeypatch.setattr(artifacts, "save_figure", lambda figure, path: saved.append(figure))
+    assert plot_early_exit(rows, str(tmp_path / "early_exit.png"))
+    panels = saved[0].axes
+    assert [axes.get_title() for axes in panels] == ["20 epochs", "40 epochs"]
+    labels = [axes.get_legend_handles_labels()[1] for axes in panels]
+    # The 80-epoch row has no multi-exit row of its budget: it is in no panel.
+    assert "dist (single exit)" in labels[0] and not any("dist_4x" in label for label in sum(labels, []))
+    assert "tskd_2x: early exit" in labels[1] and "tskd: early exit" not in labels[1]
+    assert not plot_early_exit(rows[:4], str(tmp_path / "none.png"))
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

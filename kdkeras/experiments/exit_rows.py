@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdkeras.reporting import markdown_table
+from kdkeras.reporting import distinct_styles, markdown_table
 
 
 def exit_summary(records: list[dict]) -> dict | None:
@@ -30,6 +30,9 @@ def exit_summary(records: list[dict]) -> dict | None:
         },
         "ensemble_accuracy": float(np.mean([r["ensemble_accuracy"] for r in reports])),
         "vote_accuracy": float(np.mean([r["vote_accuracy"] for r in reports])),
+        # Per seed, in the order of the records (the row's `seeds`): what the paired comparisons need.
+        "ensemble_accuracies": [r["ensemble_accuracy"] for r in reports],
+        "vote_accuracies": [r["vote_accuracy"] for r in reports],
         "curve": curve,
         "chosen": None if len(chosen) != len(reports) else {
             "thresholds": [c["threshold"] for c in chosen],
@@ -100,6 +103,56 @@ def family_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def best_single_exit(rows: list[dict], multi: dict) -> dict | None:
+    """The best single-exit distillation of a multi-exit row's student at its budget: the distilling rows compared
+    with the same scratch row (same backbone, same epochs) that ran every seed the multi-exit row ran, the highest
+    mean accuracy over those seeds; None without any."""
+    seeds = set(multi["seeds"])
+    rivals = [row for row in rows if row.get("teacher") and not row.get("exit_summary")
+              and row.get("baseline") is not None and row.get("baseline") == multi.get("baseline")
+              and seeds <= set(row["seeds"])]  # fmt: skip
+    return max(rivals, key=lambda row: np.mean(list(_on_seeds(row, row["accuracies"], seeds).values())), default=None)
+
+
+def comparison_lines(rows: list[dict]) -> list[str]:
+    """One sentence per multi-exit row: its final exit, ensemble (mean softmax) and vote against the same student
+    from scratch and against the best single-exit distillation of that student and budget, each paired by seed."""
+    by_name = {row["name"]: row for row in rows}
+    lines = []
+    for row in [row for row in rows if row.get("exit_summary") and row.get("baseline") in by_name]:
+        summary = row["exit_summary"]
+        outputs = {"final exit": row["accuracies"], "ensemble": summary["ensemble_accuracies"],
+                   "vote": summary["vote_accuracies"]}  # fmt: skip
+        sentence = f"- {row['label']} ({_seeds(row)}), paired by seed"
+        others = {
+            "": by_name[row["baseline"]],
+            "the best single-exit distillation of this student and budget, ": best_single_exit(rows, row),
+        }
+        for role, other in others.items():
+            if other is None:
+                continue
+            theirs = _on_seeds(other, other["accuracies"], set(row["seeds"]))
+            if not theirs:
+                continue
+            mean = np.mean(list(theirs.values()))
+            differences = "; ".join(f"{name} {_paired(_on_seeds(row, values, set(theirs)), theirs)}"
+                                    for name, values in outputs.items())  # fmt: skip
+            sentence += f", against {role}{other['label']} ({mean:.4f} on the same seeds): {differences}"
+        lines.append(sentence + ".")
+    return lines
+
+
+def _on_seeds(row: dict, values: list[float], seeds: set) -> dict:
+    """`{seed: value}` of a row's per-seed values (in the order of its `seeds`), for the seeds in `seeds`."""
+    return {seed: value for seed, value in zip(row["seeds"], values, strict=True) if seed in seeds}
+
+
+def _paired(mine: dict, theirs: dict) -> str:
+    """The mean difference in points and each seed's, e.g. "+0.04 (-0.22, +0.33, +0.00)"."""
+    deltas = [100 * (mine[seed] - theirs[seed]) for seed in mine]
+    return f"{np.mean(deltas):+.2f} ({', '.join(f'{d:+.2f}' for d in deltas)})"
+
+
 def _seeds(row: dict) -> str:
     return f"{len(row['seeds'])} seed{'s' * (len(row['seeds']) != 1)}"
 
@@ -110,16 +163,16 @@ def exit_section(rows: list[dict], plot: str) -> list[str]:
     table = exit_table(rows)
     if not table:
         return []
-    family = family_lines(rows)
+    details = [*comparison_lines(rows), *family_lines(rows)]
     return ["", "Multi-exit students (means over the seeds; the early exit's threshold is chosen on each seed's "
             "validation split, the cheapest within 0.3 points of its full student there):", "", table, "",
-            *([*family, ""] if family else []), f"![early exit]({plot})"]  # fmt: skip
+            *([*details, ""] if details else []), f"![early exit]({plot})"]  # fmt: skip
 
 
 def plot_early_exit(rows: list[dict], path: str) -> bool:
-    """Test accuracy against mean MFLOPs per image: each multi-exit row's early-exit curve (means over seeds, one
-    point per confidence threshold) and its exits, beside the single-exit rows trained as long. Returns whether a
-    plot was written (only when a row has exits)."""
+    """Test accuracy against mean MFLOPs per image, one panel per training budget: each multi-exit row's early-exit
+    curve (means over seeds, one point per confidence threshold) and its exits, beside the single-exit rows trained
+    as long. Returns whether a plot was written (only when a row has exits)."""
     multi = [row for row in rows if row.get("exit_summary")]
     if not multi:
         return False
@@ -130,34 +183,48 @@ def plot_early_exit(rows: list[dict], path: str) -> bool:
 
     from kdkeras import artifacts
 
-    epochs = {row["epochs"] for row in multi}
-    family = {row["name"]: row for multi_row in multi for row in width_family(rows, multi_row)}
-    single = [row for row in rows if not row.get("exit_summary") and row["method"] != "teacher"
-              and row["epochs"] in epochs and row["name"] not in family]  # fmt: skip
-    figure, axes = plt.subplots(figsize=(9, 10), layout="constrained")
-    if family:  # The widths from scratch as one line: the cost/accuracy trade a single-exit student offers.
-        widths = sorted(family.values(), key=lambda row: row["flops"])
-        axes.errorbar([row["flops"] / 1e6 for row in widths], [100 * row["accuracy_mean"] for row in widths],
-                      yerr=[100 * (row["accuracy_std"] or 0) for row in widths], fmt="k--s", capsize=3,
-                      label="single-exit students from scratch (the width family)")  # fmt: skip
-        for row in widths:
-            axes.annotate(f"{row['params'] / 1000:.0f} k params", (row["flops"] / 1e6, 100 * row["accuracy_mean"]),
-                          textcoords="offset points", xytext=(4, -12), fontsize=7)  # fmt: skip
-    for row in single:
-        axes.errorbar(row["flops"] / 1e6, 100 * row["accuracy_mean"], yerr=100 * (row["accuracy_std"] or 0), fmt="s",
-                      capsize=3, label=f"{row['label']} (single exit)")  # fmt: skip
-    for row in multi:
-        summary = row["exit_summary"]
-        curve = summary["curve"]
-        line = axes.plot([p["mflops"] for p in curve], [100 * p["accuracy"] for p in curve], "-o", markersize=3,
-                         label=f"{row['label']}: early exit")[0]  # fmt: skip
-        exits = list(summary["exits"].values())
-        axes.scatter([e["mflops"] for e in exits], [100 * e["accuracy"] for e in exits], marker="x",
-                     color=line.get_color(), zorder=3, label=f"{row['label']}: each exit alone")  # fmt: skip
-    axes.set_xlabel("mean MFLOPs per test image")
-    axes.set_ylabel("test accuracy (%, mean over seeds)")
-    axes.grid(True, alpha=0.3)
+    budgets = sorted({row["epochs"] for row in multi})
+    figure, panels = plt.subplots(len(budgets), 1, figsize=(9, 4 + 6 * len(budgets)), squeeze=False,
+                                  layout="constrained")  # fmt: skip
+    # Every single-exit point and every curve its own look across the panels, so the legend names each once.
+    markers, lines = distinct_styles("marker", list("s^vD<>")), distinct_styles("linestyle", ["-", "--", ":"])
+    for axes, epochs in zip(panels[:, 0], budgets, strict=True):
+        _early_exit_panel(axes, rows, [row for row in multi if row["epochs"] == epochs], markers, lines)
+        axes.set_title(f"{epochs} epochs", fontsize=10)
+        axes.set_ylabel("test accuracy (%, mean over seeds)")
+        axes.grid(True, alpha=0.3)
+    panels[-1, 0].set_xlabel("mean MFLOPs per test image")
     figure.legend(fontsize=7, loc="outside lower center")  # Below the axes: the points stay visible.
     artifacts.save_figure(figure, path)
     plt.close(figure)
     return True
+
+
+def _early_exit_panel(axes, rows: list[dict], multi: list[dict], markers, lines) -> None:
+    """One budget's panel: the width family from scratch as a line, the other single-exit rows of that budget as
+    points, each multi-exit row's early-exit curve and its exits alone."""
+    epochs = multi[0]["epochs"]
+    family = {row["name"]: row for multi_row in multi for row in width_family(rows, multi_row)}
+    single = [row for row in rows if not row.get("exit_summary") and row["method"] != "teacher"
+              and row["epochs"] == epochs and row["name"] not in family]  # fmt: skip
+    if family:  # The widths from scratch as one line: the cost/accuracy trade a single-exit student offers.
+        widths = sorted(family.values(), key=lambda row: row["flops"])
+        axes.errorbar([row["flops"] / 1e6 for row in widths], [100 * row["accuracy_mean"] for row in widths],
+                      yerr=[100 * (row["accuracy_std"] or 0) for row in widths], fmt="k--s", capsize=3,
+                      label=f"single-exit students from scratch, {epochs} epochs (the width family)")  # fmt: skip
+        for row in widths:
+            axes.annotate(f"{row['params'] / 1000:.0f} k params", (row["flops"] / 1e6, 100 * row["accuracy_mean"]),
+                          textcoords="offset points", xytext=(4, -12), fontsize=7)  # fmt: skip
+    for row in single:
+        style = next(markers)
+        axes.errorbar(row["flops"] / 1e6, 100 * row["accuracy_mean"], yerr=100 * (row["accuracy_std"] or 0),
+                      fmt=style["marker"], color=style["color"], capsize=3,
+                      label=f"{row['label']} (single exit)")  # fmt: skip
+    for row in multi:
+        summary, style = row["exit_summary"], next(lines)
+        curve = summary["curve"]
+        axes.plot([p["mflops"] for p in curve], [100 * p["accuracy"] for p in curve], marker="o", markersize=3,
+                  label=f"{row['label']}: early exit", **style)  # fmt: skip
+        exits = list(summary["exits"].values())
+        axes.scatter([e["mflops"] for e in exits], [100 * e["accuracy"] for e in exits], marker="x",
+                     color=style["color"], zorder=3, label=f"{row['label']}: each exit alone")  # fmt: skip

@@ -10,7 +10,7 @@ import os
 from kdkeras.experiments.config import distills
 from kdkeras.experiments.exit_rows import exit_section, exit_summary, plot_early_exit
 from kdkeras.experiments.statistics import paired_delta, paired_examples
-from kdkeras.reporting import machine_text, markdown_table
+from kdkeras.reporting import distinct_styles, machine_text, markdown_table
 
 
 def write_report(experiment, command: str) -> dict:
@@ -340,15 +340,6 @@ def _plot(rows: list[dict], experiment, teachers: dict, results: dict, base: str
 
     _plot_val_curves(experiment, teachers, results, base)
     plot_early_exit(rows, f"{base}-early_exit.png")
-
-
-def distinct_styles(key: str, values: list):
-    """An endless iterator of `{key: value, "color": colour}` styles (e.g. `key="marker"`), no two alike until every
-    pair is used: the ten tab10 colours with the first value, then with the next one, and so on."""
-    import matplotlib.pyplot as plt
-    from cycler import cycler
-
-    return (cycler(**{key: values}) * cycler(color=plt.get_cmap("tab10").colors))()
 
 
 def _val_curve_panels(experiment, teachers: dict, results: dict) -> dict[str, list[tuple[str, list[float]]]]:
