@@ -587,6 +587,10 @@ def test_the_early_exit_plot_has_a_panel_per_budget(tmp_path, monkeypatch):
     # The 80-epoch row has no multi-exit row of its budget: it is in no panel.
     assert "dist (single exit)" in labels[0] and not any("dist_4x" in label for label in sum(labels, []))
     assert "tskd_2x: early exit" in labels[1] and "tskd: early exit" not in labels[1]
+    # A curve and a point never share a colour while fewer than ten are drawn.
+    handles = dict(zip(labels[0], panels[0].get_legend_handles_labels()[0], strict=True))
+    curve, point = handles["tskd: early exit"], handles["dist (single exit)"].lines[0]
+    assert curve.get_color() != point.get_color()
     assert not plot_early_exit(rows[:4], str(tmp_path / "none.png"))
 
 

@@ -186,10 +186,11 @@ def plot_early_exit(rows: list[dict], path: str) -> bool:
     budgets = sorted({row["epochs"] for row in multi})
     figure, panels = plt.subplots(len(budgets), 1, figsize=(9, 4 + 6 * len(budgets)), squeeze=False,
                                   layout="constrained")  # fmt: skip
-    # Every single-exit point and every curve its own look across the panels, so the legend names each once.
-    markers, lines = distinct_styles("marker", list("s^vD<>")), distinct_styles("linestyle", ["-", "--", ":"])
+    # One sequence of looks for every curve and point of every panel: no two share a colour until ten are drawn,
+    # then the points' markers tell them apart, so the legend names each once.
+    styles = distinct_styles("marker", list("s^vD<>"))
     for axes, epochs in zip(panels[:, 0], budgets, strict=True):
-        _early_exit_panel(axes, rows, [row for row in multi if row["epochs"] == epochs], markers, lines)
+        _early_exit_panel(axes, rows, [row for row in multi if row["epochs"] == epochs], styles)
         axes.set_title(f"{epochs} epochs", fontsize=10)
         axes.set_ylabel("test accuracy (%, mean over seeds)")
         axes.grid(True, alpha=0.3)
@@ -200,7 +201,7 @@ def plot_early_exit(rows: list[dict], path: str) -> bool:
     return True
 
 
-def _early_exit_panel(axes, rows: list[dict], multi: list[dict], markers, lines) -> None:
+def _early_exit_panel(axes, rows: list[dict], multi: list[dict], styles) -> None:
     """One budget's panel: the width family from scratch as a line, the other single-exit rows of that budget as
     points, each multi-exit row's early-exit curve and its exits alone."""
     epochs = multi[0]["epochs"]
@@ -215,16 +216,16 @@ def _early_exit_panel(axes, rows: list[dict], multi: list[dict], markers, lines)
         for row in widths:
             axes.annotate(f"{row['params'] / 1000:.0f} k params", (row["flops"] / 1e6, 100 * row["accuracy_mean"]),
                           textcoords="offset points", xytext=(4, -12), fontsize=7)  # fmt: skip
+    for row in multi:
+        summary, color = row["exit_summary"], next(styles)["color"]
+        curve = summary["curve"]
+        axes.plot([p["mflops"] for p in curve], [100 * p["accuracy"] for p in curve], "-o", markersize=3, color=color,
+                  label=f"{row['label']}: early exit")  # fmt: skip
+        exits = list(summary["exits"].values())
+        axes.scatter([e["mflops"] for e in exits], [100 * e["accuracy"] for e in exits], marker="x", color=color,
+                     zorder=3, label=f"{row['label']}: each exit alone")  # fmt: skip
     for row in single:
-        style = next(markers)
+        style = next(styles)
         axes.errorbar(row["flops"] / 1e6, 100 * row["accuracy_mean"], yerr=100 * (row["accuracy_std"] or 0),
                       fmt=style["marker"], color=style["color"], capsize=3,
                       label=f"{row['label']} (single exit)")  # fmt: skip
-    for row in multi:
-        summary, style = row["exit_summary"], next(lines)
-        curve = summary["curve"]
-        axes.plot([p["mflops"] for p in curve], [100 * p["accuracy"] for p in curve], marker="o", markersize=3,
-                  label=f"{row['label']}: early exit", **style)  # fmt: skip
-        exits = list(summary["exits"].values())
-        axes.scatter([e["mflops"] for e in exits], [100 * e["accuracy"] for e in exits], marker="x",
-                     color=style["color"], zorder=3, label=f"{row['label']}: each exit alone")  # fmt: skip
