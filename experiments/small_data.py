@@ -108,6 +108,7 @@ def run_one(name: str, dataset: str, seed: int, epochs: int, teacher_path: str, 
         "seed": seed,
         "params": count_params(model),
         "test_accuracy": result["accuracy"],
+        "test_examples": info.num_examples,
         "val_accuracy": [float(v) for v in history.get("val_accuracy", [])],
         "train_loss": [float(v) for v in history.get("loss", [])],
         "seconds": time.perf_counter() - start,
@@ -190,6 +191,7 @@ def write_report(state: dict, base: str) -> None:
         lines.append(f"| {name} | {runs[0]['params']:,} | {accuracies.mean():.4f}{spread} | {len(runs)} | {per_seed} |")
         curve = np.mean([r["val_accuracy"] for r in runs], axis=0)
         axes.plot(range(1, len(curve) + 1), curve, marker=".", label=name)
+    lines += _test_sample_note(state["runs"])
     lines += _distilled_vs_scratch(state["runs"])
     lines += ["", f"![validation accuracy per epoch]({os.path.basename(base)}.png)", ""]
     axes.set_xlabel("epoch")
@@ -216,6 +218,15 @@ def _rows(runs: list[dict]) -> dict[str, list[dict]]:
     return rows
 
 
+def _test_sample_note(runs: list[dict]) -> list[str]:
+    """How many points one test image is worth: on a small test split a seed's Δ moves in those steps."""
+    sizes = {r["test_examples"] for r in runs if "test_examples" in r}
+    if len(sizes) != 1:  # Runs recorded before the size was kept, or (never expected) splits of different sizes.
+        return []
+    size = sizes.pop()
+    return ["", f"The test split has {size} images: one image is {100 / size:.2f} points of accuracy."]
+
+
 def _distilled_vs_scratch(runs: list[dict]) -> list[str]:
     """Each distilled row minus the same student from scratch, paired by seed, with a 95 % t interval."""
     from kdkeras.experiments import paired_delta
@@ -238,12 +249,14 @@ def _distilled_vs_scratch(runs: list[dict]) -> list[str]:
         interval = delta["delta_ci95"]
         ci = f", 95 % CI [{100 * interval[0]:+.2f}, {100 * interval[1]:+.2f}]" if interval else ""
         per_seed = ", ".join(f"{100 * d:+.2f} (s{s})" for s, d in delta["delta_per_seed"].items())
+        signs = np.sign(np.round(list(delta["delta_per_seed"].values()), 9))  # Equal accuracies: level.
+        tally = f"above on {np.sum(signs > 0)}, level on {np.sum(signs == 0)}, below on {np.sum(signs < 0)}"
         method = selected[0]["method"]
         default = " (the default)" if method == DEFAULT_PRESET else ""
         lines += [
             "",
             f"Distilled with `{method}`{default}, alexnet teacher, minus ds_alexnet from scratch, paired by seed: "
-            f"{100 * delta['delta_mean']:+.2f} points{ci}; per seed {per_seed}.",
+            f"{100 * delta['delta_mean']:+.2f} points{ci}; {tally} of {len(seeds)} seeds; per seed {per_seed}.",
         ]
     return lines
 
