@@ -592,6 +592,15 @@ def test_the_early_exit_plot_has_a_panel_per_budget(tmp_path, monkeypatch):
     curve, point = handles["tskd: early exit"], handles["dist (single exit)"].lines[0]
     assert curve.get_color() != point.get_color()
     assert not plot_early_exit(rows[:4], str(tmp_path / "none.png"))
+    # Past ten curves in one panel a colour comes round again, with another marker: still no two alike.
+    many = rows[:1] + [row(f"tskd_{i}", "tskd_exits", 20, summary) for i in range(12)]
+    saved.clear()
+    assert plot_early_exit(many, str(tmp_path / "many.png"))
+    handles, labels = saved[0].axes[0].get_legend_handles_labels()
+    curves = [handle for handle, label in zip(handles, labels, strict=True) if label.endswith(": early exit")]
+    looks = {(str(curve.get_color()), curve.get_marker()) for curve in curves}
+    assert len(curves) == 12 and len(looks) == 12
+    assert len({look[0] for look in looks}) == 10  # Colours do repeat: the marker is what tells them apart.
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():

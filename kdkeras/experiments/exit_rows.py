@@ -217,13 +217,14 @@ def _early_exit_panel(axes, rows: list[dict], multi: list[dict], styles) -> None
             axes.annotate(f"{row['params'] / 1000:.0f} k params", (row["flops"] / 1e6, 100 * row["accuracy_mean"]),
                           textcoords="offset points", xytext=(4, -12), fontsize=7)  # fmt: skip
     for row in multi:
-        summary, color = row["exit_summary"], next(styles)["color"]
+        summary, style = row["exit_summary"], next(styles)
         curve = summary["curve"]
-        axes.plot([p["mflops"] for p in curve], [100 * p["accuracy"] for p in curve], "-o", markersize=3, color=color,
-                  label=f"{row['label']}: early exit")  # fmt: skip
+        # The curve takes the style's marker too: past ten curves a colour repeats, its marker does not.
+        axes.plot([p["mflops"] for p in curve], [100 * p["accuracy"] for p in curve], "-", marker=style["marker"],
+                  markersize=3, color=style["color"], label=f"{row['label']}: early exit")  # fmt: skip
         exits = list(summary["exits"].values())
-        axes.scatter([e["mflops"] for e in exits], [100 * e["accuracy"] for e in exits], marker="x", color=color,
-                     zorder=3, label=f"{row['label']}: each exit alone")  # fmt: skip
+        axes.scatter([e["mflops"] for e in exits], [100 * e["accuracy"] for e in exits], marker="x",
+                     color=style["color"], zorder=3, label=f"{row['label']}: each exit alone")  # fmt: skip
     for row in single:
         style = next(styles)
         axes.errorbar(row["flops"] / 1e6, 100 * row["accuracy_mean"], yerr=100 * (row["accuracy_std"] or 0),
