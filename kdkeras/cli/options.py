@@ -95,13 +95,15 @@ def _checked_float(text: str, strict: bool) -> float:
 
 
 def fraction(text: str) -> float:
+    """A share strictly between 0 and 1 (a split that must leave something on both sides)."""
     value = float(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
     return value
 
 
-def share(text: str) -> float:
+def closed_fraction(text: str) -> float:
+    """A share from 0 to 1 inclusive (0: none, 1: all), e.g. of the images shown mixed."""
     value = _checked_float(text, strict=False)
     if value > 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")

@@ -11,6 +11,7 @@ from kdkeras.cli.options import (
     add_distribution_options,
     add_method_options,
     add_training_options,
+    closed_fraction,
     clusters,
     fraction,
     non_negative_float,
@@ -19,7 +20,6 @@ from kdkeras.cli.options import (
     positive_int,
     seeds,
     shape,
-    share,
 )
 from kdkeras.export_choices import FORMATS, QUANTIZATIONS
 
@@ -80,7 +80,7 @@ def _distill_parser(sub) -> argparse.ArgumentParser:
     )
     dist.add_argument(
         "--mixed-fraction",
-        type=share,
+        type=closed_fraction,
         default=0.0,
         metavar="F",
         help="show this share of the training images as a mix of two, without a label: the student matches the "
